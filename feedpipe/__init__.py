@@ -1,0 +1,1 @@
+"""feedpipe: keeps a social app's home feeds right from its DynamoDB change stream."""

@@ -1,0 +1,3 @@
+from feedpipe.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Adapters: the only modules that talk to DynamoDB, the stream APIs, Redis and Celery."""

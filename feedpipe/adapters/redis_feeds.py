@@ -1,0 +1,188 @@
+"""Redis: the app's cached feeds (``feed:{user}``), its follow caches, and feedpipe's dead letters.
+
+Every script touches exactly one key, so each call lives in one cluster slot; many calls go
+out in one pipeline (one round trip per chunk of followers, not per follower).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from feedpipe.core import keys
+
+# KEYS[1] feed; ARGV[1] max length, ARGV[2] ttl seconds, ARGV[3..] score/member pairs.
+# Only a warm feed (the key exists) is written: fan-out never recreates an inactive user's feed.
+ADD_IF_WARM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 3, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[1]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS[1] feed; ARGV[1] score, ARGV[2] post id. Matches on the decoded postId, not the exact
+# member bytes, so a member written under another member format still leaves.
+REMOVE_POST = """
+local removed = 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])) do
+  local ok, doc = pcall(cjson.decode, m)
+  if ok and type(doc) == 'table' and doc['postId'] == ARGV[2] then
+    removed = removed + redis.call('ZREM', KEYS[1], m)
+  end
+end
+return removed
+"""
+
+# KEYS[1] feed; ARGV[1] author id.
+REMOVE_AUTHOR = """
+local removed = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local ok, doc = pcall(cjson.decode, m)
+  if ok and type(doc) == 'table' and doc['authorId'] == ARGV[1] then
+    removed = removed + redis.call('ZREM', KEYS[1], m)
+  end
+end
+return removed
+"""
+
+# KEYS[1] feed; ARGV[1] ttl seconds, ARGV[2..] score/member pairs. One atomic swap: a reader
+# sees the old feed or the new one, never an empty or half-built one.
+REPLACE_FEED = """
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV >= 3 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return (#ARGV - 1) / 2
+"""
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """A client that retries dropped connections a few times before failing the call."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+class FeedCache:
+    """The app's Redis feeds, written only where warm, trimmed and TTL-refreshed on write."""
+
+    def __init__(self, client: redis.Redis, max_length: int, ttl_seconds: int) -> None:
+        self.client = client
+        self.max_length = max_length
+        self.ttl_seconds = ttl_seconds
+        self._add = client.register_script(ADD_IF_WARM)
+        self._remove_post = client.register_script(REMOVE_POST)
+        self._remove_author = client.register_script(REMOVE_AUTHOR)
+        self._replace = client.register_script(REPLACE_FEED)
+
+    def add_to_warm_feeds(self, user_ids: Iterable[str], score: int, member: str) -> int:
+        """Add one member to each warm feed; returns how many feeds were warm."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            args = [self.max_length, self.ttl_seconds, score, member]
+            self._add(keys=[keys.feed_cache(user_id)], args=args, client=pipe)
+        return sum(int(r) for r in pipe.execute())
+
+    def add_many_if_warm(self, user_id: str, entries: Sequence[tuple[int, str]]) -> bool:
+        if not entries:
+            return False
+        args: list[Any] = [self.max_length, self.ttl_seconds]
+        for score, member in entries:
+            args += [score, member]
+        return bool(self._add(keys=[keys.feed_cache(user_id)], args=args))
+
+    def remove_post(self, user_ids: Iterable[str], score: int, post_id: str) -> int:
+        return self.remove_entries((u, score, post_id) for u in user_ids)
+
+    def remove_entries(self, entries: Iterable[tuple[str, int, str]]) -> int:
+        """Remove each (user_id, score, post_id) from that user's cached feed, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, score, post_id in entries:
+            self._remove_post(keys=[keys.feed_cache(user_id)], args=[score, post_id], client=pipe)
+        return sum(int(r) for r in pipe.execute())
+
+    def remove_author(self, user_id: str, author_id: str) -> int:
+        return int(self._remove_author(keys=[keys.feed_cache(user_id)], args=[author_id]))
+
+    def replace_feed(self, user_id: str, entries: Sequence[tuple[int, str]]) -> int:
+        args: list[Any] = [self.ttl_seconds]
+        for score, member in entries[: self.max_length]:
+            args += [score, member]
+        return int(self._replace(keys=[keys.feed_cache(user_id)], args=args))
+
+    def drop_follow_caches(self, follower_id: str, followed_id: str) -> None:
+        # Two DELs, not one: the keys may live in different cluster slots.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(keys.followers_cache(followed_id))
+        pipe.delete(keys.following_cache(follower_id))
+        pipe.execute()
+
+    def members(self, user_id: str) -> list[tuple[str, int]]:
+        """The cached feed, newest first, as (member, score) pairs."""
+        raw = self.client.zrevrange(keys.feed_cache(user_id), 0, -1, withscores=True)
+        return [(m.decode(), int(s)) for m, s in raw]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"__bytes_b64__": base64.b64encode(value).decode()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal | set | frozenset):
+        return str(value) if isinstance(value, Decimal) else sorted(value, key=str)
+    return repr(value)
+
+
+def _letter(source: str, reason: str, payload: Any) -> tuple[str, str]:
+    letter_id = uuid.uuid4().hex
+    entry = {
+        "id": letter_id,
+        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "source": source,
+        "reason": reason,
+        "payload": payload,
+    }
+    return letter_id, json.dumps(entry, default=_json_default)
+
+
+class DeadLetters:
+    """A Redis list of what feedpipe could not handle, each with its reason; newest first."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.client = client
+        self.key = key
+
+    def add(self, source: str, reason: str, payload: Any) -> str:
+        letter_id, encoded = _letter(source, reason, payload)
+        self.client.lpush(self.key, encoded)
+        return letter_id
+
+    def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None:
+        """Dead-letter (source, reason, payload) triples in one round trip."""
+        if letters:
+            self.client.lpush(self.key, *(_letter(*letter)[1] for letter in letters))
+
+    def entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.client.lrange(self.key, 0, limit - 1)]
+
+    def count(self) -> int:
+        return int(self.client.llen(self.key))
+
+    def purge(self) -> int:
+        count = self.count()
+        self.client.delete(self.key)
+        return count

@@ -1,0 +1,132 @@
+"""``feedpipe`` command line: thin commands over the package; settings are built once here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from feedpipe.config import ConfigError, Settings, load_settings
+from feedpipe.logs import setup_logging
+from feedpipe.runtime import install_runtime
+
+log = logging.getLogger("feedpipe")
+
+
+def _start(ctx: click.Context) -> Settings:
+    """Settings for this process, validated; a bad one ends it with one clear line."""
+    if ctx.obj is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            click.echo(f"feedpipe: {exc}", err=True)
+            ctx.exit(2)
+        setup_logging(settings)
+        install_runtime(settings)
+        ctx.obj = settings
+    return ctx.obj
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="feedpipe")
+def main() -> None:
+    """feedpipe keeps the app's home feeds right from the table's change stream."""
+
+
+@main.command("create-tables")
+@click.pass_context
+def create_tables_cmd(ctx: click.Context) -> None:
+    """Create the app table (as the seed does) and feedpipe's lease table, idempotently."""
+    settings = _start(ctx)
+    from feedpipe.adapters.dynamo import make_client
+    from feedpipe.adapters.tables import create_tables
+
+    outcome = create_tables(make_client("dynamodb"), settings.table_name, settings.lease_table_name)
+    for name, what in outcome.items():
+        click.echo(f"{name}: {what}")
+
+
+@main.command()
+@click.option("--stop-when-idle", is_flag=True, help="Return once every shard is drained and dispatched.")
+@click.pass_context
+def consume(ctx: click.Context, stop_when_idle: bool) -> None:
+    """Run the stream consumer."""
+    settings = _start(ctx)
+    from feedpipe.consumers.build import build_consumer
+
+    consumer = build_consumer(settings)
+
+    def stop(signum: int, _: Any) -> None:
+        log.info("signal %s: finishing the batch in hand, then stopping", signum)
+        consumer.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("consuming %s with settings %s", settings.table_name, settings.describe())
+    totals = consumer.run(stop_when_idle=stop_when_idle)
+    click.echo(json.dumps({"consumed": totals.__dict__}))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a Celery worker for every feedpipe queue; extra options go to Celery."""
+    _start(ctx)
+    from feedpipe.worker import app
+
+    argv = ["worker", *ctx.args]
+    if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in ctx.args):
+        argv += ["--loglevel", logging.getLevelName(logging.getLogger().level)]
+    app.worker_main(argv)
+
+
+@main.command()
+@click.option("--demo", is_flag=True, help="Also drive the app's write paths and show feeds filling.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--concurrency", type=int, default=2, show_default=True, help="Worker processes.")
+def up(demo: bool, duration: float | None, concurrency: int) -> None:
+    """Run the whole pipeline; on embedded local backends when nothing is configured."""
+    from feedpipe.up import run_up
+
+    sys.exit(run_up(demo=demo, duration=duration, concurrency=concurrency))
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and purge dead letters."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+@click.pass_context
+def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Show the newest dead letters with their reasons."""
+    _start(ctx)
+    from feedpipe.runtime import runtime
+
+    letters = runtime().stores.dead_letters
+    entries = letters.entries(limit)
+    for entry in entries:
+        if as_json:
+            click.echo(json.dumps(entry))
+        else:
+            click.echo(f"{entry['at']}  {entry['source']:<28} {entry['reason']}")
+    if not as_json:
+        click.echo(f"{letters.count()} dead letters in all")
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def dlq_purge(ctx: click.Context, yes: bool) -> None:
+    """Delete every dead letter."""
+    _start(ctx)
+    from feedpipe.runtime import runtime
+
+    if yes or click.confirm("Delete every dead letter?"):
+        click.echo(f"purged {runtime().stores.dead_letters.purge()} dead letters")

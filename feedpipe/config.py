@@ -1,0 +1,157 @@
+"""The one settings object, read from ``FEEDPIPE_*`` environment variables once at start.
+
+AWS settings are boto3's own (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, the credentials
+chain) and are not repeated here. ``load_settings`` turns any bad value into ``ConfigError``
+whose message is one line naming the variable; secrets never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from feedpipe.core.keys import DEFAULT_PREFIX
+from feedpipe.core.members import MemberFormat
+
+ENV_PREFIX = "FEEDPIPE_"
+
+
+class ConfigError(Exception):
+    """A setting that is missing or wrong; the message is one line for the operator."""
+
+
+class Source(StrEnum):
+    DYNAMODB_STREAMS = "dynamodb-streams"
+    KINESIS = "kinesis"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs: any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", case_sensitive=False
+    )
+
+    # Where things live.
+    table_name: str = Field("SocialMediaApp", min_length=3, max_length=255)
+    lease_table_name: str = Field("feedpipe-leases", min_length=3, max_length=255)
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    broker_url: SecretStr | None = None
+    source: Source = Source.DYNAMODB_STREAMS
+    kinesis_stream: str | None = None
+    key_prefix: str = Field(DEFAULT_PREFIX, min_length=1, max_length=64)
+
+    # Feed rules (contract section 3).
+    feed_max_length: int = Field(100, ge=1, le=10_000)
+    feed_ttl_seconds: int = Field(3600, ge=1)
+    backfill_posts: int = Field(20, ge=0, le=1000)
+    excluded_visibilities: Annotated[frozenset[str], NoDecode] = frozenset({"private"})
+    member_format: MemberFormat = MemberFormat.FULL
+    durable_feed_ttl_days: int = Field(0, ge=0, description="0 keeps feed items forever")
+
+    # Fan-out and consumer tuning.
+    fanout_chunk_size: int = Field(1000, ge=1, le=100_000)
+    write_concurrency: int = Field(4, ge=1, le=64)
+    records_per_read: int = Field(1000, ge=1, le=10_000)
+    events_per_message: int = Field(200, ge=1, le=5000)
+    idle_poll_seconds: float = Field(1.0, gt=0, le=60)
+    task_visibility_timeout_seconds: int = Field(600, ge=1)
+    task_max_retries: int = Field(20, ge=0)
+
+    # Processes.
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_addr: str = "127.0.0.1"
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+
+    @field_validator("excluded_visibilities", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = urlsplit(value.get_secret_value()).scheme
+            if not scheme:
+                raise ValueError("must be a URL such as redis://host:6379/0")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _check_source(self) -> Settings:
+        if self.source is Source.KINESIS and not self.kinesis_stream:
+            raise ValueError("FEEDPIPE_KINESIS_STREAM is required when FEEDPIPE_SOURCE=kinesis")
+        return self
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url.get_secret_value()
+
+    @property
+    def broker(self) -> str:
+        return (self.broker_url or self.redis_url).get_secret_value()
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting with secrets redacted, for start-up logs and ``feedpipe status``."""
+        shown = self.model_dump(mode="json", exclude={"redis_url", "broker_url"})
+        shown["redis_url"] = redact_url(self.redis)
+        shown["broker_url"] = redact_url(self.broker)
+        return shown
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment (or ``environ``), validated; ConfigError on any bad value."""
+    env = dict(os.environ if environ is None else environ)
+    try:
+        if environ is None:
+            return Settings(**overrides)
+        wanted = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+        return Settings(**{**wanted, **overrides})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = ".".join(str(p) for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if not field:
+        return f"bad configuration: {message}"
+    name = f"{ENV_PREFIX}{field.upper()}"
+    if "redis_url" not in field and "broker_url" not in field:
+        value = error.get("input")
+        if isinstance(value, str | int | float):
+            return f"bad setting {name}={value!r}: {message}"
+    return f"bad setting {name}: {message}"

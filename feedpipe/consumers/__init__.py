@@ -1,0 +1,1 @@
+"""Stream consumers: the long-running shard reader, and (later) the Lambda handler."""

@@ -1,0 +1,67 @@
+"""From a batch of raw records to published tasks: parse, dead-letter, dispatch.
+
+Shared by every way records arrive (the shard consumer, and the Lambda handler), so they all
+treat a record the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from feedpipe.core.events import Event, Ignored
+from feedpipe.core.records import RecordError, parse_record
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    def dispatch(self, events: Sequence[Event]) -> int: ...
+
+
+class DeadLetterSink(Protocol):
+    def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None: ...
+
+
+@dataclass
+class BatchOutcome:
+    records: int = 0
+    dispatched: int = 0
+    messages: int = 0
+    dead_lettered: int = 0
+    ignored: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class RecordPipeline:
+    dispatcher: Dispatcher
+    dead_letters: DeadLetterSink
+    excluded_visibilities: Collection[str]
+
+    def handle(self, records: Sequence[dict[str, Any]], source: str) -> BatchOutcome:
+        """Parse every record; publish the events and dead-letter the rest. Raises only when
+        the broker or the dead-letter store cannot take them (nothing is then acknowledged)."""
+        outcome = BatchOutcome(records=len(records))
+        events: list[Event] = []
+        letters: list[tuple[str, str, Any]] = []
+        for record in records:
+            try:
+                parsed = parse_record(record, self.excluded_visibilities)
+            except RecordError as exc:
+                letters.append((source, str(exc), record))
+                continue
+            if isinstance(parsed, Ignored):
+                outcome.ignored[parsed.entity] += 1
+            else:
+                events.append(parsed)
+        if letters:
+            self.dead_letters.add_many(letters)
+            log.warning("dead-lettered %d records from %s: %s", len(letters), source, letters[0][1])
+        if events:
+            outcome.messages = self.dispatcher.dispatch(events)
+        outcome.dispatched = len(events)
+        outcome.dead_lettered = len(letters)
+        return outcome

@@ -1,0 +1,70 @@
+"""DynamoDB's typed JSON (``{"S": "x"}``) to plain Python values, without boto3."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+
+class AttributeValueError(ValueError):
+    """A DynamoDB attribute value that does not follow the wire format."""
+
+
+def _number(text: str) -> int | float:
+    value = Decimal(text)
+    if value == value.to_integral_value() and "e" not in text.lower() and "." not in text:
+        return int(value)
+    return float(value)
+
+
+def _binary(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    return base64.b64decode(value)
+
+
+def from_attribute_value(av: Any) -> Any:
+    """One attribute value to its Python value; raises AttributeValueError for anything malformed."""
+    if not isinstance(av, Mapping) or len(av) != 1:
+        raise AttributeValueError(f"not an attribute value: {str(av)[:80]!r}")
+    ((kind, value),) = av.items()
+    try:
+        match kind:
+            case "S":
+                if not isinstance(value, str):
+                    raise AttributeValueError("S must hold a string")
+                return value
+            case "N":
+                return _number(value)
+            case "BOOL":
+                if not isinstance(value, bool):
+                    raise AttributeValueError("BOOL must hold a boolean")
+                return value
+            case "NULL":
+                return None
+            case "M":
+                return from_image(value)
+            case "L":
+                return [from_attribute_value(v) for v in value]
+            case "SS":
+                return {str(v) for v in value}
+            case "NS":
+                return {_number(v) for v in value}
+            case "B":
+                return _binary(value)
+            case "BS":
+                return {_binary(v) for v in value}
+    except (TypeError, ArithmeticError, ValueError) as exc:
+        if isinstance(exc, AttributeValueError):
+            raise
+        raise AttributeValueError(f"bad {kind} value: {exc}") from exc
+    raise AttributeValueError(f"unknown attribute type {kind!r}")
+
+
+def from_image(image: Any) -> dict[str, Any]:
+    """A whole item (``{"PK": {"S": ...}, ...}``) to a plain dict."""
+    if not isinstance(image, Mapping):
+        raise AttributeValueError("an item image must be a map")
+    return {str(name): from_attribute_value(av) for name, av in image.items()}

@@ -1,0 +1,128 @@
+"""Every DynamoDB and Redis key feedpipe reads or writes, built in one place.
+
+DynamoDB table ``SocialMediaApp`` (name is a setting), as the app writes it::
+
+    entity     PK                     SK                        GSI1PK                      GSI1SK
+    user       USER#{user_id}         PROFILE                   USERNAME#{username}         PROFILE
+    post       POST#{post_id}         METADATA                  USER#{author_id}            POST#{created_at}#{post_id}
+    follow     USER#{follower_id}     FOLLOWING#{followed_id}   USER#{followed_id}          FOLLOWER#{follower_id}
+    feed item  FEED#{user_id}         {created_at}#{post_id}    FEED_MANAGEMENT#{user_id}   {created_at}
+
+Feed items are feedpipe's; the rest is the app's and only read.
+
+DynamoDB lease table (name is a setting), feedpipe's own::
+
+    lease_key = {stream_id}|{shard_id}    checkpoint, owner, counter, parent_shard_ids
+
+Redis, as the app reads it (no prefix: the app owns these names)::
+
+    feed:{user_id}          sorted set, score = created_at in epoch ms, member = canonical JSON
+    feed_regen_queue        list, the app LPUSHes regeneration jobs
+    followers:{user_id}     app cache, feedpipe only deletes it
+    following:{user_id}     app cache, feedpipe only deletes it
+
+Redis, feedpipe's own, all under one prefix (default ``feedpipe:``)::
+
+    {prefix}dlq             list of dead letters (JSON: reason, source, payload, at)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# DynamoDB key prefixes and fixed sort keys.
+USER_PREFIX = "USER#"
+POST_PREFIX = "POST#"
+FEED_PREFIX = "FEED#"
+FOLLOWING_PREFIX = "FOLLOWING#"
+FOLLOWER_PREFIX = "FOLLOWER#"
+USERNAME_PREFIX = "USERNAME#"
+FEED_MANAGEMENT_PREFIX = "FEED_MANAGEMENT#"
+TIMELINE_PREFIX = "TIMELINE#"
+PROFILE_SK = "PROFILE"
+POST_SK = "METADATA"
+GSI1 = "GSI1"
+GSI2 = "GSI2"
+GSI3 = "GSI3"
+
+# Redis names the app reads; fixed by the contract, never prefixed.
+FEED_CACHE_PREFIX = "feed:"
+REGEN_QUEUE = "feed_regen_queue"
+FOLLOWERS_CACHE_PREFIX = "followers:"
+FOLLOWING_CACHE_PREFIX = "following:"
+
+DEFAULT_PREFIX = "feedpipe:"
+
+
+def user_pk(user_id: str) -> str:
+    return f"{USER_PREFIX}{user_id}"
+
+
+def post_pk(post_id: str) -> str:
+    return f"{POST_PREFIX}{post_id}"
+
+
+def feed_pk(user_id: str) -> str:
+    return f"{FEED_PREFIX}{user_id}"
+
+
+def feed_sk(created_at: str, post_id: str) -> str:
+    return f"{created_at}#{post_id}"
+
+
+def feed_gsi1pk(user_id: str) -> str:
+    return f"{FEED_MANAGEMENT_PREFIX}{user_id}"
+
+
+def following_sk(followed_id: str) -> str:
+    return f"{FOLLOWING_PREFIX}{followed_id}"
+
+
+def follower_gsi1sk(follower_id: str) -> str:
+    return f"{FOLLOWER_PREFIX}{follower_id}"
+
+
+def post_gsi1sk(created_at: str, post_id: str) -> str:
+    return f"{POST_PREFIX}{created_at}#{post_id}"
+
+
+def timeline_gsi2pk(date: str) -> str:
+    return f"{TIMELINE_PREFIX}{date}"
+
+
+def username_gsi1pk(username: str) -> str:
+    return f"{USERNAME_PREFIX}{username}"
+
+
+def strip_prefix(value: str, prefix: str) -> str | None:
+    """The id after ``prefix``, or None when ``value`` does not start with it or the id is empty."""
+    if not value.startswith(prefix) or len(value) == len(prefix):
+        return None
+    return value[len(prefix) :]
+
+
+def lease_key(stream_id: str, shard_id: str) -> str:
+    return f"{stream_id}|{shard_id}"
+
+
+def feed_cache(user_id: str) -> str:
+    return f"{FEED_CACHE_PREFIX}{user_id}"
+
+
+def followers_cache(user_id: str) -> str:
+    return f"{FOLLOWERS_CACHE_PREFIX}{user_id}"
+
+
+def following_cache(user_id: str) -> str:
+    return f"{FOLLOWING_CACHE_PREFIX}{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnKeys:
+    """Redis keys feedpipe adds for itself, all under one configurable prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}dlq"

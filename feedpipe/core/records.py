@@ -1,0 +1,206 @@
+"""Stream records (DynamoDB Streams, Lambda, or Kinesis JSON) to typed events.
+
+``parse_record`` is pure and total: it returns an event, an ``Ignored``, or raises
+``RecordError`` with a reason fit for a dead letter. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from feedpipe.core import keys
+from feedpipe.core.attributes import AttributeValueError, from_image
+from feedpipe.core.events import (
+    CONTENT_PREVIEW_CHARS,
+    FollowEnded,
+    FollowStarted,
+    Ignored,
+    ParsedRecord,
+    Post,
+    PostPublished,
+    PostRetracted,
+    RecordMeta,
+)
+
+MAX_ID_LENGTH = 256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
+
+
+class RecordError(ValueError):
+    """A record feedpipe cannot understand; the message is the dead letter's reason."""
+
+
+def parse_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
+    """What one stream record means for feeds."""
+    if not isinstance(record, Mapping):
+        raise RecordError("record is not an object")
+    name = record.get("eventName")
+    if name not in _EVENT_NAMES:
+        raise RecordError(f"unknown eventName {name!r}")
+    body = record.get("dynamodb")
+    if not isinstance(body, Mapping):
+        raise RecordError("record has no 'dynamodb' section")
+    try:
+        key = from_image(body.get("Keys"))
+    except AttributeValueError as exc:
+        raise RecordError(f"bad Keys: {exc}") from exc
+    pk, sk = key.get("PK"), key.get("SK")
+    if not isinstance(pk, str) or not isinstance(sk, str):
+        raise RecordError("Keys lack a string PK and SK")
+    meta = _meta(record, body)
+    if pk.startswith(keys.FEED_PREFIX):
+        return Ignored("feed", "feed item written by feedpipe")
+    if pk.startswith(keys.POST_PREFIX) and sk == keys.POST_SK:
+        return _parse_post(name, body, meta, frozenset(excluded_visibilities))
+    if pk.startswith(keys.USER_PREFIX) and sk.startswith(keys.FOLLOWING_PREFIX):
+        return _parse_follow(name, pk, sk, meta)
+    if pk.startswith(keys.USER_PREFIX) and sk == keys.PROFILE_SK:
+        return Ignored("user", "user profile change")
+    return Ignored("other", "not a post, follow or user")
+
+
+def _meta(record: Mapping[str, Any], body: Mapping[str, Any]) -> RecordMeta:
+    created = body.get("ApproximateCreationDateTime")
+    approximate_ms: int | None = None
+    if isinstance(created, datetime):
+        approximate_ms = _epoch_ms(created)
+    elif isinstance(created, int | float) and not isinstance(created, bool):
+        # Streams give seconds; DynamoDB-to-Kinesis gives milliseconds.
+        approximate_ms = int(created * 1000) if created < 1e11 else int(created)
+    return RecordMeta(
+        event_id=str(record.get("eventID", ""))[:128],
+        sequence_number=str(body.get("SequenceNumber", ""))[:128],
+        approximate_ms=approximate_ms,
+    )
+
+
+def _image(body: Mapping[str, Any], which: str) -> dict[str, Any] | None:
+    raw = body.get(which)
+    if raw is None:
+        return None
+    try:
+        return from_image(raw)
+    except AttributeValueError as exc:
+        raise RecordError(f"bad {which}: {exc}") from exc
+
+
+def _parse_post(
+    name: str, body: Mapping[str, Any], meta: RecordMeta, excluded: frozenset[str]
+) -> ParsedRecord:
+    new, old = _image(body, "NewImage"), _image(body, "OldImage")
+    if name == "INSERT":
+        if new is None:
+            raise RecordError("post INSERT without NewImage")
+        if not is_live(new, excluded):
+            return Ignored("post", "post created deleted or hidden")
+        return PostPublished(post_from_image(new), meta)
+    if name == "REMOVE":
+        if old is None:
+            raise RecordError("post REMOVE without OldImage: its feed items cannot be located")
+        return PostRetracted(post_from_image(old), meta)
+    if new is None:
+        raise RecordError("post MODIFY without NewImage")
+    was_live = None if old is None else is_live(old, excluded)
+    now_live = is_live(new, excluded)
+    if not now_live and was_live is not False:
+        return PostRetracted(post_from_image(new), meta)
+    if now_live and was_live is False:
+        return PostPublished(post_from_image(new), meta)
+    return Ignored("post", "post edit that changes no feed")
+
+
+def _parse_follow(name: str, pk: str, sk: str, meta: RecordMeta) -> ParsedRecord:
+    follower = validate_id(keys.strip_prefix(pk, keys.USER_PREFIX), "follower id")
+    followed = validate_id(keys.strip_prefix(sk, keys.FOLLOWING_PREFIX), "followed id")
+    if name == "INSERT":
+        return FollowStarted(follower, followed, meta)
+    if name == "REMOVE":
+        return FollowEnded(follower, followed, meta)
+    return Ignored("follow", "follow edge update")
+
+
+def is_live(image: Mapping[str, Any], excluded: Collection[str]) -> bool:
+    """Whether a post image belongs in feeds: not soft-deleted, visibility not excluded."""
+    return image.get("is_deleted") is not True and image.get("visibility") not in excluded
+
+
+def post_from_image(image: Mapping[str, Any]) -> Post:
+    """A post's immutable fields from its item; RecordError names the first missing or bad one."""
+    pk_id = keys.strip_prefix(str(image.get("PK", "")), keys.POST_PREFIX)
+    post_id = validate_id(image.get("post_id", pk_id), "post_id")
+    if pk_id is not None and pk_id != post_id:
+        raise RecordError(f"post_id {post_id!r} does not match PK")
+    author_id = validate_id(image.get("author_id"), "author_id")
+    created_at = image.get("created_at")
+    if not isinstance(created_at, str):
+        raise RecordError("post has no string created_at")
+    content = image.get("content", "")
+    if not isinstance(content, str):
+        raise RecordError("post content is not a string")
+    score = image.get("engagement_score", 0)
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        raise RecordError("engagement_score is not a number")
+    return Post(
+        post_id=post_id,
+        author_id=author_id,
+        author_username=_text(image.get("author_username", ""), "author_username"),
+        content_preview=content[:CONTENT_PREVIEW_CHARS],
+        content_type=_text(image.get("content_type", "text"), "content_type"),
+        created_at=created_at,
+        created_at_ms=parse_timestamp_ms(created_at),
+        engagement_score=score,
+        is_promoted=image.get("is_promoted") is True,
+    )
+
+
+def post_from_feed_item(item: Mapping[str, Any]) -> Post:
+    """The post a durable feed item was built from (feed items carry every immutable field)."""
+    created_at = str(item.get("created_at", ""))
+    return Post(
+        post_id=validate_id(item.get("post_id"), "post_id"),
+        author_id=validate_id(item.get("author_id"), "author_id"),
+        author_username=str(item.get("author_username", "")),
+        content_preview=str(item.get("content_preview", "")),
+        content_type=str(item.get("content_type", "text")),
+        created_at=created_at,
+        created_at_ms=parse_timestamp_ms(created_at),
+        engagement_score=item.get("engagement_score", 0),
+        is_promoted=item.get("is_promoted") is True,
+    )
+
+
+def validate_id(value: Any, what: str) -> str:
+    """An id safe to put in a key: a non-empty string, bounded, without control characters."""
+    if not isinstance(value, str) or not value:
+        raise RecordError(f"missing or non-string {what}")
+    if len(value) > MAX_ID_LENGTH:
+        raise RecordError(f"{what} longer than {MAX_ID_LENGTH} characters")
+    if _CONTROL.search(value):
+        raise RecordError(f"{what} contains control characters")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(f"{what} is not a string")
+    return value[:MAX_ID_LENGTH]
+
+
+def parse_timestamp_ms(text: str) -> int:
+    """ISO-8601 (as the app writes ``created_at``) to epoch milliseconds; naive means UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise RecordError(f"created_at {text[:40]!r} is not ISO-8601") from exc
+    return _epoch_ms(moment)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)

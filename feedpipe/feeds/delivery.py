@@ -1,0 +1,57 @@
+"""Putting one post into feeds and taking it out again, durable and cached, then settling."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from feedpipe.core.events import Post
+from feedpipe.core.items import feed_item_key, feed_items
+from feedpipe.core.records import is_live
+from feedpipe.feeds.stores import Stores
+
+MAX_SETTLE_ROUNDS = 6
+
+
+class SettleError(Exception):
+    """The truth kept changing under a task for too many rounds; the task retries later."""
+
+
+def add_post(stores: Stores, post: Post, user_ids: Collection[str]) -> int:
+    """Write ``post`` into each user's durable feed and each warm cached feed."""
+    if not user_ids:
+        return 0
+    written = stores.table.put_items(feed_items(user_ids, post, stores.item_template(post)))
+    stores.cache.add_to_warm_feeds(user_ids, post.created_at_ms, stores.member(post))
+    return written
+
+
+def remove_post(stores: Stores, post: Post, user_ids: Collection[str]) -> None:
+    if user_ids:
+        stores.table.delete_keys(feed_item_key(u, post) for u in user_ids)
+        stores.cache.remove_post(user_ids, post.created_at_ms, post.post_id)
+
+
+def post_is_live(stores: Stores, post_id: str) -> bool:
+    image = stores.table.post_image(post_id)
+    return image is not None and is_live(image, stores.excluded)
+
+
+def due_users(stores: Stores, post: Post, candidates: Collection[str]) -> set[str]:
+    """Which candidates should have ``post`` in their feed now: it is live and they follow."""
+    if not candidates or not post_is_live(stores, post.post_id):
+        return set()
+    return stores.table.current_followers(candidates, post.author_id)
+
+
+def settle_post(stores: Stores, post: Post, present: set[str], absent: set[str]) -> None:
+    """After writing ``post`` to ``present`` and removing it from ``absent``, fix whatever the
+    truth disagrees with, until a check after the last action agrees with it."""
+    for _ in range(MAX_SETTLE_ROUNDS):
+        due = due_users(stores, post, present | absent)
+        wrongly_present, wrongly_absent = present - due, absent & due
+        if not wrongly_present and not wrongly_absent:
+            return
+        remove_post(stores, post, wrongly_present)
+        add_post(stores, post, wrongly_absent)
+        present, absent = wrongly_absent, wrongly_present
+    raise SettleError(f"post {post.post_id!r} kept changing for {MAX_SETTLE_ROUNDS} rounds")

@@ -1,0 +1,83 @@
+"""Follow (backfill the followed user's newest posts) and unfollow (unmerge them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from feedpipe.core.events import Post
+from feedpipe.core.items import feed_item_key, feed_items
+from feedpipe.core.records import RecordError, post_from_feed_item
+from feedpipe.feeds.delivery import MAX_SETTLE_ROUNDS, SettleError
+from feedpipe.feeds.stores import Stores
+
+
+def apply_follow(stores: Stores, follower_id: str, followed_id: str) -> int:
+    """Backfill ``followed_id``'s newest live posts into ``follower_id``'s feed."""
+    stores.cache.drop_follow_caches(follower_id, followed_id)
+    if not _follows(stores, follower_id, followed_id):
+        return 0  # unfollowed since: the unfollow's own task owns the feed now
+    posts = stores.table.recent_posts(followed_id, stores.settings.backfill_posts, stores.excluded)
+    add_posts(stores, follower_id, posts)
+    settle_follow(stores, follower_id, followed_id, present=posts, absent=[])
+    return len(posts)
+
+
+def apply_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
+    """Take every post of ``followed_id`` out of ``follower_id``'s feed."""
+    stores.cache.drop_follow_caches(follower_id, followed_id)
+    if _follows(stores, follower_id, followed_id):
+        return 0  # followed again since: that follow's backfill owns the feed now
+    items = stores.table.feed_items_by_author(follower_id, followed_id)
+    stores.table.delete_keys({"PK": {"S": i["PK"]}, "SK": {"S": i["SK"]}} for i in items)
+    stores.cache.remove_author(follower_id, followed_id)
+    posts = _posts_of(items)
+    settle_follow(stores, follower_id, followed_id, present=[], absent=posts)
+    return len(items)
+
+
+def add_posts(stores: Stores, user_id: str, posts: Sequence[Post]) -> None:
+    if posts:
+        stores.table.put_items(
+            item for p in posts for item in feed_items([user_id], p, stores.item_template(p))
+        )
+        entries = [(p.created_at_ms, stores.member(p)) for p in posts]
+        stores.cache.add_many_if_warm(user_id, entries)
+
+
+def remove_posts(stores: Stores, user_id: str, posts: Sequence[Post]) -> None:
+    if posts:
+        stores.table.delete_keys(feed_item_key(user_id, p) for p in posts)
+        stores.cache.remove_entries((user_id, p.created_at_ms, p.post_id) for p in posts)
+
+
+def settle_follow(
+    stores: Stores, follower_id: str, followed_id: str, present: list[Post], absent: list[Post]
+) -> None:
+    """Like ``settle_post``, for one feed and one author's posts."""
+    for _ in range(MAX_SETTLE_ROUNDS):
+        live: set[str] = set()
+        if _follows(stores, follower_id, followed_id):
+            ids = [p.post_id for p in present + absent]
+            live = stores.table.live_post_ids(ids, stores.excluded)
+        wrongly_present = [p for p in present if p.post_id not in live]
+        wrongly_absent = [p for p in absent if p.post_id in live]
+        if not wrongly_present and not wrongly_absent:
+            return
+        remove_posts(stores, follower_id, wrongly_present)
+        add_posts(stores, follower_id, wrongly_absent)
+        present, absent = wrongly_absent, wrongly_present
+    raise SettleError(f"follow {follower_id!r}->{followed_id!r} kept changing")
+
+
+def _follows(stores: Stores, follower_id: str, followed_id: str) -> bool:
+    return bool(stores.table.current_followers([follower_id], followed_id))
+
+
+def _posts_of(items: Sequence[dict]) -> list[Post]:
+    posts = []
+    for item in items:
+        try:
+            posts.append(post_from_feed_item(item))
+        except RecordError:
+            continue  # an item feedpipe did not build: deleted above, never re-added
+    return posts

@@ -1,0 +1,35 @@
+"""The storage a feed operation works on, passed down from the process that built it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from feedpipe.adapters.dynamo import FeedTable
+from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache
+from feedpipe.config import Settings
+from feedpipe.core.events import Post
+from feedpipe.core.items import Item, feed_item_template
+from feedpipe.core.members import encode_member
+
+
+@dataclass
+class Stores:
+    table: FeedTable
+    cache: FeedCache
+    dead_letters: DeadLetters
+    settings: Settings
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        return self.settings.excluded_visibilities
+
+    def member(self, post: Post) -> str:
+        return encode_member(post, self.settings.member_format)
+
+    def item_template(self, post: Post) -> Item:
+        now = datetime.now(UTC)
+        ttl = None
+        if self.settings.durable_feed_ttl_days:
+            ttl = int((now + timedelta(days=self.settings.durable_feed_ttl_days)).timestamp())
+        return feed_item_template(post, now.isoformat(timespec="milliseconds"), ttl)

@@ -1,0 +1,71 @@
+"""Per-process services: the settings and the stores, built once, lazily, after any fork.
+
+A prefork worker's parent never touches them, so every child opens its own connections.
+Tests call ``reset_runtime`` (an autouse fixture) so no global leaks between them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedpipe.adapters.dynamo import FeedTable, make_client
+from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache, connect_redis
+from feedpipe.config import Settings, load_settings
+from feedpipe.core.keys import OwnKeys
+from feedpipe.feeds.stores import Stores
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pid: int = field(default_factory=os.getpid)
+    _stores: Stores | None = None
+
+    @property
+    def stores(self) -> Stores:
+        if self._stores is None:
+            self._stores = build_stores(self.settings)
+        return self._stores
+
+    @property
+    def own_keys(self) -> OwnKeys:
+        return OwnKeys(self.settings.key_prefix)
+
+
+def build_stores(settings: Settings, dynamodb: Any = None) -> Stores:
+    client = dynamodb or make_client(
+        "dynamodb", max_pool=settings.write_concurrency + 4, validate=False
+    )
+    redis_client = connect_redis(settings.redis)
+    return Stores(
+        table=FeedTable(client, settings.table_name, settings.write_concurrency),
+        cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds),
+        dead_letters=DeadLetters(redis_client, OwnKeys(settings.key_prefix).dead_letters),
+        settings=settings,
+    )
+
+
+_current: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime; built from the environment on first use (and again after fork)."""
+    global _current
+    if _current is None or _current.pid != os.getpid():
+        settings = _current.settings if _current is not None else load_settings()
+        _current = Runtime(settings)
+    return _current
+
+
+def install_runtime(settings: Settings) -> Runtime:
+    """Use these settings for this process (the CLI builds them once at start)."""
+    global _current
+    _current = Runtime(settings)
+    return _current
+
+
+def reset_runtime() -> None:
+    global _current
+    _current = None

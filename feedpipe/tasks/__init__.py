@@ -1,0 +1,8 @@
+"""Thin Celery task wrappers over ``feedpipe.feeds``: decode payloads, classify errors, retry."""
+
+# Task names, the one place they are spelled; the consumer sends tasks by these names.
+FANOUT_POSTS = "feedpipe.fanout.posts"
+FANOUT_CHUNK = "feedpipe.fanout.chunk"
+RETRACT_POSTS = "feedpipe.retract.posts"
+RETRACT_CHUNK = "feedpipe.retract.chunk"
+APPLY_FOLLOWS = "feedpipe.follows.apply"
