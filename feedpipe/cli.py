@@ -17,21 +17,28 @@ from feedpipe.runtime import install_runtime
 log = logging.getLogger("feedpipe")
 
 
-def _start(ctx: click.Context) -> Settings:
-    """Settings for this process, validated; a bad one ends it with one clear line."""
-    if ctx.obj is None:
+class _Commands(click.Group):
+    """Any ConfigError, raised while a command starts, ends it with one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            settings = load_settings()
+            return super().invoke(ctx)
         except ConfigError as exc:
             click.echo(f"feedpipe: {exc}", err=True)
             ctx.exit(2)
+
+
+def _start(ctx: click.Context) -> Settings:
+    """Settings for this process, built once and validated."""
+    if ctx.obj is None:
+        settings = load_settings()
         setup_logging(settings)
         install_runtime(settings)
         ctx.obj = settings
     return ctx.obj
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="feedpipe")
 def main() -> None:
     """feedpipe keeps the app's home feeds right from the table's change stream."""

@@ -7,7 +7,6 @@ whose message is one line naming the variable; secrets never appear in ``repr`` 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
@@ -36,16 +35,34 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+BROKER_SCHEMES = REDIS_SCHEMES | {"redis+socket", "amqp", "amqps", "pyamqp", "memory"}
+_LOCAL_SCHEMES = frozenset({"unix", "redis+socket", "memory"})
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd"})
+
+
 def redact_url(url: str) -> str:
-    """A URL fit for logs: any password replaced by ``***``."""
+    """A URL fit for logs: any password (userinfo or query parameter) replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if parts.query:
+        pairs = [p.partition("=") for p in parts.query.split("&")]
+        parts = parts._replace(query="&".join(
+            f"{k}{eq}{'***' if k.lower() in _SECRET_PARAMS else v}" for k, eq, v in pairs
+        ))
+    return urlunsplit(parts)
+
+
+def _check_url(url: str, schemes: frozenset[str]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"must be a URL with a scheme of {', '.join(sorted(schemes))}")
+    if parts.scheme not in _LOCAL_SCHEMES and not parts.hostname:
+        raise ValueError("must name a host, as in redis://host:6379/0")
 
 
 class Settings(BaseSettings):
@@ -72,6 +89,7 @@ class Settings(BaseSettings):
 
     # Fan-out and consumer tuning.
     fanout_chunk_size: int = Field(1000, ge=1, le=100_000)
+    follower_page_size: int = Field(1000, ge=1, le=100_000)
     write_concurrency: int = Field(4, ge=1, le=64)
     records_per_read: int = Field(1000, ge=1, le=10_000)
     events_per_message: int = Field(200, ge=1, le=5000)
@@ -92,13 +110,17 @@ class Settings(BaseSettings):
             return frozenset(v.strip() for v in value.split(",") if v.strip())
         return value
 
-    @field_validator("redis_url", "broker_url")
+    @field_validator("redis_url")
     @classmethod
-    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+    def _check_redis_url(cls, value: SecretStr) -> SecretStr:
+        _check_url(value.get_secret_value(), REDIS_SCHEMES)
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            scheme = urlsplit(value.get_secret_value()).scheme
-            if not scheme:
-                raise ValueError("must be a URL such as redis://host:6379/0")
+            _check_url(value.get_secret_value(), BROKER_SCHEMES)
         return value
 
     @field_validator("log_level")
@@ -131,14 +153,22 @@ class Settings(BaseSettings):
         return shown
 
 
+class _MappingSettings(Settings):
+    """Settings from a given mapping only: the process environment is not consulted."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *_: Any, **__: Any):  # type: ignore[no-untyped-def, override]
+        return (init_settings,)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment (or ``environ``), validated; ConfigError on any bad value."""
-    env = dict(os.environ if environ is None else environ)
+    """Settings from the process environment (or only from ``environ``), validated;
+    ConfigError with a one-line message on any bad value."""
     try:
         if environ is None:
             return Settings(**overrides)
-        wanted = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-        return Settings(**{**wanted, **overrides})
+        wanted = {k[len(ENV_PREFIX) :].lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+        return _MappingSettings(**{**wanted, **overrides})
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
 

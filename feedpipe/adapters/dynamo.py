@@ -13,8 +13,10 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import NoRegionError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from feedpipe.config import ConfigError
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
 from feedpipe.core.events import Post
@@ -38,7 +40,10 @@ def make_client(service: str, max_pool: int = 10, validate: bool = True) -> Any:
         max_pool_connections=max_pool,
         parameter_validation=validate,
     )
-    return boto3.session.Session().client(service, config=config)
+    try:
+        return boto3.session.Session().client(service, config=config)
+    except NoRegionError:
+        raise ConfigError("no AWS region: set AWS_DEFAULT_REGION") from None
 
 
 class FeedTable:

@@ -7,7 +7,7 @@ from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.redis_feeds import DeadLetters, connect_redis
 from feedpipe.adapters.streams import DynamoDBStreamSource, ShardSource
-from feedpipe.config import Settings, Source
+from feedpipe.config import ConfigError, Settings, Source
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.keys import OwnKeys
@@ -15,7 +15,7 @@ from feedpipe.core.keys import OwnKeys
 
 def build_source(settings: Settings, dynamodb: object) -> ShardSource:
     if settings.source is Source.KINESIS:
-        raise NotImplementedError("FEEDPIPE_SOURCE=kinesis is not supported yet")
+        raise ConfigError("bad setting FEEDPIPE_SOURCE='kinesis': the Kinesis source is not built yet")
     return DynamoDBStreamSource(make_client("dynamodbstreams"), dynamodb, settings.table_name)
 
 

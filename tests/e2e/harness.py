@@ -1,0 +1,264 @@
+"""End-to-end harness: real processes (``feedpipe worker``, ``feedpipe consume``) against a moto
+server and a real Redis, the app's writes, and a model of what every feed must end as."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from feedpipe.adapters.checkpoints import CheckpointStore
+from feedpipe.adapters.dynamo import make_client
+from feedpipe.adapters.streams import DynamoDBStreamSource, record_sequence
+from feedpipe.adapters.tables import create_tables
+from feedpipe.appsim import AppWriter
+from feedpipe.config import Settings, load_settings
+from feedpipe.core import keys
+from feedpipe.core.attributes import from_image
+from feedpipe.core.records import post_from_image
+from feedpipe.feeds.delivery import add_post
+from feedpipe.feeds.rebuild import rebuild_cache
+from feedpipe.local import stop_process
+from feedpipe.runtime import build_stores
+
+TABLE = "SocialMediaApp"
+LEASES = "feedpipe-leases"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class Processes:
+    """feedpipe processes started by a test, each in its own process group, logs kept."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "feedpipe", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, concurrency: int = 2) -> subprocess.Popen:
+        return self._spawn(
+            "worker", "worker", "-c", str(concurrency), "--without-mingle", "--without-gossip",
+            "--without-heartbeat",
+        )
+
+    def consumer(self, *args: str) -> subprocess.Popen:
+        return self._spawn("consumer", "consume", *args)
+
+    def consume_until_idle(self, timeout: float = 240) -> dict[str, Any]:
+        proc = self.consumer("--stop-when-idle")
+        proc.wait(timeout)
+        assert proc.returncode == 0, self.logs()
+        return json.loads(self.last_log_line(proc))["consumed"]
+
+    def last_log_line(self, proc: subprocess.Popen) -> str:
+        index = self.procs.index(proc)
+        path = next(self.log_dir.glob(f"*-{index}.log"))
+        lines = [ln for ln in path.read_text().splitlines() if ln.startswith("{")]
+        return lines[-1]
+
+    def kill9(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+
+    def logs(self, tail: int = 4000) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text()[-tail:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+
+def pipeline_env(aws_env: dict[str, str], redis_urls: tuple[str, str], **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDPIPE_", "AWS_"))}
+    env.update(aws_env)
+    env.update({
+        "FEEDPIPE_REDIS_URL": redis_urls[0],
+        "FEEDPIPE_BROKER_URL": redis_urls[1],
+        "FEEDPIPE_TABLE_NAME": TABLE,
+        "FEEDPIPE_LEASE_TABLE_NAME": LEASES,
+        "FEEDPIPE_IDLE_POLL_SECONDS": "0.2",
+        "FEEDPIPE_FANOUT_CHUNK_SIZE": "500",
+        "FEEDPIPE_FOLLOWER_PAGE_SIZE": "1000",
+        "FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "6",
+        "FEEDPIPE_LOG_LEVEL": "INFO",
+    })
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class World:
+    """The app's data as written, and what every feed must end as (contract section 2)."""
+
+    settings: Settings
+    redis: redis.Redis
+    app: AppWriter = field(init=False)
+    follows: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # author -> followers
+    posts: dict[str, tuple[str, bool]] = field(default_factory=dict)  # post_id -> (author, live)
+    users: set[str] = field(default_factory=set)
+    warm: set[str] = field(default_factory=set)
+    clock: int = 0
+
+    def __post_init__(self) -> None:
+        self.dynamodb = make_client("dynamodb")
+        create_tables(self.dynamodb, TABLE, LEASES)
+        self.app = AppWriter(self.dynamodb, self.redis, TABLE, transactional=False)
+        self.stores = build_stores(self.settings, self.dynamodb)
+
+    def user(self, *user_ids: str) -> None:
+        for user_id in user_ids:
+            self.app.create_user(user_id)
+            self.users.add(user_id)
+
+    def bulk_follow(self, followers: Iterable[str], author: str) -> None:
+        """Set-up shortcut: follow edges written 25 at a time (the counters the app also
+        updates do not affect feeds)."""
+        followers = list(followers)
+        items = []
+        for f in followers:
+            items.append({"PutRequest": {"Item": {
+                "PK": {"S": keys.user_pk(f)}, "SK": {"S": keys.following_sk(author)},
+                "GSI1PK": {"S": keys.user_pk(author)}, "GSI1SK": {"S": keys.follower_gsi1sk(f)},
+                "follower_id": {"S": f}, "followed_id": {"S": author}, "status": {"S": "active"},
+            }}})
+        for i in range(0, len(items), 25):
+            self.dynamodb.batch_write_item(RequestItems={TABLE: items[i:i + 25]})
+        self.follows[author].update(followers)
+        self.users.update(followers)
+
+    def follow(self, follower: str, author: str) -> None:
+        self.app.follow(follower, author)
+        self.follows[author].add(follower)
+
+    def unfollow(self, follower: str, author: str) -> None:
+        self.app.unfollow(follower, author)
+        self.follows[author].discard(follower)
+
+    def post(self, author: str, post_id: str, visibility: str = "public") -> str:
+        self.clock += 1
+        created = f"2026-11-25T10:{self.clock // 60:02d}:{self.clock % 60:02d}.000Z"
+        self.app.create_post(author, f"user_{author}", f"{post_id} says hello " * 3,
+                             post_id=post_id, created_at=created, visibility=visibility)
+        self.posts[post_id] = (author, visibility != "private")
+        return post_id
+
+    def delete(self, post_id: str) -> None:
+        self.app.delete_post(post_id)
+        self.posts[post_id] = (self.posts[post_id][0], False)
+
+    def remove(self, post_id: str) -> None:
+        self.app.remove_post(post_id)
+        self.posts[post_id] = (self.posts[post_id][0], False)
+
+    def historic_fanout(self, post_id: str, warm: Iterable[str]) -> None:
+        """A post delivered before feedpipe's consumer started (by an earlier pipeline), and
+        the feeds of ``warm`` users cached from it."""
+        image = from_image(self.dynamodb.get_item(
+            TableName=TABLE, Key={"PK": {"S": keys.post_pk(post_id)}, "SK": {"S": keys.POST_SK}})["Item"])
+        post = post_from_image(image)
+        author = self.posts[post_id][0]
+        add_post(self.stores, post, sorted(self.follows[author]))
+        for user in warm:
+            if rebuild_cache(self.stores, user):
+                self.warm.add(user)
+
+    def mark_history_consumed(self) -> None:
+        """Checkpoint the stream at its current end, as if a consumer had processed all that."""
+        source = DynamoDBStreamSource(make_client("dynamodbstreams"), self.dynamodb, TABLE)
+        store = CheckpointStore(self.dynamodb, LEASES)
+        for shard in source.list_shards():
+            iterator, last = source.iterator(shard.shard_id, None), None
+            while iterator:
+                result = source.read(iterator, 1000)
+                if not result.records:
+                    break
+                last = record_sequence(result.records[-1])
+                iterator = result.next_iterator
+            if last:
+                store.save(source.stream_id, shard.shard_id, last)
+
+    # -- what must be --------------------------------------------------------------------
+
+    def expected_feeds(self) -> dict[str, set[str]]:
+        """Every live post of every author a user follows now (no author here has more than
+        the backfill's 20 live posts, so backfill and fan-out both deliver all of them)."""
+        feeds: dict[str, set[str]] = {u: set() for u in self.users}
+        for post_id, (author, live) in self.posts.items():
+            if live:
+                for follower in self.follows[author]:
+                    feeds[follower].add(post_id)
+        return feeds
+
+    def durable_feeds(self) -> dict[str, set[str]]:
+        feeds: dict[str, set[str]] = {u: set() for u in self.users}
+        request: dict[str, Any] = {
+            "TableName": TABLE,
+            "FilterExpression": "begins_with(PK, :f)",
+            "ExpressionAttributeValues": {":f": {"S": keys.FEED_PREFIX}},
+            "ProjectionExpression": "PK, post_id",
+        }
+        while True:
+            page = self.dynamodb.scan(**request)
+            for item in page["Items"]:
+                user = item["PK"]["S"][len(keys.FEED_PREFIX):]
+                post_id = item["post_id"]["S"]
+                assert post_id not in feeds.setdefault(user, set()), f"{post_id} twice in {user}'s feed"
+                feeds[user].add(post_id)
+            if "LastEvaluatedKey" not in page:
+                return feeds
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def cached_feeds(self) -> dict[str, set[str]]:
+        feeds = {}
+        for key in self.redis.scan_iter(match=f"{keys.FEED_CACHE_PREFIX}*", count=1000):
+            user = key.decode()[len(keys.FEED_CACHE_PREFIX):]
+            feeds[user] = {json.loads(m)["postId"] for m in self.redis.zrange(key, 0, -1)}
+        return feeds
+
+    def expected_cached(self) -> dict[str, set[str]]:
+        """Warm users' caches hold their whole (small) feed; cold users have none."""
+        expected = self.expected_feeds()
+        return {u: expected[u] for u in self.warm if expected[u]}
+
+    def feeds_right(self) -> bool:
+        return self.durable_feeds() == self.expected_feeds() and self.cached_feeds() == self.expected_cached()
+
+    def assert_feeds_right(self) -> None:
+        durable, expected = self.durable_feeds(), self.expected_feeds()
+        wrong = {u: (sorted(durable.get(u, ())), sorted(expected[u])) for u in expected if durable.get(u) != expected[u]}
+        assert not wrong, f"{len(wrong)} durable feeds wrong, e.g. {dict(list(wrong.items())[:5])}"
+        cached, want = self.cached_feeds(), self.expected_cached()
+        wrong_c = {u: (sorted(cached.get(u, ())), sorted(want.get(u, ()))) for u in set(cached) | set(want)
+                   if cached.get(u) != want.get(u)}
+        assert not wrong_c, f"{len(wrong_c)} cached feeds wrong, e.g. {dict(list(wrong_c.items())[:5])}"
+
+
+def make_world(env: dict[str, str], real_redis: redis.Redis) -> World:
+    settings = load_settings({k: v for k, v in env.items() if k.startswith("FEEDPIPE_")})
+    return World(settings, real_redis)

@@ -1,0 +1,112 @@
+"""Small fakes that behave as AWS does where moto does not: many shards with parents that
+close, iterators that expire, throttling, and a broker that goes away."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kombu.exceptions import OperationalError
+
+from feedpipe.adapters.streams import (
+    IteratorExpiredError,
+    ReadResult,
+    Shard,
+    ThrottledError,
+    TrimmedDataError,
+)
+from feedpipe.core.events import Event
+
+
+def follow_record(seq: int, follower: str, followed: str, name: str = "INSERT") -> dict[str, Any]:
+    return {
+        "eventID": f"e{seq}",
+        "eventName": name,
+        "dynamodb": {
+            "Keys": {"PK": {"S": f"USER#{follower}"}, "SK": {"S": f"FOLLOWING#{followed}"}},
+            "SequenceNumber": f"{seq:021d}",
+        },
+    }
+
+
+@dataclass
+class FakeShardSource:
+    """Shards of records; a closed shard ends (null next iterator) after its last record."""
+
+    shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    parents: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    closed: set[str] = field(default_factory=set)
+    expire_reads: int = 0  # the next N reads fail with an expired iterator
+    throttle_reads: int = 0
+    trim_below: dict[str, int] = field(default_factory=dict)  # shard -> first index still kept
+    reads: int = 0
+    stream_id: str = "arn:fake:stream"
+
+    def add_shard(self, shard_id: str, records: Sequence[dict], parents: tuple[str, ...] = (), closed: bool = False) -> None:
+        self.shards[shard_id] = list(records)
+        self.parents[shard_id] = parents
+        if closed:
+            self.closed.add(shard_id)
+
+    def list_shards(self) -> list[Shard]:
+        return [Shard(s, self.parents.get(s, ()), s in self.closed) for s in self.shards]
+
+    def iterator(self, shard_id: str, after: str | None) -> str:
+        records = self.shards[shard_id]
+        position = self.trim_below.get(shard_id, 0)  # TRIM_HORIZON: the oldest record kept
+        if after:
+            position = next(i + 1 for i, r in enumerate(records) if r["dynamodb"]["SequenceNumber"] == after)
+        return f"{shard_id}|{position}"
+
+    def read(self, iterator: str, limit: int) -> ReadResult:
+        self.reads += 1
+        if self.expire_reads:
+            self.expire_reads -= 1
+            raise IteratorExpiredError("Iterator expired")
+        if self.throttle_reads:
+            self.throttle_reads -= 1
+            raise ThrottledError("Rate exceeded")
+        shard_id, _, raw = iterator.partition("|")
+        position = int(raw)
+        if position < self.trim_below.get(shard_id, 0):
+            raise TrimmedDataError("records trimmed")
+        records = self.shards[shard_id][position : position + limit]
+        end = position + len(records)
+        if shard_id in self.closed and end >= len(self.shards[shard_id]):
+            return ReadResult(records, None)
+        return ReadResult(records, f"{shard_id}|{end}")
+
+
+@dataclass
+class FakeCheckpoints:
+    saved: dict[str, str] = field(default_factory=dict)
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+    def load(self, stream_id: str) -> dict[str, str]:
+        return dict(self.saved)
+
+    def save(self, stream_id: str, shard_id: str, checkpoint: str, parents: tuple[str, ...] = ()) -> None:
+        self.saved[shard_id] = checkpoint
+        self.history.append((shard_id, checkpoint))
+
+
+@dataclass
+class FakeDispatcher:
+    events: list[Event] = field(default_factory=list)
+    fail_next: int = 0
+
+    def dispatch(self, events: Sequence[Event]) -> int:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise OperationalError("broker unreachable")
+        self.events.extend(events)
+        return 1
+
+
+@dataclass
+class FakeDeadLetters:
+    letters: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None:
+        self.letters.extend(letters)

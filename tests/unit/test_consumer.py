@@ -1,0 +1,146 @@
+"""The shard consumer on a faithful fake source: lineage, checkpoints, expiry, throttling,
+bad records and a broker outage."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from feedpipe.adapters.checkpoints import SHARD_END
+from feedpipe.adapters.streams import DynamoDBStreamSource
+from feedpipe.consumers.consumer import StreamConsumer
+from feedpipe.consumers.pipeline import RecordPipeline
+from tests.fakes import FakeCheckpoints, FakeDeadLetters, FakeDispatcher, FakeShardSource, follow_record
+
+
+def _consumer(source, checkpoints=None, dispatcher=None, letters=None, per_read=2):
+    pipeline = RecordPipeline(dispatcher or FakeDispatcher(), letters or FakeDeadLetters(), {"private"})
+    return StreamConsumer(source, checkpoints or FakeCheckpoints(), pipeline,
+                          records_per_read=per_read, idle_poll_seconds=0.001)
+
+
+def _followed(dispatcher: FakeDispatcher) -> list[str]:
+    return [e.followed_id for e in dispatcher.events]
+
+
+def test_children_wait_for_their_parents_to_end():
+    source = FakeShardSource()
+    # The child is listed first: order of listing must not matter.
+    source.add_shard("child", [follow_record(10, "a", "c1"), follow_record(11, "a", "c2")], parents=("parent",))
+    source.add_shard("parent", [follow_record(i, "a", f"p{i}") for i in range(1, 6)], closed=True)
+    dispatcher, checkpoints = FakeDispatcher(), FakeCheckpoints()
+
+    _consumer(source, checkpoints, dispatcher).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == ["p1", "p2", "p3", "p4", "p5", "c1", "c2"]
+    assert checkpoints.saved == {"parent": SHARD_END, "child": f"{11:021d}"}
+
+
+def test_a_restart_resumes_after_the_checkpoint():
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 4)])
+    checkpoints = FakeCheckpoints()
+    _consumer(source, checkpoints).run(stop_when_idle=True)
+
+    source.shards["s"] += [follow_record(4, "a", "u4"), follow_record(5, "a", "u5")]
+    dispatcher = FakeDispatcher()
+    _consumer(source, checkpoints, dispatcher).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == ["u4", "u5"]
+
+
+def test_expired_iterators_and_throttling_lose_and_repeat_nothing():
+    source = FakeShardSource(expire_reads=2, throttle_reads=3)
+    source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 8)])
+    dispatcher = FakeDispatcher()
+
+    _consumer(source, dispatcher=dispatcher).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == [f"u{i}" for i in range(1, 8)]
+
+
+def test_a_bad_record_is_dead_lettered_and_the_shard_moves_on():
+    bad = {"eventName": "INSERT", "dynamodb": {"Keys": {"PK": {"S": "POST#x"}}, "SequenceNumber": f"{2:021d}"}}
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(1, "a", "u1"), bad, follow_record(3, "a", "u3")])
+    dispatcher, letters, checkpoints = FakeDispatcher(), FakeDeadLetters(), FakeCheckpoints()
+
+    _consumer(source, checkpoints, dispatcher, letters, per_read=10).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == ["u1", "u3"]
+    assert [(reason, record) for _, reason, record in letters.letters] == [("Keys lack a string PK and SK", bad)]
+    assert checkpoints.saved["s"] == f"{3:021d}"
+
+
+def test_a_broker_outage_holds_the_checkpoint_until_the_batch_is_published():
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 5)])
+    dispatcher, checkpoints = FakeDispatcher(fail_next=3), FakeCheckpoints()
+
+    _consumer(source, checkpoints, dispatcher).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == ["u1", "u2", "u3", "u4"]  # each once, in order
+    # No checkpoint was ever written for records that were not yet published.
+    assert checkpoints.history == [("s", f"{2:021d}"), ("s", f"{4:021d}")]
+
+
+def test_stop_during_an_outage_exits_without_checkpointing_the_batch():
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(1, "a", "u1")])
+    dispatcher, checkpoints = FakeDispatcher(fail_next=10**6), FakeCheckpoints()
+    consumer = _consumer(source, checkpoints, dispatcher)
+    stopper = threading.Timer(0.3, consumer.request_stop)
+    stopper.start()
+
+    consumer.run()
+
+    assert checkpoints.saved == {} and dispatcher.events == []
+
+
+def test_trimmed_data_is_a_loud_gap_then_consumption_resumes_at_the_oldest_record():
+    source = FakeShardSource(trim_below={"s": 2})
+    source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 6)])
+    checkpoints = FakeCheckpoints(saved={"s": f"{1:021d}"})  # the consumer stopped after u1
+    letters, dispatcher = FakeDeadLetters(), FakeDispatcher()
+
+    _consumer(source, checkpoints, dispatcher, letters).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == ["u3", "u4", "u5"]
+    assert len(letters.letters) == 1 and letters.letters[0][1].startswith("gap: trimmed data after")
+
+
+class _PagedStreams:
+    """describe_stream answering in pages, as AWS does for streams with many shards."""
+
+    def __init__(self) -> None:
+        self.pages = {
+            None: {"Shards": [{"ShardId": "s1", "SequenceNumberRange": {"EndingSequenceNumber": "9"}}],
+                   "LastEvaluatedShardId": "s1"},
+            "s1": {"Shards": [{"ShardId": "s2", "ParentShardId": "s1", "SequenceNumberRange": {}}]},
+        }
+
+    def describe_stream(self, StreamArn: str, ExclusiveStartShardId: str | None = None) -> dict:
+        return {"StreamDescription": self.pages[ExclusiveStartShardId]}
+
+
+class _Table:
+    def describe_table(self, TableName: str) -> dict:
+        return {"Table": {"LatestStreamArn": "arn:s", "StreamSpecification": {"StreamEnabled": True}}}
+
+
+def test_every_shard_is_listed_across_describe_stream_pages():
+    shards = DynamoDBStreamSource(_PagedStreams(), _Table(), "T").list_shards()
+
+    assert [(s.shard_id, s.parent_ids, s.closed) for s in shards] == [("s1", (), True), ("s2", ("s1",), False)]
+
+
+@pytest.mark.parametrize("per_read", [1, 3, 1000])
+def test_every_record_is_dispatched_once_whatever_the_read_size(per_read):
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 11)], closed=True)
+    dispatcher = FakeDispatcher()
+
+    _consumer(source, dispatcher=dispatcher, per_read=per_read).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == [f"u{i}" for i in range(1, 11)]
