@@ -117,7 +117,7 @@ class AppWriter:
             TableName=self.table, Key=_typed({"PK": keys.post_pk(post_id), "SK": keys.POST_SK})
         )
 
-    def _counter_update(self, user_id: str, expression: str, inc: int, ts: str | None = None) -> dict:
+    def _counter_update(self, user_id: str, expression: str, inc: int, ts: str | None = None) -> dict[str, Any]:
         values: dict[str, Any] = {":inc": inc}
         if ts is not None:
             values[":ts"] = ts
@@ -128,7 +128,7 @@ class AppWriter:
             "ExpressionAttributeValues": _typed(values),
         }}
 
-    def _write(self, parts: list[dict]) -> None:
+    def _write(self, parts: list[dict[str, Any]]) -> None:
         if self.transactional:
             self.dynamodb.transact_write_items(TransactItems=parts)
             return

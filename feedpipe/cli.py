@@ -35,7 +35,8 @@ def _start(ctx: click.Context) -> Settings:
         setup_logging(settings)
         install_runtime(settings)
         ctx.obj = settings
-    return ctx.obj
+    settings_: Settings = ctx.obj
+    return settings_
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})

@@ -157,7 +157,7 @@ class _MappingSettings(Settings):
     """Settings from a given mapping only: the process environment is not consulted."""
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, *_: Any, **__: Any):  # type: ignore[no-untyped-def, override]
+    def settings_customise_sources(cls, settings_cls, init_settings, *_: Any, **__: Any):  # type: ignore[no-untyped-def]
         return (init_settings,)
 
 

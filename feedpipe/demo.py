@@ -7,6 +7,7 @@ which builds their Redis cache from the durable feed; from then on fan-out keeps
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -44,10 +45,9 @@ class Demo:
         stores = build_stores(settings, dynamodb)
         demo = cls(settings, AppWriter(dynamodb, stores.cache.client, settings.table_name), stores)
         for user in USERS:
-            try:
+            # A second run on the same backends finds its users there.
+            with contextlib.suppress(dynamodb.exceptions.ConditionalCheckFailedException):
                 demo.app.create_user(user, user)
-            except dynamodb.exceptions.ConditionalCheckFailedException:
-                pass  # a second run on the same backends
         for follower in USERS:
             for followed in demo.rng.sample([u for u in USERS if u != follower], 3):
                 demo._follow(follower, followed)

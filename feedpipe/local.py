@@ -46,7 +46,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
     raise LocalBackendError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
     if proc.poll() is not None:
         return
@@ -71,7 +71,7 @@ def _http_ok(url: str) -> bool:
 @dataclass
 class MotoServer:
     port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -102,7 +102,7 @@ class LocalRedis:
 
     url: str = ""
     broker_url: str = ""
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     _lite: object | None = None
     _dir: str = ""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import boto3
 
-from feedpipe.config import ConfigError, load_settings
+from feedpipe.config import ConfigError, Settings, load_settings
 from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer, stop_process
 
 SUMMARY_EVERY_SECONDS = 2.0
@@ -74,7 +74,9 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
 
         create_tables(make_client("dynamodb"), settings.table_name, settings.lease_table_name)
         children = {
-            "worker": _spawn(env, log_dir, "worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"),
+            "worker": _spawn(
+                env, log_dir, "worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"
+            ),
             "consumer": _spawn(env, log_dir, "consume"),
         }
         for name, proc in children.items():
@@ -88,7 +90,7 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
             print("stopped; no process left behind")
 
 
-def _spawn(env: dict[str, str], log_dir: Path, *args: str) -> subprocess.Popen:
+def _spawn(env: dict[str, str], log_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     log = open(log_dir / f"{'worker' if args[0] == 'worker' else 'consumer'}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "feedpipe", *args],
@@ -96,8 +98,14 @@ def _spawn(env: dict[str, str], log_dir: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def _supervise(settings, children, stop: threading.Event, demo: bool, duration: float | None) -> int:  # type: ignore[no-untyped-def]
-    from feedpipe.demo import Demo, Dashboard
+def _supervise(
+    settings: Settings,
+    children: dict[str, subprocess.Popen[bytes]],
+    stop: threading.Event,
+    demo: bool,
+    duration: float | None,
+) -> int:
+    from feedpipe.demo import Dashboard, Demo
 
     started = time.monotonic()
     driver = Demo.start(settings) if demo else None

@@ -43,7 +43,9 @@ class FakeShardSource:
     reads: int = 0
     stream_id: str = "arn:fake:stream"
 
-    def add_shard(self, shard_id: str, records: Sequence[dict], parents: tuple[str, ...] = (), closed: bool = False) -> None:
+    def add_shard(
+        self, shard_id: str, records: Sequence[dict[str, Any]], parents: tuple[str, ...] = (), closed: bool = False
+    ) -> None:
         self.shards[shard_id] = list(records)
         self.parents[shard_id] = parents
         if closed:

@@ -204,7 +204,7 @@ class FeedTable:
         requests = ((k, {"DeleteRequest": {"Key": k}}) for k in item_keys)
         return self._write(write_groups(requests))
 
-    def _write(self, groups: Iterable[list[dict]]) -> int:
+    def _write(self, groups: Iterable[list[dict[str, Any]]]) -> int:
         groups = list(groups)
         if len(groups) <= 1 or self.write_concurrency == 1:
             return sum(map(self.write_group, groups))
@@ -212,7 +212,7 @@ class FeedTable:
             self._pool = ThreadPoolExecutor(self.write_concurrency, thread_name_prefix="ddb-write")
         return sum(self._pool.map(self.write_group, groups))
 
-    def write_group(self, group: list[dict]) -> int:
+    def write_group(self, group: list[dict[str, Any]]) -> int:
         """One BatchWriteItem call (<= 25 requests), retrying what DynamoDB leaves unprocessed."""
         pending = {self.name: group}
         for attempt in _unprocessed_retrying():

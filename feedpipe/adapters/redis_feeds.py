@@ -93,7 +93,7 @@ class FeedCache:
         """Add one member to each warm feed; returns how many feeds were warm."""
         pipe = self.client.pipeline(transaction=False)
         for user_id in user_ids:
-            args = [self.max_length, self.ttl_seconds, score, member]
+            args: list[Any] = [self.max_length, self.ttl_seconds, score, member]
             self._add(keys=[keys.feed_cache(user_id)], args=args, client=pipe)
         return sum(int(r) for r in pipe.execute())
 
@@ -133,7 +133,9 @@ class FeedCache:
 
     def members(self, user_id: str) -> list[tuple[str, int]]:
         """The cached feed, newest first, as (member, score) pairs."""
-        raw = self.client.zrevrange(keys.feed_cache(user_id), 0, -1, withscores=True)
+        raw: list[tuple[bytes, float]] = self.client.zrevrange(  # type: ignore[assignment]
+            keys.feed_cache(user_id), 0, -1, withscores=True
+        )
         return [(m.decode(), int(s)) for m, s in raw]
 
 

@@ -59,14 +59,15 @@ _THROTTLED = frozenset(
 
 
 def map_stream_error(exc: ClientError) -> Exception:
-    code = exc.response.get("Error", {}).get("Code", "")
+    code = str(exc.response.get("Error", {}).get("Code", ""))
     if code == "ExpiredIteratorException":
         return IteratorExpiredError(str(exc))
     if code == "TrimmedDataAccessException":
         return TrimmedDataError(str(exc))
     if code in _THROTTLED:
         return ThrottledError(str(exc))
-    return exc
+    unmapped: Exception = exc
+    return unmapped
 
 
 class DynamoDBStreamSource:

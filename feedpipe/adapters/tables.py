@@ -5,6 +5,7 @@ Creating a table that exists is a no-op, so running it twice is harmless.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from feedpipe.core import keys
@@ -69,10 +70,9 @@ def create_tables(client: Any, app_table: str, lease_table: str) -> dict[str, st
 
 def _enable_point_in_time_recovery(client: Any, name: str) -> None:
     # The seed asks for PITR in CreateTable; the API takes it as a separate call.
-    try:
+    # A local stand-in without backups is not worth failing create-tables for.
+    with contextlib.suppress(client.exceptions.ClientError):
         client.update_continuous_backups(
             TableName=name,
             PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
         )
-    except client.exceptions.ClientError:
-        pass  # a local stand-in without backups: not worth failing create-tables for

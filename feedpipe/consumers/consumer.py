@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
@@ -152,15 +153,15 @@ class StreamConsumer:
             log.info("shard %s ended", state.shard.shard_id)
         return len(result.records)
 
-    def _publish(self, state: ShardState, records: list[dict]) -> None:
+    def _publish(self, state: ShardState, records: list[dict[str, Any]]) -> None:
         source = f"stream:{state.shard.shard_id}"
         for attempt in Retrying(
             retry=retry_if_exception_type(BROKER_ERRORS),
             wait=wait_random_exponential(multiplier=0.2, max=30),
             stop=stop_when_event_set(self.stop_event),
-            sleep=self.stop_event.wait,
+            sleep=self._pause,
             before_sleep=lambda rs: log.warning(
-                "cannot publish (%s); holding the checkpoint and retrying", rs.outcome.exception()
+                "cannot publish (%s); holding the checkpoint and retrying", rs.outcome and rs.outcome.exception()
             ),
             reraise=True,
         ):
@@ -185,6 +186,9 @@ class StreamConsumer:
             [(f"stream:{state.shard.shard_id}", f"gap: trimmed data after {state.checkpoint}: {exc}", {})]
         )
         state.iterator = self.source.iterator(state.shard.shard_id, None)
+
+    def _pause(self, seconds: float) -> None:
+        self.stop_event.wait(seconds)
 
     def _back_off(self) -> None:
         self._throttles += 1

@@ -102,7 +102,7 @@ def event_from_payload(payload: Any) -> Event:
     try:
         meta = RecordMeta(**payload.get("meta", {}))
         if cls in (PostPublished, PostRetracted):
-            return cls(post=Post(**payload["post"]), meta=meta)  # type: ignore[call-arg]
+            return cls(post=Post(**payload["post"]), meta=meta)  # type: ignore[call-arg, unused-ignore]
         return cls(  # type: ignore[call-arg]
             follower_id=str(payload["follower_id"]),
             followed_id=str(payload["followed_id"]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from feedpipe.core.items import WRITE_BATCH_LIMIT, Key
 
@@ -25,11 +25,11 @@ def unique(values: Iterable[T]) -> list[T]:
 
 
 def write_groups(
-    requests: Iterable[tuple[Key, dict]], limit: int = WRITE_BATCH_LIMIT
-) -> Iterator[list[dict]]:
+    requests: Iterable[tuple[Key, dict[str, Any]]], limit: int = WRITE_BATCH_LIMIT
+) -> Iterator[list[dict[str, Any]]]:
     """Write requests grouped for BatchWriteItem: at most ``limit`` a call, never one key twice
     in a call (DynamoDB rejects that); a later request for a key replaces an earlier one."""
-    by_key: dict[tuple[str, str], dict] = {}
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
     for key, request in requests:
         by_key.pop(ident := (key["PK"]["S"], key["SK"]["S"]), None)
         by_key[ident] = request

@@ -18,7 +18,7 @@ HandOut = Callable[[list[str]], None]
 
 
 def walk_audience(
-    stores: Stores, author_id: str, deliver: Callable[[list[str]], None], hand_out: HandOut
+    stores: Stores, author_id: str, deliver: Callable[[list[str]], object], hand_out: HandOut
 ) -> int:
     """Split the author's followers into chunks: full ones handed out, the rest delivered here.
     Returns the audience size."""

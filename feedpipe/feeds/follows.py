@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_item_key, feed_items
@@ -73,7 +74,7 @@ def _follows(stores: Stores, follower_id: str, followed_id: str) -> bool:
     return bool(stores.table.current_followers([follower_id], followed_id))
 
 
-def _posts_of(items: Sequence[dict]) -> list[Post]:
+def _posts_of(items: Sequence[dict[str, Any]]) -> list[Post]:
     posts = []
     for item in items:
         try:

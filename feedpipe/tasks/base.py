@@ -52,7 +52,7 @@ def run_events(task: Task, payloads: Any, handle: Handler) -> None:
             return
 
 
-def run_one(task: Task, payload: Any, handle: Handler, rest: list) -> bool:
+def run_one(task: Task, payload: Any, handle: Handler, rest: list[Any]) -> bool:
     """Handle one payload; False when the task retried (or gave up on) ``rest``."""
     dead_letters = runtime().stores.dead_letters
     try:
@@ -67,7 +67,7 @@ def run_one(task: Task, payload: Any, handle: Handler, rest: list) -> bool:
         return False
 
 
-def retry_rest(task: Task, rest: list, exc: Exception) -> None:
+def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
     """Retry ``rest`` later, or dead-letter it once retries run out."""
     retries = task.request.retries
     limit = runtime().settings.task_max_retries

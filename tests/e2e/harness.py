@@ -251,7 +251,9 @@ class World:
 
     def assert_feeds_right(self) -> None:
         durable, expected = self.durable_feeds(), self.expected_feeds()
-        wrong = {u: (sorted(durable.get(u, ())), sorted(expected[u])) for u in expected if durable.get(u) != expected[u]}
+        wrong = {
+            u: (sorted(durable.get(u, ())), sorted(expected[u])) for u in expected if durable.get(u) != expected[u]
+        }
         assert not wrong, f"{len(wrong)} durable feeds wrong, e.g. {dict(list(wrong.items())[:5])}"
         cached, want = self.cached_feeds(), self.expected_cached()
         wrong_c = {u: (sorted(cached.get(u, ())), sorted(want.get(u, ()))) for u in set(cached) | set(want)

@@ -6,8 +6,8 @@ import pytest
 
 from feedpipe import tasks
 from feedpipe.core.events import FollowStarted, to_payload
-from feedpipe.worker import FOLLOWS_QUEUE, app
 from feedpipe.runtime import install_runtime
+from feedpipe.worker import FOLLOWS_QUEUE, app
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e

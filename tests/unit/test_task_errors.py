@@ -79,7 +79,9 @@ def test_a_request_dynamodb_rejects_as_invalid_is_permanent(letters: Letters) ->
 
 @pytest.mark.parametrize("error", [
     redis.ConnectionError("Connection refused"),
-    ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "BatchWriteItem"),
+    ClientError(
+        {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "BatchWriteItem"
+    ),
 ])
 def test_a_transient_error_retries_the_rest_of_the_batch_with_backoff(letters: Letters, error: Exception) -> None:
     done: list[str] = []
