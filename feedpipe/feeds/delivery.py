@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from typing import TypeVar
 
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_item_key, feed_items
@@ -10,6 +11,7 @@ from feedpipe.core.records import is_live
 from feedpipe.feeds.stores import Stores
 
 MAX_SETTLE_ROUNDS = 6
+T = TypeVar("T")
 
 
 class SettleError(Exception):
@@ -43,15 +45,36 @@ def due_users(stores: Stores, post: Post, candidates: Collection[str]) -> set[st
     return stores.table.current_followers(candidates, post.author_id)
 
 
-def settle_post(stores: Stores, post: Post, present: set[str], absent: set[str]) -> None:
-    """After writing ``post`` to ``present`` and removing it from ``absent``, fix whatever the
-    truth disagrees with, until a check after the last action agrees with it."""
+def settle(
+    present: set[T],
+    absent: set[T],
+    due: Callable[[set[T]], set[T]],
+    remove: Callable[[set[T]], object],
+    add: Callable[[set[T]], object],
+    what: str,
+) -> None:
+    """After an operation put ``present`` into feeds and took ``absent`` out, ask the truth which
+    of them are ``due`` and fix what disagrees, until a check after the last action agrees."""
     for _ in range(MAX_SETTLE_ROUNDS):
-        due = due_users(stores, post, present | absent)
-        wrongly_present, wrongly_absent = present - due, absent & due
+        now_due = due(present | absent)
+        wrongly_present, wrongly_absent = present - now_due, absent & now_due
         if not wrongly_present and not wrongly_absent:
             return
-        remove_post(stores, post, wrongly_present)
-        add_post(stores, post, wrongly_absent)
+        if wrongly_present:
+            remove(wrongly_present)
+        if wrongly_absent:
+            add(wrongly_absent)
         present, absent = wrongly_absent, wrongly_present
-    raise SettleError(f"post {post.post_id!r} kept changing for {MAX_SETTLE_ROUNDS} rounds")
+    raise SettleError(f"{what} kept changing for {MAX_SETTLE_ROUNDS} rounds")
+
+
+def settle_post(stores: Stores, post: Post, present: set[str], absent: set[str]) -> None:
+    """Settle one post across many users' feeds."""
+    settle(
+        present,
+        absent,
+        due=lambda users: due_users(stores, post, users),
+        remove=lambda users: remove_post(stores, post, users),
+        add=lambda users: add_post(stores, post, users),
+        what=f"post {post.post_id!r}",
+    )

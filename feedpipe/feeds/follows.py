@@ -8,7 +8,7 @@ from typing import Any
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_item_key, feed_items
 from feedpipe.core.records import RecordError, post_from_feed_item
-from feedpipe.feeds.delivery import MAX_SETTLE_ROUNDS, SettleError
+from feedpipe.feeds.delivery import settle
 from feedpipe.feeds.stores import Stores
 
 
@@ -54,20 +54,26 @@ def remove_posts(stores: Stores, user_id: str, posts: Sequence[Post]) -> None:
 def settle_follow(
     stores: Stores, follower_id: str, followed_id: str, present: list[Post], absent: list[Post]
 ) -> None:
-    """Like ``settle_post``, for one feed and one author's posts."""
-    for _ in range(MAX_SETTLE_ROUNDS):
-        live: set[str] = set()
-        if _follows(stores, follower_id, followed_id):
-            ids = [p.post_id for p in present + absent]
-            live = stores.table.live_post_ids(ids, stores.excluded)
-        wrongly_present = [p for p in present if p.post_id not in live]
-        wrongly_absent = [p for p in absent if p.post_id in live]
-        if not wrongly_present and not wrongly_absent:
-            return
-        remove_posts(stores, follower_id, wrongly_present)
-        add_posts(stores, follower_id, wrongly_absent)
-        present, absent = wrongly_absent, wrongly_present
-    raise SettleError(f"follow {follower_id!r}->{followed_id!r} kept changing")
+    """Settle one author's posts in one user's feed: due while they follow and it is live."""
+
+    def due(posts: set[Post]) -> set[Post]:
+        if not posts or not _follows(stores, follower_id, followed_id):
+            return set()
+        live = stores.table.live_post_ids([p.post_id for p in posts], stores.excluded)
+        return {p for p in posts if p.post_id in live}
+
+    settle(
+        set(present),
+        set(absent),
+        due=due,
+        remove=lambda posts: remove_posts(stores, follower_id, sorted(posts, key=_newest_first)),
+        add=lambda posts: add_posts(stores, follower_id, sorted(posts, key=_newest_first)),
+        what=f"follow {follower_id!r}->{followed_id!r}",
+    )
+
+
+def _newest_first(post: Post) -> tuple[int, str]:
+    return (-post.created_at_ms, post.post_id)
 
 
 def _follows(stores: Stores, follower_id: str, followed_id: str) -> bool:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,20 +27,19 @@ from feedpipe.core.attributes import from_image
 from feedpipe.core.records import post_from_image
 from feedpipe.feeds.delivery import add_post
 from feedpipe.feeds.rebuild import rebuild_cache
-from feedpipe.local import stop_process
+from feedpipe.local import LocalBackendError, stop_process, wait_for
 from feedpipe.runtime import build_stores
 
 TABLE = "SocialMediaApp"
 LEASES = "feedpipe-leases"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` with a deadline; a test failure (not an error) when it never holds."""
+    try:
+        wait_for(condition, timeout, what, interval=0.25)
+    except LocalBackendError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @dataclass
