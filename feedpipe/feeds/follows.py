@@ -28,10 +28,14 @@ def apply_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
     stores.cache.drop_follow_caches(follower_id, followed_id)
     if _follows(stores, follower_id, followed_id):
         return 0  # followed again since: that follow's backfill owns the feed now
-    items = stores.table.feed_items_by_author(follower_id, followed_id)
-    stores.table.delete_keys({"PK": {"S": i["PK"]}, "SK": {"S": i["SK"]}} for i in items)
+    # Stray cached members first; then exactly what the durable read finds, which settle
+    # tracks: a re-follow's backfill landing after the read is left alone, one landing
+    # before it is removed here and restored by settle.
     stores.cache.remove_author(follower_id, followed_id)
+    items = stores.table.feed_items_by_author(follower_id, followed_id)
     posts = _posts_of(items)
+    stores.table.delete_keys({"PK": {"S": i["PK"]}, "SK": {"S": i["SK"]}} for i in items)
+    stores.cache.remove_entries((follower_id, p.created_at_ms, p.post_id) for p in posts)
     settle_follow(stores, follower_id, followed_id, present=[], absent=posts)
     return len(items)
 
