@@ -103,6 +103,85 @@ def up(demo: bool, duration: float | None, concurrency: int) -> None:
     sys.exit(run_up(demo=demo, duration=duration, concurrency=concurrency))
 
 
+@main.command()
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """Run the scheduler of periodic jobs (regen drain, trims, rebuilds); one at a time."""
+    settings = _start(ctx)
+    import threading
+
+    from feedpipe.beat import run_beat
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sys.exit(run_beat(settings, stop))
+
+
+@main.command()
+@click.argument("users", nargs=-1)
+@click.option("--all-active", is_flag=True, help="Every user with a warm cached feed.")
+@click.option("--cache-only", is_flag=True, help="Rebuild only the cached feeds from the durable ones.")
+@click.pass_context
+def rebuild(ctx: click.Context, users: tuple[str, ...], all_active: bool, cache_only: bool) -> None:
+    """Rebuild feeds: the durable feed from follows and posts, then the cache from it."""
+    _start(ctx)
+    from tqdm import tqdm
+
+    from feedpipe.ops import active_users, rebuild_users
+    from feedpipe.runtime import runtime
+
+    stores = runtime().stores
+    targets = list(users) + (active_users(stores) if all_active else [])
+    if not targets:
+        raise click.UsageError("name users to rebuild, or pass --all-active")
+    with tqdm(total=len(targets), unit="user", desc="rebuilding", file=sys.stderr) as bar:
+        summary = rebuild_users(stores, targets, durable=not cache_only, progress=lambda _: bar.update())
+    click.echo(
+        f"rebuilt {summary.users} of {len(targets)} users: {summary.cached_members} cached posts, "
+        f"{summary.posts_backfilled} backfilled, {summary.authors_unmerged} unfollowed authors removed"
+    )
+    for user, error in summary.failures.items():
+        click.echo(f"failed {user}: {error}", err=True)
+    ctx.exit(1 if summary.failures else 0)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Shards, checkpoints, lag, queue depths and dead letters."""
+    settings = _start(ctx)
+    from feedpipe.ops import gather_status
+    from feedpipe.runtime import runtime
+
+    report = gather_status(settings, runtime().stores)
+    click.echo(json.dumps(report, indent=2) if as_json else _render_status(report))
+
+
+def _render_status(report: dict[str, Any]) -> str:
+    stream = report["stream"]
+    lines = [f"stream   {stream.get('id', stream.get('error'))}"]
+    header = f"  {'shard':<44} {'checkpoint':<26} {'ckpt age':>9} {'lag':>9}"
+    lines.append(header)
+    for row in stream.get("shards", []):
+        checkpoint = "SHARD_END (done)" if row["finished"] else str(row["checkpoint"])[:26]
+        lines.append(
+            f"  {row['shard'][:44]:<44} {checkpoint:<26} {_secs(row['checkpoint_age_seconds']):>9} "
+            f"{_secs(row['last_record_age_seconds']):>9}"
+        )
+    lines.append("queues")
+    lines += [f"  {name:<22} {depth:>8}" for name, depth in report["queues"].items()]
+    lines.append(f"dead letters {report['dead_letters']:>11}")
+    ttl = report["beat_lock_ttl_seconds"]
+    lines.append(f"beat     {'running (lock ttl ' + str(ttl) + 's)' if ttl > 0 else 'not running'}")
+    return "\n".join(lines)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}s"
+
+
 @main.group()
 def dlq() -> None:
     """Inspect and purge dead letters."""
@@ -126,6 +205,21 @@ def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
             click.echo(f"{entry['at']}  {entry['source']:<28} {entry['reason']}")
     if not as_json:
         click.echo(f"{letters.count()} dead letters in all")
+
+
+@dlq.command("replay")
+@click.option("--limit", type=int, default=1000, show_default=True, help="Oldest letters first.")
+@click.pass_context
+def dlq_replay(ctx: click.Context, limit: int) -> None:
+    """Send dead letters back through the normal path (once the cause is fixed)."""
+    settings = _start(ctx)
+    from feedpipe.consumers.build import build_pipeline
+    from feedpipe.ops import replay_dead_letters
+    from feedpipe.runtime import runtime
+
+    result = replay_dead_letters(runtime().stores, build_pipeline(settings), limit)
+    by_source = ", ".join(f"{n} {kind}" for kind, n in sorted(result.sources.items())) or "nothing"
+    click.echo(f"replayed {result.replayed} dead letters ({by_source}); {result.failed_again} failed again")
 
 
 @dlq.command("purge")

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     broker_url: SecretStr | None = None
     source: Source = Source.DYNAMODB_STREAMS
     kinesis_stream: str | None = None
-    key_prefix: str = Field(DEFAULT_PREFIX, min_length=1, max_length=64)
+    key_prefix: str = Field(DEFAULT_PREFIX, min_length=1, max_length=64, pattern=r"^[^{}\s]+$")
 
     # Feed rules (contract section 3).
     feed_max_length: int = Field(100, ge=1, le=10_000)
@@ -97,13 +97,26 @@ class Settings(BaseSettings):
     task_visibility_timeout_seconds: int = Field(600, ge=1)
     task_max_retries: int = Field(20, ge=0)
 
+    # Regeneration, trimming and the schedule (``feedpipe beat``).
+    regen_actions: Annotated[frozenset[str], NoDecode] = frozenset(
+        {"follow", "unfollow", "rebuild", "regenerate"}
+    )
+    regen_batch: int = Field(5000, ge=1, le=100_000)
+    regen_lease_seconds: int = Field(60, ge=1)
+    regen_drain_every_seconds: float = Field(2.0, gt=0)
+    trim_caches_every_seconds: float = Field(300.0, gt=0)
+    durable_feed_max_items: int = Field(1000, ge=0, description="0 keeps every durable item")
+    trim_durable_every_seconds: float = Field(3600.0, gt=0)
+    rebuild_active_every_seconds: float = Field(3600.0, gt=0)
+    beat_lock_seconds: int = Field(30, ge=3)
+
     # Processes.
     metrics_port: int = Field(9464, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
 
-    @field_validator("excluded_visibilities", mode="before")
+    @field_validator("excluded_visibilities", "regen_actions", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -112,8 +112,7 @@ class Dashboard:
             for user in USERS:
                 durable = len(self.stores.table.feed_items(user))
                 members = cache.members(user)
-                newest = json.loads(members[0][0]).get("contentPreview", "")[:50] if members else (
-                    "(cold: not an active user)" if user not in ACTIVE else "")
+                newest = json.loads(members[0][0]).get("contentPreview", "")[:50] if members else "(cold)"
                 cached = str(len(members)) if members else "-"
                 lines.append(f"   {user:<6}{durable:>8}{cached:>8}  {newest}")
         return "\n".join(lines)

@@ -12,6 +12,7 @@ from typing import Any
 
 from feedpipe.adapters.dynamo import FeedTable, make_client
 from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache, connect_redis
+from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import Settings, load_settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.feeds.stores import Stores
@@ -39,11 +40,13 @@ def build_stores(settings: Settings, dynamodb: Any = None) -> Stores:
         "dynamodb", max_pool=settings.write_concurrency + 4, validate=False
     )
     redis_client = connect_redis(settings.redis)
+    own = OwnKeys(settings.key_prefix)
     return Stores(
         table=FeedTable(client, settings.table_name, settings.write_concurrency),
         cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds),
-        dead_letters=DeadLetters(redis_client, OwnKeys(settings.key_prefix).dead_letters),
+        dead_letters=DeadLetters(redis_client, own.dead_letters),
         settings=settings,
+        regen_queue=RegenQueue(redis_client, own, settings.regen_lease_seconds),
     )
 
 

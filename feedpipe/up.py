@@ -74,24 +74,23 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
 
         create_tables(make_client("dynamodb"), settings.table_name, settings.lease_table_name)
         children = {
-            "worker": _spawn(
-                env, log_dir, "worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"
-            ),
+            "worker": _spawn(env, log_dir, "worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"),
             "consumer": _spawn(env, log_dir, "consume"),
+            "beat": _spawn(env, log_dir, "beat"),
         }
         for name, proc in children.items():
-            print(f"{name} started, pid {proc.pid}, log {log_dir / (name + '.log')}")
+            print(f"{name} started, pid {proc.pid}, log {log_dir / (proc.args[3] + '.log')}")
         try:
             return _supervise(settings, children, stop, demo, duration)
         finally:
-            print("stopping: consumer (checkpoints first), then worker, then backends")
-            for proc in (children["consumer"], children["worker"]):
+            print("stopping: consumer (checkpoints first), beat, worker, then backends")
+            for proc in (children["consumer"], children["beat"], children["worker"]):
                 stop_process(proc, grace=20)
             print("stopped; no process left behind")
 
 
 def _spawn(env: dict[str, str], log_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    log = open(log_dir / f"{'worker' if args[0] == 'worker' else 'consumer'}.log", "ab")  # noqa: SIM115
+    log = open(log_dir / f"{args[0]}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "feedpipe", *args],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

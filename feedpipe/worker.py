@@ -23,7 +23,12 @@ REGEN_QUEUE = "regen"
 MAINTENANCE_QUEUE = "maintenance"
 QUEUES = (FANOUT_QUEUE, RETRACT_QUEUE, FOLLOWS_QUEUE, REGEN_QUEUE, MAINTENANCE_QUEUE)
 
-TASK_MODULES = ["feedpipe.tasks.fanout", "feedpipe.tasks.follows"]
+TASK_MODULES = [
+    "feedpipe.tasks.fanout",
+    "feedpipe.tasks.follows",
+    "feedpipe.tasks.regen",
+    "feedpipe.tasks.maintenance",
+]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -88,7 +88,9 @@ class FakeCheckpoints:
     def load(self, stream_id: str) -> dict[str, str]:
         return dict(self.saved)
 
-    def save(self, stream_id: str, shard_id: str, checkpoint: str, parents: tuple[str, ...] = ()) -> None:
+    def save(
+        self, stream_id: str, shard_id: str, checkpoint: str, parents: tuple[str, ...] = (), last_ms: int | None = None
+    ) -> None:
         self.saved[shard_id] = checkpoint
         self.history.append((shard_id, checkpoint))
 

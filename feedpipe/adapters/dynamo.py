@@ -134,6 +134,21 @@ class FeedTable:
         )
         return {keys.strip_prefix(i["PK"]["S"], keys.USER_PREFIX) or "" for i in found}
 
+    def followees(self, user_id: str) -> list[str]:
+        """Everyone ``user_id`` follows (base table, strongly consistent)."""
+        request = {
+            "TableName": self.name,
+            "KeyConditionExpression": "PK = :pk AND begins_with(SK, :sk)",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": keys.user_pk(user_id)},
+                ":sk": {"S": keys.FOLLOWING_PREFIX},
+            },
+            "ProjectionExpression": "SK",
+            "ConsistentRead": True,
+        }
+        ids = (keys.strip_prefix(i["SK"]["S"], keys.FOLLOWING_PREFIX) for p in self._pages("query", request) for i in p)
+        return [i for i in ids if i]
+
     def feed_items_by_author(self, user_id: str, author_id: str) -> list[dict[str, Any]]:
         """The items in ``user_id``'s durable feed that ``author_id`` wrote, as plain dicts."""
         request = {
@@ -165,6 +180,18 @@ class FeedTable:
             if limit and len(items) >= limit:
                 return items[:limit]
         return items
+
+    def feed_key_pages(self, user_id: str) -> Iterator[list[Key]]:
+        """``user_id``'s durable feed keys, newest first, a page at a time (a trim never holds
+        a whole feed)."""
+        request = {
+            "TableName": self.name,
+            "KeyConditionExpression": "PK = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": keys.feed_pk(user_id)}},
+            "ScanIndexForward": False,
+            "ProjectionExpression": "PK, SK",
+        }
+        yield from self._pages("query", request)
 
     def _pages(self, operation: str, request: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
         call: Callable[..., dict[str, Any]] = getattr(self.client, operation)

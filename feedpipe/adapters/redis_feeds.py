@@ -55,13 +55,20 @@ end
 return removed
 """
 
-# KEYS[1] feed; ARGV[1] ttl seconds, ARGV[2..] score/member pairs. One atomic swap: a reader
-# sees the old feed or the new one, never an empty or half-built one.
+# KEYS[1] feed; ARGV[1] ttl seconds, ARGV[2] keep the remaining TTL (1/0), ARGV[3..] pairs.
+# One atomic swap: a reader sees the old feed or the new one, never an empty or half-built one.
 REPLACE_FEED = """
+local remaining = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
-for i = 2, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if #ARGV >= 3 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return (#ARGV - 1) / 2
+for i = 3, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV >= 4 then
+  if ARGV[2] == '1' and remaining > 0 then
+    redis.call('PEXPIRE', KEYS[1], remaining)
+  else
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+  end
+end
+return (#ARGV - 2) / 2
 """
 
 
@@ -118,11 +125,17 @@ class FeedCache:
     def remove_author(self, user_id: str, author_id: str) -> int:
         return int(self._remove_author(keys=[keys.feed_cache(user_id)], args=[author_id]))
 
-    def replace_feed(self, user_id: str, entries: Sequence[tuple[int, str]]) -> int:
-        args: list[Any] = [self.ttl_seconds]
+    def replace_feed(self, user_id: str, entries: Sequence[tuple[int, str]], keep_ttl: bool = False) -> int:
+        """Swap the whole feed for ``entries`` (newest first) in one atomic call."""
+        args: list[Any] = [self.ttl_seconds, int(keep_ttl)]
         for score, member in entries[: self.max_length]:
             args += [score, member]
         return int(self._replace(keys=[keys.feed_cache(user_id)], args=args))
+
+    def remove_members(self, user_id: str, entries: Sequence[tuple[int, str]]) -> int:
+        if not entries:
+            return 0
+        return int(self.client.zrem(keys.feed_cache(user_id), *(member for _, member in entries)))
 
     def drop_follow_caches(self, follower_id: str, followed_id: str) -> None:
         # Two DELs, not one: the keys may live in different cluster slots.
@@ -147,6 +160,13 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal | set | frozenset):
         return str(value) if isinstance(value, Decimal) else sorted(value, key=str)
     return repr(value)
+
+
+def decode_payload(payload: Any) -> Any:
+    """A dead letter's payload as it was received (bytes come back from their base64 form)."""
+    if isinstance(payload, dict) and set(payload) == {"__bytes_b64__"}:
+        return base64.b64decode(payload["__bytes_b64__"])
+    return payload
 
 
 def _letter(source: str, reason: str, payload: Any) -> tuple[str, str]:
@@ -179,7 +199,16 @@ class DeadLetters:
             self.client.lpush(self.key, *(_letter(*letter)[1] for letter in letters))
 
     def entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` dead letters, newest first."""
         return [json.loads(raw) for raw in self.client.lrange(self.key, 0, limit - 1)]
+
+    def oldest(self, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
+        """The oldest ``limit`` dead letters, oldest first, each with its stored bytes."""
+        raw: list[bytes] = self.client.lrange(self.key, -limit, -1)  # type: ignore[assignment]
+        return [(r, json.loads(r)) for r in reversed(raw)]
+
+    def remove(self, stored: bytes) -> None:
+        self.client.lrem(self.key, 1, stored)  # type: ignore[arg-type]
 
     def count(self) -> int:
         return int(self.client.llen(self.key))

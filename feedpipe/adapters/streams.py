@@ -6,6 +6,7 @@ The consumer sees only ``ShardSource``; a Kinesis source implements the same pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
@@ -124,3 +125,13 @@ class DynamoDBStreamSource:
 
 def record_sequence(record: dict[str, Any]) -> str:
     return str(record.get("dynamodb", {}).get("SequenceNumber", ""))
+
+
+def record_time_ms(record: dict[str, Any]) -> int | None:
+    """When the change happened (approximately), in epoch ms, if the record says."""
+    created = record.get("dynamodb", {}).get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        return int(created.timestamp() * 1000)
+    if isinstance(created, int | float) and not isinstance(created, bool):
+        return int(created * 1000) if created < 1e11 else int(created)
+    return None

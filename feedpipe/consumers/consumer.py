@@ -26,6 +26,7 @@ from feedpipe.adapters.streams import (
     ThrottledError,
     TrimmedDataError,
     record_sequence,
+    record_time_ms,
 )
 from feedpipe.consumers.pipeline import BatchOutcome, RecordPipeline
 
@@ -168,10 +169,12 @@ class StreamConsumer:
             with attempt:
                 outcome = self.pipeline.handle(records, source)
         self.totals.add(outcome)
-        self._checkpoint(state, record_sequence(records[-1]))
+        self._checkpoint(state, record_sequence(records[-1]), record_time_ms(records[-1]))
 
-    def _checkpoint(self, state: ShardState, checkpoint: str) -> None:
-        self.checkpoints.save(self.source.stream_id, state.shard.shard_id, checkpoint, state.shard.parent_ids)
+    def _checkpoint(self, state: ShardState, checkpoint: str, last_record_ms: int | None = None) -> None:
+        self.checkpoints.save(
+            self.source.stream_id, state.shard.shard_id, checkpoint, state.shard.parent_ids, last_record_ms
+        )
         state.checkpoint = checkpoint
         self.totals.checkpoints += 1
 

@@ -21,9 +21,18 @@ Redis, as the app reads it (no prefix: the app owns these names)::
     followers:{user_id}     app cache, feedpipe only deletes it
     following:{user_id}     app cache, feedpipe only deletes it
 
-Redis, feedpipe's own, all under one prefix (default ``feedpipe:``)::
+Redis, feedpipe's own, all under one prefix (default ``feedpipe:``, no braces in it)::
 
-    {prefix}dlq             list of dead letters (JSON: reason, source, payload, at)
+    {prefix}dlq                                   list of dead letters (JSON: id, at, source, reason, payload)
+    {prefix}regen:{rq49450}:processing:{drain}    list: regen jobs a drain has taken and not finished
+    {prefix}regen:{rq49450}:drains                zset: drain id -> lease deadline (epoch seconds)
+    {prefix}beat:lock                             string: the one beat allowed to schedule
+    {prefix}trim:durable:cursor                   string: where the durable trim sweep resumes
+    {prefix}rebuild:active:cursor                 string: where the scheduled cache rebuild resumes
+    {prefix}broker:*                              Celery's queues (kombu ``global_keyprefix``)
+
+``{rq49450}`` is a cluster hash tag chosen to hash to ``feed_regen_queue``'s slot (11166), so
+LMOVE between the queue and a processing list stays in one slot on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ FOLLOWERS_CACHE_PREFIX = "followers:"
 FOLLOWING_CACHE_PREFIX = "following:"
 
 DEFAULT_PREFIX = "feedpipe:"
+REGEN_SLOT_TAG = "{rq49450}"  # same cluster slot as REGEN_QUEUE; a test pins it
 
 
 def user_pk(user_id: str) -> str:
@@ -126,3 +136,26 @@ class OwnKeys:
     @property
     def dead_letters(self) -> str:
         return f"{self.prefix}dlq"
+
+    def regen_processing(self, drain_id: str) -> str:
+        return f"{self.prefix}regen:{REGEN_SLOT_TAG}:processing:{drain_id}"
+
+    @property
+    def regen_drains(self) -> str:
+        return f"{self.prefix}regen:{REGEN_SLOT_TAG}:drains"
+
+    @property
+    def beat_lock(self) -> str:
+        return f"{self.prefix}beat:lock"
+
+    @property
+    def durable_trim_cursor(self) -> str:
+        return f"{self.prefix}trim:durable:cursor"
+
+    @property
+    def active_rebuild_cursor(self) -> str:
+        return f"{self.prefix}rebuild:active:cursor"
+
+    @property
+    def broker_prefix(self) -> str:
+        return f"{self.prefix}broker:"

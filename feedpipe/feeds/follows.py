@@ -13,8 +13,19 @@ from feedpipe.feeds.stores import Stores
 
 
 def apply_follow(stores: Stores, follower_id: str, followed_id: str) -> int:
-    """Backfill ``followed_id``'s newest live posts into ``follower_id``'s feed."""
+    """A follow record: drop the app's follow caches and backfill the followed user's posts."""
     stores.cache.drop_follow_caches(follower_id, followed_id)
+    return backfill(stores, follower_id, followed_id)
+
+
+def apply_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
+    """An unfollow record: drop the app's follow caches and unmerge the author's posts."""
+    stores.cache.drop_follow_caches(follower_id, followed_id)
+    return unmerge(stores, follower_id, followed_id)
+
+
+def backfill(stores: Stores, follower_id: str, followed_id: str) -> int:
+    """Put ``followed_id``'s newest live posts into ``follower_id``'s feed; returns how many."""
     if not _follows(stores, follower_id, followed_id):
         return 0  # unfollowed since: the unfollow's own task owns the feed now
     posts = stores.table.recent_posts(followed_id, stores.settings.backfill_posts, stores.excluded)
@@ -23,9 +34,8 @@ def apply_follow(stores: Stores, follower_id: str, followed_id: str) -> int:
     return len(posts)
 
 
-def apply_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
-    """Take every post of ``followed_id`` out of ``follower_id``'s feed."""
-    stores.cache.drop_follow_caches(follower_id, followed_id)
+def unmerge(stores: Stores, follower_id: str, followed_id: str) -> int:
+    """Take every post of ``followed_id`` out of ``follower_id``'s feed; returns how many."""
     if _follows(stores, follower_id, followed_id):
         return 0  # followed again since: that follow's backfill owns the feed now
     # Stray cached members first; then exactly what the durable read finds, which settle

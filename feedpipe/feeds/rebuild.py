@@ -1,14 +1,44 @@
-"""Rebuilding a cached feed from the durable one (the source the app's cache is rebuilt from)."""
+"""Rebuilding feeds: the cache from the durable feed, and the durable feed from the truth.
+
+A cache rebuild swaps the whole sorted set in one Lua call (readers see the old feed or the
+new one), then re-reads the durable feed and applies what changed meanwhile. A post fanned out
+while the rebuild read is therefore never lost, without a marker key in another slot: its
+durable write precedes its cache write, so either the re-read sees it or its own cache write
+lands after the swap (Mastodon uses a regeneration marker for the same race).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from feedpipe.core.records import RecordError, post_from_feed_item
+from feedpipe.feeds.delivery import MAX_SETTLE_ROUNDS
+from feedpipe.feeds.follows import backfill, unmerge
 from feedpipe.feeds.stores import Stores
 
+Entries = list[tuple[int, str]]
 
-def rebuild_cache(stores: Stores, user_id: str) -> int:
-    """Replace ``feed:{user_id}`` with the newest ``feed_max_length`` durable items, atomically.
-    Returns the number of members now cached."""
+
+def rebuild_cache(stores: Stores, user_id: str, keep_ttl: bool = False) -> int:
+    """Make ``feed:{user_id}`` equal the newest ``feed_max_length`` durable items; returns
+    their number. ``keep_ttl`` keeps the key's remaining TTL (scheduled rebuilds must not keep
+    an inactive user warm for ever)."""
+    entries = _newest_entries(stores, user_id)
+    stores.cache.replace_feed(user_id, entries, keep_ttl=keep_ttl)
+    for _ in range(MAX_SETTLE_ROUNDS):
+        again = _newest_entries(stores, user_id)
+        if again == entries:
+            break
+        if entries:
+            stores.cache.add_many_if_warm(user_id, sorted(set(again) - set(entries)))
+            stores.cache.remove_members(user_id, sorted(set(entries) - set(again)))
+        else:
+            stores.cache.replace_feed(user_id, again, keep_ttl=keep_ttl)
+        entries = again
+    return len(entries)
+
+
+def _newest_entries(stores: Stores, user_id: str) -> Entries:
     entries = []
     for item in stores.table.feed_items(user_id, limit=stores.settings.feed_max_length):
         try:
@@ -16,4 +46,26 @@ def rebuild_cache(stores: Stores, user_id: str) -> int:
         except RecordError:
             continue
         entries.append((post.created_at_ms, stores.member(post)))
-    return stores.cache.replace_feed(user_id, entries)
+    return entries
+
+
+@dataclass
+class DurableRebuild:
+    followees: int = 0
+    authors_unmerged: int = 0
+    posts_backfilled: int = 0
+
+
+def rebuild_durable(stores: Stores, user_id: str) -> DurableRebuild:
+    """Repair ``FEED#{user_id}`` from the source of truth: every followee's newest live posts
+    backfilled (``backfill_posts`` each), every other author's posts taken out, dead posts
+    retracted; each step settles as the stream's own tasks do."""
+    followees = set(stores.table.followees(user_id))
+    in_feed = {str(item.get("author_id", "")) for item in stores.table.feed_items(user_id)}
+    result = DurableRebuild(followees=len(followees))
+    for author in sorted(followees):
+        result.posts_backfilled += backfill(stores, user_id, author)
+    for author in sorted(in_feed - followees - {""}):
+        unmerge(stores, user_id, author)
+        result.authors_unmerged += 1
+    return result

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from feedpipe.adapters.dynamo import FeedTable
 from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache
+from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import Settings
 from feedpipe.core.events import Post
 from feedpipe.core.items import Item, feed_item_template
@@ -19,6 +20,7 @@ class Stores:
     cache: FeedCache
     dead_letters: DeadLetters
     settings: Settings
+    regen_queue: RegenQueue
 
     @property
     def excluded(self) -> frozenset[str]:

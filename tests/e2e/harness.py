@@ -68,6 +68,16 @@ class Processes:
     def consumer(self, *args: str) -> subprocess.Popen:
         return self._spawn("consumer", "consume", *args)
 
+    def beat(self) -> subprocess.Popen:
+        return self._spawn("beat", "beat")
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        """A one-shot command (``feedpipe status``, ``rebuild``, ``dlq …``), output captured."""
+        return subprocess.run(
+            [sys.executable, "-m", "feedpipe", *args],
+            env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        )
+
     def consume_until_idle(self, timeout: float = 240) -> dict[str, Any]:
         proc = self.consumer("--stop-when-idle")
         proc.wait(timeout)

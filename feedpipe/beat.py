@@ -1,0 +1,75 @@
+"""``feedpipe beat``: the one scheduler of periodic jobs, safe against a second one.
+
+A beat must hold ``{prefix}beat:lock`` (a Redis lock with a TTL, renewed while it runs) to
+schedule anything. A second beat started by mistake waits as a hot standby and takes over
+within the lock's TTL if the first dies; one that loses its lock stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import threading
+from typing import Any
+
+from redis.exceptions import LockError
+
+from feedpipe import tasks
+from feedpipe.adapters.redis_feeds import connect_redis
+from feedpipe.config import Settings
+from feedpipe.core.keys import OwnKeys
+from feedpipe.worker import MAINTENANCE_QUEUE, REGEN_QUEUE, app
+
+log = logging.getLogger(__name__)
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    def every(seconds: float, task: str, queue: str) -> dict[str, Any]:
+        # A message not started within its own interval is dropped: the next one replaces it.
+        return {"task": task, "schedule": seconds, "options": {"queue": queue, "expires": seconds}}
+
+    return {
+        "regen-drain": every(settings.regen_drain_every_seconds, tasks.REGEN_DRAIN, REGEN_QUEUE),
+        "trim-caches": every(settings.trim_caches_every_seconds, tasks.TRIM_CACHES, MAINTENANCE_QUEUE),
+        "trim-durable": every(settings.trim_durable_every_seconds, tasks.TRIM_DURABLE, MAINTENANCE_QUEUE),
+        "rebuild-active": every(settings.rebuild_active_every_seconds, tasks.REBUILD_ACTIVE, MAINTENANCE_QUEUE),
+    }
+
+
+def run_beat(settings: Settings, stop: threading.Event) -> int:
+    """Wait for the lock, then run Celery beat until stopped or the lock is lost."""
+    lock = connect_redis(settings.redis).lock(
+        OwnKeys(settings.key_prefix).beat_lock, timeout=settings.beat_lock_seconds, thread_local=False
+    )
+    log.info("waiting for the beat lock (another beat may hold it)")
+    while not lock.acquire(blocking=True, blocking_timeout=1.0):
+        if stop.is_set():
+            return 0
+    log.info("holding the beat lock; scheduling %s", sorted(beat_schedule(settings)))
+    renewer = threading.Thread(target=_keep_lock, args=(lock, settings.beat_lock_seconds, stop), daemon=True)
+    renewer.start()
+    app.conf.beat_schedule = beat_schedule(settings)
+    schedule_file = os.path.join(tempfile.gettempdir(), f"feedpipe-beat-{os.getpid()}")
+    try:
+        app.Beat(schedule=schedule_file, loglevel=settings.log_level).run()
+    finally:
+        stop.set()
+        for suffix in ("", ".db", ".dat", ".bak", ".dir"):
+            if os.path.exists(schedule_file + suffix):
+                os.remove(schedule_file + suffix)
+        with contextlib.suppress(LockError):  # already expired: nothing to give back
+            lock.release()
+    return 0
+
+
+def _keep_lock(lock: Any, ttl: int, stop: threading.Event) -> None:
+    while not stop.wait(ttl / 3):
+        try:
+            lock.reacquire()
+        except LockError:
+            log.error("lost the beat lock; stopping this beat so two never schedule at once")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return

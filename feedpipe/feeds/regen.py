@@ -1,0 +1,77 @@
+"""Draining ``feed_regen_queue``: each user's jobs coalesced into one rebuild.
+
+A follow or unfollow job rebuilds the cached feed; ``rebuild``/``regenerate`` also repairs the
+durable feed first. Jobs are acknowledged (their processing list deleted) only when done; a
+drain that dies leaves them to be recovered and redone, which is harmless: rebuilds are
+idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from feedpipe.adapters.regen_queue import RegenQueue
+from feedpipe.core.regen import JobError, RegenJob, coalesce, parse_job
+from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
+from feedpipe.feeds.stores import Stores
+
+log = logging.getLogger(__name__)
+
+DURABLE_ACTIONS = frozenset({"rebuild", "regenerate"})
+DEAD_LETTER_SOURCE = "regen"
+
+
+@dataclass
+class DrainStats:
+    jobs: int = 0
+    rebuilds: int = 0
+    dead_lettered: int = 0
+    recovered: int = 0
+
+
+def drain(stores: Stores, queue: RegenQueue, budget_seconds: float) -> DrainStats:
+    """Take and do jobs, a batch at a time, until the queue is empty or the budget is spent."""
+    stats = DrainStats(recovered=queue.recover_stranded())
+    if stats.recovered:
+        log.warning("recovered %d regeneration jobs from a drain that died", stats.recovered)
+    deadline = time.monotonic() + budget_seconds
+    while time.monotonic() < deadline:
+        drain_id = queue.open_drain()
+        taken = queue.take(drain_id, stores.settings.regen_batch)
+        if taken:
+            _do_batch(stores, queue, drain_id, taken, stats)
+        queue.finish(drain_id)
+        if len(taken) < stores.settings.regen_batch:
+            break
+    return stats
+
+
+def _do_batch(stores: Stores, queue: RegenQueue, drain_id: str, taken: list[bytes], stats: DrainStats) -> None:
+    jobs: list[RegenJob] = []
+    letters: list[tuple[str, str, Any]] = []
+    for raw in taken:
+        try:
+            jobs.append(parse_job(raw, stores.settings.regen_actions))
+        except JobError as exc:
+            letters.append((DEAD_LETTER_SOURCE, str(exc), _printable(raw)))
+    stores.dead_letters.add_many(letters)
+    durable = {job.user_id for job in jobs if job.action in DURABLE_ACTIONS}
+    users = coalesce(jobs)
+    for user_id in users:
+        if user_id in durable:
+            rebuild_durable(stores, user_id)
+        rebuild_cache(stores, user_id)
+        queue.renew(drain_id)
+    stats.jobs += len(taken)
+    stats.rebuilds += len(users)
+    stats.dead_lettered += len(letters)
+
+
+def _printable(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw  # dead letters keep bytes as base64

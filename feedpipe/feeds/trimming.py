@@ -1,0 +1,168 @@
+"""Keeping feeds bounded: cached ``feed:*`` sorted sets capped, durable ``FEED#`` partitions trimmed.
+
+Both sweeps are built for a periodic task on a live system, so every step is small: Redis is
+walked with SCAN (never KEYS) one slice at a time, each slice trimmed in one non-transactional
+pipeline, so no single call holds the server; DynamoDB is walked a bounded number of Scan pages
+per call, and the caller carries the cursor to the next run. Every trim is idempotent, so a
+slice or page seen twice (SCAN may repeat keys, a crashed task reruns its cursor) costs only time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+
+from feedpipe.adapters.dynamo import FeedTable
+from feedpipe.core import keys
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+DEFAULT_SCAN_COUNT = 500
+DEFAULT_MAX_PAGES = 10
+DEFAULT_PAGE_SIZE = 1000
+_WRONGTYPE = "WRONGTYPE"
+
+
+@dataclass(slots=True)
+class SweepStats:
+    """What one cache sweep did; ``slowest_call_seconds`` lets operators see it never blocked Redis."""
+
+    keys_seen: int = 0
+    keys_trimmed: int = 0
+    members_removed: int = 0
+    slices: int = 0
+    slowest_call_seconds: float = 0.0
+
+    def timed(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one Redis round trip, keeping the slowest: the bound the sweep promises to keep."""
+        started = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self.slowest_call_seconds = max(self.slowest_call_seconds, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class DurableSweep:
+    """One bounded step of the table sweep; ``next_cursor`` (DynamoDB typed JSON) resumes it."""
+
+    users_trimmed: int
+    items_deleted: int
+    next_cursor: dict[str, Any] | None
+
+
+def sweep_cached_feeds(
+    client: redis.Redis,
+    max_length: int,
+    *,
+    scan_count: int = DEFAULT_SCAN_COUNT,
+    match: str = keys.FEED_CACHE_PREFIX + "*",
+) -> SweepStats:
+    """Cap every cached feed at its newest ``max_length`` members.
+
+    Fan-out already trims on write; this catches feeds written by other paths (or before the
+    cap changed). SCAN's TYPE filter skips non-zset keys that happen to match, so the app's other
+    ``feed:`` names are never touched."""
+    if max_length < 1:
+        raise ValueError("max_length must be at least 1: 0 would empty every feed")
+    stats = SweepStats()
+    cursor = 0
+    while True:
+        cursor, found = stats.timed(_scan, client, cursor, match, scan_count)
+        stats.slices += 1
+        stats.keys_seen += len(found)
+        if found:
+            _trim_slice(client, found, max_length, stats)
+        if cursor == 0:
+            return stats
+
+
+def _scan(client: redis.Redis, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+    reply: tuple[int, list[bytes]] = client.scan(  # type: ignore[assignment]
+        cursor, match=match, count=count, _type="zset"
+    )
+    return int(reply[0]), list(reply[1])
+
+
+def _trim_slice(client: redis.Redis, found: list[bytes], max_length: int, stats: SweepStats) -> None:
+    """One pipeline, not a transaction: Redis may serve other clients between its commands."""
+    pipe = client.pipeline(transaction=False)
+    for key in found:
+        pipe.zremrangebyrank(key, 0, -(max_length + 1))
+    for removed in stats.timed(pipe.execute, raise_on_error=False):
+        if isinstance(removed, redis.ResponseError):
+            if str(removed).startswith(_WRONGTYPE):
+                continue  # deleted and recreated as another type since the SCAN: not a feed now
+            raise removed
+        if removed:
+            stats.keys_trimmed += 1
+            stats.members_removed += int(removed)
+
+
+def trim_durable_feed(table: FeedTable, user_id: str, keep: int) -> int:
+    """Delete all but the newest ``keep`` items of ``user_id``'s durable feed; returns how many.
+
+    Newest first (the SK starts with created_at), deleting each page's surplus before reading
+    the next, so a feed of any size costs one page of keys in memory. Items a concurrent fan-out
+    adds meanwhile are at worst left for the next sweep, never lost from the newest ``keep``."""
+    if keep < 0:
+        raise ValueError("keep must not be negative")
+    seen = deleted = 0
+    for page in table.feed_key_pages(user_id):
+        surplus = page[max(keep - seen, 0) :]
+        seen += len(page)
+        if surplus:
+            deleted += table.delete_keys(surplus)
+    return deleted
+
+
+def sweep_durable_feeds(
+    table: FeedTable,
+    keep: int,
+    *,
+    cursor: dict[str, Any] | None = None,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> DurableSweep:
+    """Trim the durable feeds found in up to ``max_pages`` Scan pages after ``cursor``.
+
+    Bounded so a periodic task never runs long: call again with ``next_cursor`` until it is
+    None. A user whose items straddle two calls is trimmed in both, which is harmless."""
+    users, next_cursor = _scan_feed_owners(table, cursor, max_pages, page_size)
+    deleted = sum(trim_durable_feed(table, user_id, keep) for user_id in users)
+    return DurableSweep(users_trimmed=len(users), items_deleted=deleted, next_cursor=next_cursor)
+
+
+def _scan_feed_owners(
+    table: FeedTable, cursor: dict[str, Any] | None, max_pages: int, page_size: int
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Distinct feed owners in Scan order, and where the next call starts (None: table done)."""
+    request: dict[str, Any] = {
+        "TableName": table.name,
+        "FilterExpression": "begins_with(PK, :feed)",
+        "ExpressionAttributeValues": {":feed": {"S": keys.FEED_PREFIX}},
+        "ProjectionExpression": "PK",
+        "Limit": page_size,
+    }
+    owners: dict[str, None] = {}
+    for _ in range(max(max_pages, 1)):
+        if cursor:
+            request["ExclusiveStartKey"] = cursor
+        response: dict[str, Any] = table.client.scan(**request)
+        owners.update(dict.fromkeys(_owner_ids(response.get("Items", []))))
+        cursor = response.get("LastEvaluatedKey") or None
+        if cursor is None:
+            break
+    return list(owners), cursor
+
+
+def _owner_ids(items: Iterable[dict[str, Any]]) -> Iterable[str]:
+    for item in items:
+        user_id = keys.strip_prefix(item["PK"]["S"], keys.FEED_PREFIX)
+        if user_id:
+            yield user_id

@@ -1,0 +1,145 @@
+"""What the operator commands do: ``status``, ``dlq replay`` and ``rebuild``, CLI-free."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from feedpipe import tasks
+from feedpipe.adapters.checkpoints import SHARD_END, CheckpointStore
+from feedpipe.adapters.dynamo import make_client
+from feedpipe.adapters.redis_feeds import decode_payload
+from feedpipe.adapters.streams import DynamoDBStreamSource, StreamError
+from feedpipe.config import Settings
+from feedpipe.consumers.pipeline import RecordPipeline
+from feedpipe.core.keys import FEED_CACHE_PREFIX, REGEN_QUEUE, OwnKeys
+from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
+from feedpipe.feeds.stores import Stores
+from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, QUEUES, RETRACT_QUEUE, app
+
+TASK_QUEUES = {
+    tasks.FANOUT_POSTS: FANOUT_QUEUE,
+    tasks.FANOUT_CHUNK: FANOUT_QUEUE,
+    tasks.RETRACT_POSTS: RETRACT_QUEUE,
+    tasks.RETRACT_CHUNK: RETRACT_QUEUE,
+    tasks.APPLY_FOLLOWS: FOLLOWS_QUEUE,
+}
+
+
+def gather_status(settings: Settings, stores: Stores) -> dict[str, Any]:
+    """Shards with their checkpoints and lag, queue depths, dead letters, the beat lock."""
+    client = stores.cache.client
+    own = OwnKeys(settings.key_prefix)
+    pipe = client.pipeline(transaction=False)
+    for queue in QUEUES:
+        pipe.llen(f"{own.broker_prefix}{queue}")
+    depths = dict(zip(QUEUES, (int(n) for n in pipe.execute()), strict=True))
+    return {
+        "stream": _stream_status(settings),
+        "queues": {
+            REGEN_QUEUE: stores.regen_queue.depth(),
+            "regen processing": stores.regen_queue.processing_depth(),
+            **{f"tasks:{q}": n for q, n in depths.items()},
+        },
+        "dead_letters": stores.dead_letters.count(),
+        "beat_lock_ttl_seconds": int(client.ttl(own.beat_lock)),
+    }
+
+
+def _stream_status(settings: Settings) -> dict[str, Any]:
+    dynamodb = make_client("dynamodb")
+    source = DynamoDBStreamSource(make_client("dynamodbstreams"), dynamodb, settings.table_name)
+    try:
+        stream_id = source.stream_id
+        shards = source.list_shards()
+    except StreamError as exc:
+        return {"error": str(exc)}
+    stored = CheckpointStore(dynamodb, settings.lease_table_name).describe(stream_id)
+    now = time.time()
+    rows = []
+    for shard in shards:
+        item = stored.get(shard.shard_id, {})
+        checkpoint = item.get("checkpoint")
+        last = item.get("last_record_ms")
+        rows.append({
+            "shard": shard.shard_id,
+            "parents": list(shard.parent_ids),
+            "checkpoint": checkpoint or "(none: starts at TRIM_HORIZON)",
+            "finished": checkpoint == SHARD_END,
+            "checkpoint_age_seconds": _age(item.get("updated_at"), now),
+            "last_record_age_seconds": None if last is None else round(now - last / 1000, 1),
+        })
+    return {"id": stream_id, "shards": rows}
+
+
+def _age(stamp: Any, now: float) -> float | None:
+    if not isinstance(stamp, str):
+        return None
+    return round(now - datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp(), 1)
+
+
+@dataclass
+class Replay:
+    replayed: int = 0
+    failed_again: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
+
+
+def replay_dead_letters(stores: Stores, pipeline: RecordPipeline, limit: int) -> Replay:
+    """Send the oldest ``limit`` dead letters back through the path they fell out of: stream
+    records through parsing and dispatch, task events to their task, regen jobs to the queue.
+    One that fails again is dead-lettered again, with its new reason."""
+    result = Replay()
+    for stored, letter in stores.dead_letters.oldest(limit):
+        source, payload = str(letter.get("source", "")), decode_payload(letter.get("payload"))
+        kind = source.split(":", 1)[0]
+        if kind == "stream":
+            result.failed_again += pipeline.handle([payload], source).dead_lettered
+        elif kind == "task" and source[5:] in TASK_QUEUES:
+            app.send_task(source[5:], args=[[payload]], queue=TASK_QUEUES[source[5:]])
+        elif kind == "regen":
+            stores.regen_queue.push([payload])
+        else:
+            continue  # a gap marker or an unknown source: nothing to replay; it stays
+        stores.dead_letters.remove(stored)
+        result.replayed += 1
+        result.sources[kind] = result.sources.get(kind, 0) + 1
+    return result
+
+
+@dataclass
+class RebuildSummary:
+    users: int = 0
+    cached_members: int = 0
+    posts_backfilled: int = 0
+    authors_unmerged: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def rebuild_users(
+    stores: Stores, users: Iterable[str], durable: bool, progress: Callable[[str], None] = lambda _: None
+) -> RebuildSummary:
+    """Rebuild each user's feed (the durable one first when ``durable``), then the cache."""
+    summary = RebuildSummary()
+    for user in users:
+        try:
+            if durable:
+                repaired = rebuild_durable(stores, user)
+                summary.posts_backfilled += repaired.posts_backfilled
+                summary.authors_unmerged += repaired.authors_unmerged
+            summary.cached_members += rebuild_cache(stores, user)
+            summary.users += 1
+        except Exception as exc:  # one user's failure must not stop an operator's batch
+            summary.failures[user] = f"{type(exc).__name__}: {exc}"
+        progress(user)
+    return summary
+
+
+def active_users(stores: Stores) -> list[str]:
+    """Users with a warm cached feed (SCAN, never KEYS)."""
+    prefix = FEED_CACHE_PREFIX
+    names = stores.cache.client.scan_iter(match=f"{prefix}*", count=1000, _type="zset")
+    return sorted({(n.decode() if isinstance(n, bytes) else n)[len(prefix) :] for n in names})

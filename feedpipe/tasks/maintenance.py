@@ -1,0 +1,76 @@
+"""Scheduled upkeep: cap cached feeds, trim durable feeds, refresh active users' caches.
+
+The long sweeps resume from a cursor kept in Redis, so each run is short and a crash costs at
+most one slice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from feedpipe import tasks
+from feedpipe.core import keys
+from feedpipe.feeds.rebuild import rebuild_cache
+from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds
+from feedpipe.runtime import runtime
+from feedpipe.worker import MAINTENANCE_QUEUE, app
+
+log = logging.getLogger(__name__)
+
+ACTIVE_REBUILD_SLICE_SECONDS = 20.0
+ACTIVE_SCAN_COUNT = 200
+
+
+@app.task(name=tasks.TRIM_CACHES, queue=MAINTENANCE_QUEUE)
+def trim_caches() -> dict[str, Any]:
+    stores = runtime().stores
+    stats = sweep_cached_feeds(stores.cache.client, stores.settings.feed_max_length)
+    log.info("cache trim sweep: %s", stats)
+    return asdict(stats)
+
+
+@app.task(name=tasks.TRIM_DURABLE, queue=MAINTENANCE_QUEUE)
+def trim_durable() -> dict[str, Any]:
+    rt = runtime()
+    stores, key = rt.stores, rt.own_keys.durable_trim_cursor
+    if not stores.settings.durable_feed_max_items:
+        return {"skipped": "FEEDPIPE_DURABLE_FEED_MAX_ITEMS=0"}
+    raw = stores.cache.client.get(key)
+    cursor = json.loads(raw) if raw else None
+    sweep = sweep_durable_feeds(stores.table, stores.settings.durable_feed_max_items, cursor=cursor)
+    if sweep.next_cursor is None:
+        stores.cache.client.delete(key)
+    else:
+        stores.cache.client.set(key, json.dumps(sweep.next_cursor))
+        app.send_task(tasks.TRIM_DURABLE, queue=MAINTENANCE_QUEUE)  # the next slice
+    log.info("durable trim slice: %s", sweep)
+    return asdict(sweep)
+
+
+@app.task(name=tasks.REBUILD_ACTIVE, queue=MAINTENANCE_QUEUE)
+def rebuild_active() -> dict[str, int]:
+    """Rebuild warm caches from durable feeds, keeping each key's TTL: repairs drift without
+    keeping inactive users warm."""
+    rt = runtime()
+    stores, key = rt.stores, rt.own_keys.active_rebuild_cursor
+    client = stores.cache.client
+    cursor = int(client.get(key) or 0)
+    deadline, rebuilt = time.monotonic() + ACTIVE_REBUILD_SLICE_SECONDS, 0
+    while time.monotonic() < deadline:
+        cursor, found = client.scan(cursor, match=f"{keys.FEED_CACHE_PREFIX}*", count=ACTIVE_SCAN_COUNT, _type="zset")
+        for raw in found:
+            name = raw.decode() if isinstance(raw, bytes) else raw
+            rebuild_cache(stores, name[len(keys.FEED_CACHE_PREFIX) :], keep_ttl=True)
+            rebuilt += 1
+        if cursor == 0:
+            break
+    if cursor:
+        client.set(key, cursor)
+        app.send_task(tasks.REBUILD_ACTIVE, queue=MAINTENANCE_QUEUE)
+    else:
+        client.delete(key)
+    return {"rebuilt": rebuilt, "cursor": int(cursor)}

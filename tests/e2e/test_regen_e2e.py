@@ -1,0 +1,185 @@
+"""Feed regeneration on real parts: the app's queue drained by a prefork worker that
+``feedpipe beat`` schedules, a worker killed mid-drain, and the operator commands."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from feedpipe.core import keys
+from feedpipe.feeds.delivery import add_post
+from feedpipe.feeds.regen import drain
+from feedpipe.runtime import build_stores
+from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
+from tests.unit.conftest import make_post
+
+pytestmark = pytest.mark.e2e
+
+MAX = 5  # feed_max_length here, so many users have more durable items than their cache holds
+
+
+@pytest.fixture
+def env(aws_env, redis_urls):
+    return pipeline_env(
+        aws_env, redis_urls,
+        FEEDPIPE_FEED_MAX_LENGTH=str(MAX),
+        FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5",
+        FEEDPIPE_REGEN_LEASE_SECONDS="3",
+        FEEDPIPE_BEAT_LOCK_SECONDS="3",
+    )
+
+
+@pytest.fixture
+def world(env, real_redis) -> World:
+    return make_world(env, real_redis)
+
+
+@pytest.fixture
+def procs(env, tmp_path):
+    processes = Processes(env, tmp_path)
+    yield processes
+    processes.stop_all()
+
+
+def durable_feeds_for(world: World, users: list[str], rng: random.Random) -> None:
+    """Give each user 1-9 durable feed items (as fan-out would have written them)."""
+    for n, user in enumerate(users):
+        for i in range(rng.randint(1, 9)):
+            post = make_post(f"p{n}_{i}", author_id=f"a{i}", created_at=f"2026-11-0{1 + i % 9}T10:00:{n % 60:02d}.000Z",
+                             created_at_ms=1_700_000_000_000 + i * 1000 + n)
+            add_post(world.stores, post, [user])
+
+
+def push_jobs(world: World, users: list[str], count: int, rng: random.Random) -> None:
+    jobs = [json.dumps({"user_id": rng.choice(users), "action": "follow", "target_user": "x",
+                        "timestamp": "2026-11-25T10:00:00.000Z"}) for _ in range(count)]
+    for i in range(0, len(jobs), 1000):
+        world.redis.lpush(keys.REGEN_QUEUE, *jobs[i:i + 1000])
+
+
+def caches_equal_durable(world: World, users: list[str]) -> bool:
+    for user in users:
+        newest = [i["post_id"] for i in world.stores.table.feed_items(user, limit=MAX)]
+        cached = [json.loads(m)["postId"] for m, _ in world.stores.cache.members(user)]
+        if cached != newest:
+            return False
+    return True
+
+
+def drained(world: World) -> bool:
+    return world.stores.regen_queue.depth() == 0 and world.stores.regen_queue.processing_depth() == 0
+
+
+def rebuilds_logged(procs: Processes) -> tuple[int, int]:
+    found = re.findall(r"DrainStats\(jobs=(\d+), rebuilds=(\d+)", procs.logs(tail=10**7))
+    return sum(int(j) for j, _ in found), sum(int(r) for _, r in found)
+
+
+def test_ten_thousand_jobs_are_coalesced_and_every_cache_ends_right(world: World, procs: Processes) -> None:
+    rng = random.Random(3)
+    users = [f"u{i:03d}" for i in range(500)]
+    world.users.update(users)
+    durable_feeds_for(world, users, rng)
+    push_jobs(world, users, 10_000, rng)
+
+    procs.worker()
+    procs.beat()
+    wait_until(lambda: drained(world), 180, "the regen queue to drain")
+
+    assert caches_equal_durable(world, users)
+    jobs, rebuilds = rebuilds_logged(procs)
+    assert jobs == 10_000
+    assert rebuilds <= 1_000, f"{rebuilds} rebuilds for {jobs} jobs: not coalesced"
+
+
+def test_a_worker_killed_mid_drain_strands_nothing(world: World, procs: Processes) -> None:
+    rng = random.Random(4)
+    users = [f"k{i:03d}" for i in range(300)]
+    durable_feeds_for(world, users, rng)
+    push_jobs(world, users, 3_000, rng)
+
+    worker = procs.worker()
+    procs.beat()
+    wait_until(lambda: world.stores.regen_queue.processing_depth() > 0, 60, "a drain to take jobs")
+    procs.kill9(worker)
+    assert world.stores.regen_queue.processing_depth() > 0, "the kill came too late to strand jobs"
+
+    procs.worker()  # its drain recovers the stranded jobs once their lease runs out
+    wait_until(lambda: drained(world), 180, "the stranded jobs to be redone")
+    assert caches_equal_durable(world, users)
+
+
+def test_bad_jobs_are_dead_lettered_and_replay_once_fixed(world: World, procs: Processes) -> None:
+    durable_feeds_for(world, ["good", "later"], random.Random(5))
+    for job in ['{"user_id": "good", "action": "follow"}', "not json", '{"action": "follow"}',
+                '{"user_id": "later", "action": "refresh"}']:
+        world.redis.lpush(keys.REGEN_QUEUE, job)
+
+    stats = drain(world.stores, world.stores.regen_queue, budget_seconds=30)
+
+    assert (stats.jobs, stats.rebuilds, stats.dead_lettered) == (4, 1, 3)
+    reasons = sorted(e["reason"] for e in world.stores.dead_letters.entries())
+    assert reasons == ["job is not JSON: Expecting value: line 1 column 1 (char 0)",
+                       "missing or non-string user_id", "unknown action 'refresh'"]
+    assert caches_equal_durable(world, ["good"]) and not world.redis.exists(keys.feed_cache("later"))
+
+    # The operator teaches feedpipe the new action, then replays.
+    fixed = {"FEEDPIPE_REGEN_ACTIONS": "follow,unfollow,rebuild,regenerate,refresh"}
+    result = procs.run("dlq", "replay", env=fixed)
+    assert result.returncode == 0, result.stderr
+    assert "replayed 3 dead letters (3 regen)" in result.stdout
+    fixed_stores = build_stores(world.settings.model_copy(update={"regen_actions": frozenset(fixed[
+        "FEEDPIPE_REGEN_ACTIONS"].split(","))}), world.dynamodb)
+    stats = drain(fixed_stores, fixed_stores.regen_queue, budget_seconds=30)
+    assert (stats.rebuilds, stats.dead_lettered) == (1, 2)  # the two unfixable ones are back
+    assert caches_equal_durable(world, ["later"])
+    assert world.stores.dead_letters.count() == 2
+
+
+def test_rebuild_restores_a_feed_deleted_by_hand_and_status_reports(world: World, procs: Processes) -> None:
+    world.user("x", "a", "b", "c")
+    world.bulk_follow(["x"], "a")
+    world.bulk_follow(["x"], "b")
+    for author, post in [("a", "pa1"), ("a", "pa2"), ("b", "pb1"), ("c", "pc1")]:
+        world.post(author, post)
+        world.historic_fanout(post, warm=[])
+    world.delete("pa2")
+    keys_x = [{"PK": {"S": keys.feed_pk("x")}, "SK": {"S": i["SK"]}} for i in world.stores.table.feed_items("x")]
+    world.stores.table.delete_keys(keys_x)  # the feed, damaged by hand
+    world.redis.zadd(keys.feed_cache("x"), {"stale": 1})  # x is active: the cache exists
+
+    result = procs.run("rebuild", "x")
+
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt 1 of 1 users" in result.stdout and "100%" in result.stderr  # the progress bar
+    assert world.durable_feeds()["x"] == {"pa1", "pb1"}
+    assert {json.loads(m)["postId"] for m, _ in world.stores.cache.members("x")} == {"pa1", "pb1"}
+
+    procs.consume_until_idle()
+    status = procs.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    (shard,) = report["stream"]["shards"]
+    assert shard["checkpoint"].isdigit() and shard["last_record_age_seconds"] is not None
+    assert report["queues"][keys.REGEN_QUEUE] == 0 and report["dead_letters"] == 0
+    text = procs.run("status").stdout
+    assert "dead letters" in text and shard["shard"] in text
+
+
+def test_a_second_beat_waits_and_takes_over_when_the_first_dies(world: World, procs: Processes) -> None:
+    lock = keys.DEFAULT_PREFIX + "beat:lock"
+    first = procs.beat()
+    wait_until(lambda: world.redis.exists(lock), 60, "the first beat to take the lock")
+    holder = world.redis.get(lock)
+    procs.beat()
+    wait_until(lambda: "waiting for the beat lock" in procs.logs(), 60, "the second beat to wait")
+    assert world.redis.get(lock) == holder  # the second one does not schedule
+
+    procs.kill9(first)
+    wait_until(lambda: world.redis.get(lock) not in (None, holder), 30, "the second beat to take over")
+    procs.worker()
+    world.redis.lpush(keys.REGEN_QUEUE, json.dumps({"user_id": "z", "action": "follow"}))
+    wait_until(lambda: drained(world), 60, "the new beat's drains to run")
