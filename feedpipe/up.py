@@ -73,13 +73,14 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
         from feedpipe.adapters.tables import create_tables
 
         create_tables(make_client("dynamodb"), settings.table_name, settings.lease_table_name)
-        children = {
-            "worker": _spawn(env, log_dir, "worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"),
-            "consumer": _spawn(env, log_dir, "consume"),
-            "beat": _spawn(env, log_dir, "beat"),
+        commands = {
+            "worker": ("worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"),
+            "consumer": ("consume",),
+            "beat": ("beat",),
         }
+        children = {name: _spawn(env, log_dir / f"{name}.log", *args) for name, args in commands.items()}
         for name, proc in children.items():
-            print(f"{name} started, pid {proc.pid}, log {log_dir / (proc.args[3] + '.log')}")
+            print(f"{name} started, pid {proc.pid}, log {log_dir / name}.log")
         try:
             return _supervise(settings, children, stop, demo, duration)
         finally:
@@ -89,8 +90,8 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
             print("stopped; no process left behind")
 
 
-def _spawn(env: dict[str, str], log_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    log = open(log_dir / f"{args[0]}.log", "ab")  # noqa: SIM115
+def _spawn(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "feedpipe", *args],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
