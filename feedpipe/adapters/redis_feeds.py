@@ -132,10 +132,6 @@ class FeedCache:
             args += [score, member]
         return int(self._replace(keys=[keys.feed_cache(user_id)], args=args))
 
-    def remove_members(self, user_id: str, entries: Sequence[tuple[int, str]]) -> int:
-        if not entries:
-            return 0
-        return int(self.client.zrem(keys.feed_cache(user_id), *(member for _, member in entries)))
 
     def drop_follow_caches(self, follower_id: str, followed_id: str) -> None:
         # Two DELs, not one: the keys may live in different cluster slots.

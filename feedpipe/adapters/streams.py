@@ -123,13 +123,13 @@ class DynamoDBStreamSource:
         return ReadResult(response.get("Records", []), response.get("NextShardIterator"))
 
 
-def record_sequence(record: dict[str, Any]) -> str:
-    return str(record.get("dynamodb", {}).get("SequenceNumber", ""))
-
-
 def record_time_ms(record: dict[str, Any]) -> int | None:
     """When the change happened (approximately), in epoch ms, if the record says."""
-    created = record.get("dynamodb", {}).get("ApproximateCreationDateTime")
+    kinesis = record.get("kinesis")
+    if isinstance(kinesis, dict):
+        created = kinesis.get("approximateArrivalTimestamp")
+    else:
+        created = record.get("dynamodb", {}).get("ApproximateCreationDateTime")
     if isinstance(created, datetime):
         return int(created.timestamp() * 1000)
     if isinstance(created, int | float) and not isinstance(created, bool):

@@ -25,10 +25,10 @@ from feedpipe.adapters.streams import (
     ShardSource,
     ThrottledError,
     TrimmedDataError,
-    record_sequence,
     record_time_ms,
 )
 from feedpipe.consumers.pipeline import BatchOutcome, RecordPipeline
+from feedpipe.core.records import record_sequence
 
 log = logging.getLogger(__name__)
 

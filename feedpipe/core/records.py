@@ -1,11 +1,18 @@
 """Stream records (DynamoDB Streams, Lambda, or Kinesis JSON) to typed events.
 
+Two shapes arrive: a DynamoDB Streams record (``{"eventName", "dynamodb": {...}}``, from
+GetRecords or a Lambda event), and a Kinesis record (``{"kinesis": {"data", "sequenceNumber"}}``,
+from GetRecords or a Lambda event) whose data is the JSON DynamoDB streams into Kinesis.
+``unwrap_record`` turns the second into the first.
+
 ``parse_record`` is pure and total: it returns an event, an ``Ignored``, or raises
 ``RecordError`` with a reason fit for a dead letter. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
@@ -37,8 +44,7 @@ class RecordError(ValueError):
 
 def parse_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
     """What one stream record means for feeds."""
-    if not isinstance(record, Mapping):
-        raise RecordError("record is not an object")
+    record = unwrap_record(record)
     name = record.get("eventName")
     if name not in _EVENT_NAMES:
         raise RecordError(f"unknown eventName {name!r}")
@@ -62,6 +68,38 @@ def parse_record(record: Any, excluded_visibilities: Collection[str] = ("private
     if pk.startswith(keys.USER_PREFIX) and sk == keys.PROFILE_SK:
         return Ignored("user", "user profile change")
     return Ignored("other", "not a post, follow or user")
+
+
+def unwrap_record(record: Any) -> Mapping[str, Any]:
+    """The DynamoDB change a record carries, in the DynamoDB Streams shape. A Kinesis record's
+    data (bytes, or base64 text as in a Lambda event) is decoded, and its Kinesis sequence
+    number becomes the change's ``SequenceNumber``."""
+    if not isinstance(record, Mapping):
+        raise RecordError("record is not an object")
+    kinesis = record.get("kinesis")
+    if kinesis is None:
+        return record
+    if not isinstance(kinesis, Mapping):
+        raise RecordError("'kinesis' section is not an object")
+    data = kinesis.get("data")
+    try:
+        raw = data if isinstance(data, bytes) else base64.b64decode(str(data), validate=True)
+        inner = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise RecordError(f"Kinesis data is not base64 JSON: {exc}") from exc
+    if not isinstance(inner, dict) or not isinstance(inner.get("dynamodb"), dict):
+        raise RecordError("Kinesis data is not a DynamoDB change record")
+    inner["dynamodb"] = {**inner["dynamodb"], "SequenceNumber": str(kinesis.get("sequenceNumber", ""))}
+    return inner
+
+
+def record_sequence(record: Mapping[str, Any]) -> str:
+    """A record's position in its shard, whichever shape it has."""
+    kinesis = record.get("kinesis")
+    if isinstance(kinesis, Mapping):
+        return str(kinesis.get("sequenceNumber", ""))
+    body = record.get("dynamodb")
+    return str(body.get("SequenceNumber", "")) if isinstance(body, Mapping) else ""
 
 
 def _meta(record: Mapping[str, Any], body: Mapping[str, Any]) -> RecordMeta:

@@ -29,9 +29,9 @@ class RegenJob:
 
 def parse_job(raw: bytes | str, actions: Collection[str]) -> RegenJob:
     """One queued job; JobError when it is not JSON, lacks a user, or names an unknown action."""
+    if len(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")) > MAX_JOB_BYTES:
+        raise JobError(f"job longer than {MAX_JOB_BYTES} bytes")
     if isinstance(raw, bytes):
-        if len(raw) > MAX_JOB_BYTES:
-            raise JobError(f"job longer than {MAX_JOB_BYTES} bytes")
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -47,7 +47,7 @@ def parse_job(raw: bytes | str, actions: Collection[str]) -> RegenJob:
     except RecordError as exc:
         raise JobError(str(exc)) from exc
     action = body.get("action")
-    if action not in actions:
+    if not isinstance(action, str) or action not in actions:
         raise JobError(f"unknown action {action!r}")
     target = body.get("target_user")
     return RegenJob(user_id, str(action), raw, target if isinstance(target, str) else None)

@@ -43,7 +43,7 @@ def unmerge(stores: Stores, follower_id: str, followed_id: str) -> int:
     # before it is removed here and restored by settle.
     stores.cache.remove_author(follower_id, followed_id)
     items = stores.table.feed_items_by_author(follower_id, followed_id)
-    posts = _posts_of(items)
+    posts = posts_of(items)
     stores.table.delete_keys({"PK": {"S": i["PK"]}, "SK": {"S": i["SK"]}} for i in items)
     stores.cache.remove_entries((follower_id, p.created_at_ms, p.post_id) for p in posts)
     settle_follow(stores, follower_id, followed_id, present=[], absent=posts)
@@ -94,7 +94,7 @@ def _follows(stores: Stores, follower_id: str, followed_id: str) -> bool:
     return bool(stores.table.current_followers([follower_id], followed_id))
 
 
-def _posts_of(items: Sequence[dict[str, Any]]) -> list[Post]:
+def posts_of(items: Sequence[dict[str, Any]]) -> list[Post]:
     posts = []
     for item in items:
         try:

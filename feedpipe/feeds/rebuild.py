@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from feedpipe.core.records import RecordError, post_from_feed_item
 from feedpipe.feeds.delivery import MAX_SETTLE_ROUNDS
-from feedpipe.feeds.follows import backfill, unmerge
+from feedpipe.feeds.follows import backfill, posts_of, remove_posts, settle_follow, unmerge
 from feedpipe.feeds.stores import Stores
 
 Entries = list[tuple[int, str]]
@@ -26,14 +26,11 @@ def rebuild_cache(stores: Stores, user_id: str, keep_ttl: bool = False) -> int:
     entries = _newest_entries(stores, user_id)
     stores.cache.replace_feed(user_id, entries, keep_ttl=keep_ttl)
     for _ in range(MAX_SETTLE_ROUNDS):
+        # Any write before this read is in it; any write after it reaches the cache itself.
         again = _newest_entries(stores, user_id)
         if again == entries:
             break
-        if entries:
-            stores.cache.add_many_if_warm(user_id, sorted(set(again) - set(entries)))
-            stores.cache.remove_members(user_id, sorted(set(entries) - set(again)))
-        else:
-            stores.cache.replace_feed(user_id, again, keep_ttl=keep_ttl)
+        stores.cache.replace_feed(user_id, again, keep_ttl=True)
         entries = again
     return len(entries)
 
@@ -54,6 +51,7 @@ class DurableRebuild:
     followees: int = 0
     authors_unmerged: int = 0
     posts_backfilled: int = 0
+    posts_retracted: int = 0
 
 
 def rebuild_durable(stores: Stores, user_id: str) -> DurableRebuild:
@@ -61,11 +59,18 @@ def rebuild_durable(stores: Stores, user_id: str) -> DurableRebuild:
     backfilled (``backfill_posts`` each), every other author's posts taken out, dead posts
     retracted; each step settles as the stream's own tasks do."""
     followees = set(stores.table.followees(user_id))
-    in_feed = {str(item.get("author_id", "")) for item in stores.table.feed_items(user_id)}
+    in_feed = posts_of(stores.table.feed_items(user_id))
     result = DurableRebuild(followees=len(followees))
     for author in sorted(followees):
         result.posts_backfilled += backfill(stores, user_id, author)
-    for author in sorted(in_feed - followees - {""}):
+    for author in sorted({p.author_id for p in in_feed} - followees):
         unmerge(stores, user_id, author)
         result.authors_unmerged += 1
+    live = stores.table.live_post_ids([p.post_id for p in in_feed], stores.excluded)
+    for author in sorted(followees):
+        dead = [p for p in in_feed if p.author_id == author and p.post_id not in live]
+        if dead:
+            remove_posts(stores, user_id, dead)
+            settle_follow(stores, user_id, author, present=[], absent=dead)
+            result.posts_retracted += len(dead)
     return result

@@ -18,13 +18,13 @@ import redis
 
 from feedpipe.adapters.checkpoints import CheckpointStore
 from feedpipe.adapters.dynamo import make_client
-from feedpipe.adapters.streams import DynamoDBStreamSource, record_sequence
+from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.adapters.tables import create_tables
 from feedpipe.appsim import AppWriter
 from feedpipe.config import Settings, load_settings
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
-from feedpipe.core.records import post_from_image
+from feedpipe.core.records import post_from_image, record_sequence
 from feedpipe.feeds.delivery import add_post
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.local import LocalBackendError, stop_process, wait_for
