@@ -18,12 +18,15 @@ log = logging.getLogger("feedpipe")
 
 
 class _Commands(click.Group):
-    """Any ConfigError, raised while a command starts, ends it with one line and exit code 2."""
+    """A bad setting, or a table or stream that is not there, ends a command with one line and
+    exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from feedpipe.adapters.streams import StreamError
+
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
+        except (ConfigError, StreamError) as exc:
             click.echo(f"feedpipe: {exc}", err=True)
             ctx.exit(2)
 
@@ -162,13 +165,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def _render_status(report: dict[str, Any]) -> str:
     stream = report["stream"]
     lines = [f"stream   {stream.get('id', stream.get('error'))}"]
-    header = f"  {'shard':<44} {'checkpoint':<26} {'ckpt age':>9} {'lag':>9}"
+    header = f"  {'shard':<40} {'owner':<24} {'checkpoint':<24} {'ckpt age':>9} {'lag':>7}"
     lines.append(header)
     for row in stream.get("shards", []):
-        checkpoint = "SHARD_END (done)" if row["finished"] else str(row["checkpoint"])[:26]
+        checkpoint = "SHARD_END (done)" if row["finished"] else str(row["checkpoint"])[:24]
         lines.append(
-            f"  {row['shard'][:44]:<44} {checkpoint:<26} {_secs(row['checkpoint_age_seconds']):>9} "
-            f"{_secs(row['last_record_age_seconds']):>9}"
+            f"  {row['shard'][:40]:<40} {str(row['owner'] or '-')[:24]:<24} {checkpoint:<24} "
+            f"{_secs(row['checkpoint_age_seconds']):>9} {_secs(row['last_record_age_seconds']):>7}"
         )
     lines.append("queues")
     lines += [f"  {name:<22} {depth:>8}" for name, depth in report["queues"].items()]

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     events_per_message: int = Field(200, ge=1, le=5000)
     idle_poll_seconds: float = Field(1.0, gt=0, le=60)
     task_visibility_timeout_seconds: int = Field(600, ge=1)
+    lease_failover_seconds: float = Field(10.0, ge=1, le=600)
     task_max_retries: int = Field(20, ge=0)
 
     # Regeneration, trimming and the schedule (``feedpipe beat``).

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from feedpipe import tasks
-from feedpipe.adapters.checkpoints import SHARD_END, CheckpointStore
 from feedpipe.adapters.dynamo import make_client
+from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.redis_feeds import decode_payload
-from feedpipe.adapters.streams import DynamoDBStreamSource, StreamError
+from feedpipe.adapters.streams import StreamError
 from feedpipe.config import Settings
+from feedpipe.consumers.build import build_source
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.keys import FEED_CACHE_PREFIX, REGEN_QUEUE, OwnKeys
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
@@ -51,25 +52,25 @@ def gather_status(settings: Settings, stores: Stores) -> dict[str, Any]:
 
 def _stream_status(settings: Settings) -> dict[str, Any]:
     dynamodb = make_client("dynamodb")
-    source = DynamoDBStreamSource(make_client("dynamodbstreams"), dynamodb, settings.table_name)
+    source = build_source(settings, dynamodb)
     try:
         stream_id = source.stream_id
         shards = source.list_shards()
     except StreamError as exc:
         return {"error": str(exc)}
-    stored = CheckpointStore(dynamodb, settings.lease_table_name).describe(stream_id)
+    leases = LeaseTable(dynamodb, settings.lease_table_name, stream_id).list()
     now = time.time()
     rows = []
     for shard in shards:
-        item = stored.get(shard.shard_id, {})
-        checkpoint = item.get("checkpoint")
-        last = item.get("last_record_ms")
+        lease = leases.get(shard.shard_id)
+        last = lease.last_record_ms if lease else None
         rows.append({
             "shard": shard.shard_id,
             "parents": list(shard.parent_ids),
-            "checkpoint": checkpoint or "(none: starts at TRIM_HORIZON)",
-            "finished": checkpoint == SHARD_END,
-            "checkpoint_age_seconds": _age(item.get("updated_at"), now),
+            "owner": lease.owner if lease else None,
+            "checkpoint": (lease.checkpoint if lease else None) or "(none: starts at TRIM_HORIZON)",
+            "finished": bool(lease and lease.finished),
+            "checkpoint_age_seconds": _age(lease.updated_at if lease else None, now),
             "last_record_age_seconds": None if last is None else round(now - last / 1000, 1),
         })
     return {"id": stream_id, "shards": rows}

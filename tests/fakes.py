@@ -4,11 +4,12 @@ close, iterators that expire, throttling, and a broker that goes away."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kombu.exceptions import OperationalError
 
+from feedpipe.adapters.leases import Lease, LeaseLostError
 from feedpipe.adapters.streams import (
     IteratorExpiredError,
     ReadResult,
@@ -81,18 +82,64 @@ class FakeShardSource:
 
 
 @dataclass
-class FakeCheckpoints:
-    saved: dict[str, str] = field(default_factory=dict)
+class FakeLeaseTable:
+    """The lease table's conditional writes, in memory (the real one runs on moto in
+    tests/adapters/test_leases.py against the same scenarios)."""
+
+    leases: dict[str, Lease] = field(default_factory=dict)
     history: list[tuple[str, str]] = field(default_factory=list)
 
-    def load(self, stream_id: str) -> dict[str, str]:
-        return dict(self.saved)
+    @classmethod
+    def with_checkpoints(cls, checkpoints: dict[str, str]) -> FakeLeaseTable:
+        return cls({s: Lease(s, checkpoint=c) for s, c in checkpoints.items()})
 
-    def save(
-        self, stream_id: str, shard_id: str, checkpoint: str, parents: tuple[str, ...] = (), last_ms: int | None = None
-    ) -> None:
-        self.saved[shard_id] = checkpoint
-        self.history.append((shard_id, checkpoint))
+    @property
+    def saved(self) -> dict[str, str]:
+        return {s: lease.checkpoint for s, lease in self.leases.items() if lease.checkpoint}
+
+    def list(self) -> dict[str, Lease]:
+        return dict(self.leases)
+
+    def create(self, shard_id: str, parent_ids: tuple[str, ...]) -> bool:
+        if shard_id in self.leases:
+            return False
+        self.leases[shard_id] = Lease(shard_id, parent_ids=tuple(sorted(parent_ids)))
+        return True
+
+    def take(self, lease: Lease, owner: str) -> Lease | None:
+        current = self.leases[lease.shard_id]
+        if current.counter != lease.counter:
+            return None
+        self.leases[lease.shard_id] = replace(current, owner=owner, counter=current.counter + 1)
+        return self.leases[lease.shard_id]
+
+    def renew(self, lease: Lease, owner: str) -> Lease | None:
+        current = self.leases.get(lease.shard_id)
+        if current is None or current.owner != owner or current.counter != lease.counter:
+            return None
+        self.leases[lease.shard_id] = replace(current, counter=current.counter + 1)
+        return self.leases[lease.shard_id]
+
+    def checkpoint(self, lease: Lease, owner: str, checkpoint: str, last_record_ms: int | None) -> Lease:
+        current = self.leases[lease.shard_id]
+        if current.owner != owner:
+            raise LeaseLostError(lease.shard_id)
+        self.leases[lease.shard_id] = replace(current, checkpoint=checkpoint, last_record_ms=last_record_ms)
+        self.history.append((lease.shard_id, checkpoint))
+        return replace(lease, checkpoint=checkpoint, last_record_ms=last_record_ms)
+
+    def release(self, lease: Lease, owner: str) -> bool:
+        current = self.leases[lease.shard_id]
+        if current.owner != owner:
+            return False
+        self.leases[lease.shard_id] = replace(current, owner=None, counter=current.counter + 1)
+        return True
+
+    def delete_finished(self, shard_id: str) -> bool:
+        if self.leases.get(shard_id, Lease(shard_id)).finished:
+            del self.leases[shard_id]
+            return True
+        return False
 
 
 @dataclass

@@ -46,17 +46,6 @@ def test_a_bad_setting_stops_the_consumer_with_one_clear_line(variable, value):
     assert len(lines) == 1 and variable in lines[0], result.stderr
 
 
-def test_a_source_not_built_yet_stops_the_consumer_with_one_clear_line():
-    result = subprocess.run(
-        [sys.executable, "-m", "feedpipe", "consume"],
-        env=_clean_env(FEEDPIPE_SOURCE="kinesis", FEEDPIPE_KINESIS_STREAM="s", AWS_DEFAULT_REGION="us-east-1"),
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "feedpipe: bad setting FEEDPIPE_SOURCE='kinesis': the Kinesis source is not built yet"
-    ]
-
-
 def test_a_missing_aws_region_stops_a_command_with_one_clear_line():
     env = {k: v for k, v in _clean_env().items() if k not in ("AWS_DEFAULT_REGION", "AWS_REGION")}
     result = subprocess.run([sys.executable, "-m", "feedpipe", "create-tables"], env=env,

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from feedpipe.adapters.checkpoints import CheckpointStore
+import os
+import socket
+import uuid
+
 from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.dynamo import make_client
+from feedpipe.adapters.kinesis import KinesisSource
+from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.redis_feeds import DeadLetters, connect_redis
 from feedpipe.adapters.streams import DynamoDBStreamSource, ShardSource
 from feedpipe.config import ConfigError, Settings, Source
 from feedpipe.consumers.consumer import StreamConsumer
+from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.keys import OwnKeys
 
 
 def build_source(settings: Settings, dynamodb: object) -> ShardSource:
     if settings.source is Source.KINESIS:
-        raise ConfigError("bad setting FEEDPIPE_SOURCE='kinesis': the Kinesis source is not built yet")
+        if not settings.kinesis_stream:  # load_settings requires it already; this narrows the type
+            raise ConfigError("bad setting FEEDPIPE_KINESIS_STREAM: required when FEEDPIPE_SOURCE=kinesis")
+        return KinesisSource(make_client("kinesis"), settings.kinesis_stream)
     return DynamoDBStreamSource(make_client("dynamodbstreams"), dynamodb, settings.table_name)
 
 
@@ -30,11 +38,18 @@ def build_pipeline(settings: Settings) -> RecordPipeline:
     )
 
 
+def consumer_id() -> str:
+    """Unique per process, readable in ``feedpipe status``: host, pid and a random tag."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 def build_consumer(settings: Settings) -> StreamConsumer:
     dynamodb = make_client("dynamodb")
+    source = build_source(settings, dynamodb)
+    leases = LeaseTable(dynamodb, settings.lease_table_name, source.stream_id)
     return StreamConsumer(
-        source=build_source(settings, dynamodb),
-        checkpoints=CheckpointStore(dynamodb, settings.lease_table_name),
+        source=source,
+        leases=LeaseCoordinator(leases, consumer_id(), settings.lease_failover_seconds),
         pipeline=build_pipeline(settings),
         records_per_read=settings.records_per_read,
         idle_poll_seconds=settings.idle_poll_seconds,

@@ -1,8 +1,9 @@
 """The long-running shard consumer behind ``feedpipe consume``.
 
-Each round reads one batch from every ready shard (a child only once its parents have ended),
-publishes the batch's tasks, and only then moves the shard's checkpoint past it. A restart
-resumes after the checkpoint, so a record is delivered at least once; tasks are idempotent.
+Each round reads one batch from every shard whose lease this consumer holds (a child is only
+leased once its parents have ended), publishes the batch's tasks, and only then moves the
+shard's checkpoint past it. A restart, or another consumer taking the lease over, resumes
+after the checkpoint, so a record is delivered at least once; tasks are idempotent.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import redis
 from kombu.exceptions import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_random_exponential
 
-from feedpipe.adapters.checkpoints import SHARD_END, CheckpointStore
+from feedpipe.adapters.leases import SHARD_END, LeaseLostError
 from feedpipe.adapters.streams import (
     IteratorExpiredError,
     Shard,
@@ -27,6 +28,7 @@ from feedpipe.adapters.streams import (
     TrimmedDataError,
     record_time_ms,
 )
+from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import BatchOutcome, RecordPipeline
 from feedpipe.core.records import record_sequence
 
@@ -71,7 +73,7 @@ class ConsumerTotals:
 @dataclass
 class StreamConsumer:
     source: ShardSource
-    checkpoints: CheckpointStore
+    leases: LeaseCoordinator
     pipeline: RecordPipeline
     records_per_read: int = 1000
     idle_poll_seconds: float = 1.0
@@ -79,7 +81,9 @@ class StreamConsumer:
     totals: ConsumerTotals = field(default_factory=ConsumerTotals)
     shards: dict[str, ShardState] = field(default_factory=dict)
     _refreshed_at: float = float("-inf")
+    _known: dict[str, Shard] = field(default_factory=dict)
     _throttles: int = 0
+    _behind: bool = False
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -87,23 +91,28 @@ class StreamConsumer:
     def run(self, stop_when_idle: bool = False) -> ConsumerTotals:
         """Consume until stopped (or, with ``stop_when_idle``, until every shard is drained)."""
         idle_rounds = 0
-        while not self.stop_event.is_set():
-            self._maybe_refresh_shards()
-            try:
-                polls = [self._poll(state) for state in self._ready_shards()]
-            except BROKER_ERRORS:
-                if not self.stop_event.is_set():
-                    raise
-                log.warning("stopping with a batch unpublished; it is re-read after restart")
-                break
-            self.totals.rounds += 1
-            read = sum(n for n in polls if n > 0)
-            # A round is idle only if every ready shard was read and had nothing new.
-            idle_rounds = 0 if read or NOT_READ in polls else idle_rounds + 1
-            if stop_when_idle and idle_rounds >= IDLE_ROUNDS_TO_STOP:
-                break
-            if not read:
-                self.stop_event.wait(self.idle_poll_seconds)
+        try:
+            while not self.stop_event.is_set():
+                self._maybe_refresh_shards()
+                try:
+                    polls = [self._poll(state) for state in self._owned_shards()]
+                except BROKER_ERRORS:
+                    if not self.stop_event.is_set():
+                        raise
+                    log.warning("stopping with a batch unpublished; it is re-read after restart")
+                    break
+                self.totals.rounds += 1
+                read = sum(n for n in polls if n > 0)
+                # Idle: every unfinished shard is ours, and each was read and had nothing new.
+                busy = read or NOT_READ in polls or self.leases.unheld_ready or self._behind
+                self._behind = False
+                idle_rounds = 0 if busy else idle_rounds + 1
+                if stop_when_idle and idle_rounds >= IDLE_ROUNDS_TO_STOP:
+                    break
+                if not read:
+                    self.stop_event.wait(self.idle_poll_seconds)
+        finally:
+            self.leases.release_all()  # hand-back: others take our shards at once
         log.info("consumer stopped: %s", self.totals)
         return self.totals
 
@@ -112,21 +121,22 @@ class StreamConsumer:
         if now - self._refreshed_at < SHARD_REFRESH_SECONDS:
             return
         self._refreshed_at = now
-        stream_id = self.source.stream_id
-        stored = self.checkpoints.load(stream_id)
-        for shard in self.source.list_shards():
-            if shard.shard_id not in self.shards:
-                self.shards[shard.shard_id] = ShardState(shard, stored.get(shard.shard_id))
-                log.info("shard %s found (checkpoint %s)", shard.shard_id, stored.get(shard.shard_id))
+        shards = self.source.list_shards()
+        self.leases.sync(shards)
+        self._known = {shard.shard_id: shard for shard in shards}
 
-    def _ready_shards(self) -> list[ShardState]:
-        """Unfinished shards whose parents have ended (or are gone from the stream)."""
-        return [
-            state
-            for state in self.shards.values()
-            if not state.finished
-            and all(p not in self.shards or self.shards[p].finished for p in state.shard.parent_ids)
-        ]
+    def _owned_shards(self) -> list[ShardState]:
+        """The shards whose leases this consumer holds now, each resuming at its checkpoint."""
+        for shard_id in self.leases.tick():
+            self.shards.pop(shard_id, None)
+        for shard_id in list(self.shards):
+            if shard_id not in self.leases.held:
+                del self.shards[shard_id]
+        for shard_id, lease in self.leases.held.items():
+            if shard_id not in self.shards:
+                shard = self._known.get(shard_id, Shard(shard_id, lease.parent_ids))
+                self.shards[shard_id] = ShardState(shard, lease.checkpoint)
+        return list(self.shards.values())
 
     def _poll(self, state: ShardState) -> int:
         """Read, publish and checkpoint one batch of ``state``'s shard; returns records read,
@@ -146,6 +156,8 @@ class StreamConsumer:
             self._back_off()
             return NOT_READ
         self._throttles = 0
+        if result.millis_behind:
+            self._behind = True  # Kinesis: empty reads can still be behind the tip
         if result.records:
             self._publish(state, result.records)
         state.iterator = result.next_iterator
@@ -172,9 +184,14 @@ class StreamConsumer:
         self._checkpoint(state, record_sequence(records[-1]), record_time_ms(records[-1]))
 
     def _checkpoint(self, state: ShardState, checkpoint: str, last_record_ms: int | None = None) -> None:
-        self.checkpoints.save(
-            self.source.stream_id, state.shard.shard_id, checkpoint, state.shard.parent_ids, last_record_ms
-        )
+        try:
+            self.leases.checkpoint(state.shard.shard_id, checkpoint, last_record_ms)
+        except LeaseLostError:
+            # Another consumer took the shard: what we just published is delivered again by
+            # it from the last checkpoint (at least once; the tasks are idempotent).
+            log.warning("lost the lease of shard %s; dropping it", state.shard.shard_id)
+            self.shards.pop(state.shard.shard_id, None)
+            return
         state.checkpoint = checkpoint
         self.totals.checkpoints += 1
 

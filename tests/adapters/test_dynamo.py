@@ -1,4 +1,4 @@
-"""FeedTable, create_tables and CheckpointStore against moto's DynamoDB."""
+"""FeedTable and create_tables against moto's DynamoDB."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from feedpipe.adapters.checkpoints import CheckpointStore
 from feedpipe.adapters.dynamo import FeedTable
 from feedpipe.adapters.tables import create_tables
 from feedpipe.core.events import Post
@@ -249,20 +248,3 @@ def test_feed_items_read_back_newest_first(feed_table):
     items = feed_table.feed_items("u_bob", limit=2)
 
     assert [i["post_id"] for i in items] == ["c", "b"]
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-
-
-def test_checkpoints_round_trip_per_stream(dynamodb, tables):
-    store = CheckpointStore(dynamodb, LEASE_TABLE)
-    stream, other = "arn:aws:dynamodb:us-east-1:1:table/SocialMediaApp/stream/A", "arn:other-stream"
-
-    store.save(stream, "shardId-1", "100000000000000000001")
-    store.save(stream, "shardId-2", "200000000000000000005", parents=("shardId-1",))
-    store.save(stream, "shardId-1", "100000000000000000042")  # moves forward
-    store.save(other, "shardId-9", "900000000000000000001")
-
-    assert store.load(stream) == {"shardId-1": "100000000000000000042", "shardId-2": "200000000000000000005"}
-    assert store.load(other) == {"shardId-9": "900000000000000000001"}
-    assert store.load("arn:never-seen") == {}

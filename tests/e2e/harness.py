@@ -16,8 +16,8 @@ from typing import Any
 
 import redis
 
-from feedpipe.adapters.checkpoints import CheckpointStore
 from feedpipe.adapters.dynamo import make_client
+from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.adapters.tables import create_tables
 from feedpipe.appsim import AppWriter
@@ -114,6 +114,7 @@ def pipeline_env(aws_env: dict[str, str], redis_urls: tuple[str, str], **overrid
         "FEEDPIPE_FANOUT_CHUNK_SIZE": "500",
         "FEEDPIPE_FOLLOWER_PAGE_SIZE": "1000",
         "FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "6",
+        "FEEDPIPE_LEASE_FAILOVER_SECONDS": "3",
         "FEEDPIPE_LOG_LEVEL": "INFO",
     })
     env.update(overrides)
@@ -199,7 +200,7 @@ class World:
     def mark_history_consumed(self) -> None:
         """Checkpoint the stream at its current end, as if a consumer had processed all that."""
         source = DynamoDBStreamSource(make_client("dynamodbstreams"), self.dynamodb, TABLE)
-        store = CheckpointStore(self.dynamodb, LEASES)
+        leases = LeaseTable(self.dynamodb, LEASES, source.stream_id)
         for shard in source.list_shards():
             iterator, last = source.iterator(shard.shard_id, None), None
             while iterator:
@@ -209,7 +210,10 @@ class World:
                 last = record_sequence(result.records[-1])
                 iterator = result.next_iterator
             if last:
-                store.save(source.stream_id, shard.shard_id, last)
+                leases.create(shard.shard_id, shard.parent_ids)
+                lease = leases.take(leases.list()[shard.shard_id], "history")
+                assert lease is not None
+                leases.release(leases.checkpoint(lease, "history", last, None), "history")
 
     # -- what must be --------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from feedpipe.adapters.checkpoints import CheckpointStore
+from feedpipe.adapters.leases import LeaseTable
 from tests.e2e.harness import LEASES, Processes, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -20,14 +20,15 @@ def test_sigterm_checkpoints_and_exits_zero_and_a_restart_resumes(aws_env, redis
     world.follow("b", "a")
     world.post("a", "first")
     procs = Processes(env, tmp_path)
-    store = CheckpointStore(world.dynamodb, LEASES)
+    leases = LeaseTable(world.dynamodb, LEASES, _stream_arn(world))
     try:
         consumer = procs.consumer()
-        wait_until(lambda: len(store.load(_stream_arn(world))) == 1, 60, "a checkpoint")
+        wait_until(lambda: any(lease.checkpoint for lease in leases.list().values()), 60, "a checkpoint")
         consumer.send_signal(signal.SIGTERM)
         assert consumer.wait(30) == 0, procs.logs()
         first = json.loads(procs.last_log_line(consumer))["consumed"]
         assert first["dispatched"] == 2  # the follow and the post
+        assert all(lease.owner is None for lease in leases.list().values())  # handed back
 
         world.post("a", "second")
         again = procs.consume_until_idle()

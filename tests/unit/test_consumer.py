@@ -7,17 +7,18 @@ import threading
 
 import pytest
 
-from feedpipe.adapters.checkpoints import SHARD_END
+from feedpipe.adapters.leases import SHARD_END
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.consumers.consumer import StreamConsumer
+from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
-from tests.fakes import FakeCheckpoints, FakeDeadLetters, FakeDispatcher, FakeShardSource, follow_record
+from tests.fakes import FakeDeadLetters, FakeDispatcher, FakeLeaseTable, FakeShardSource, follow_record
 
 
 def _consumer(source, checkpoints=None, dispatcher=None, letters=None, per_read=2):
     pipeline = RecordPipeline(dispatcher or FakeDispatcher(), letters or FakeDeadLetters(), {"private"})
-    return StreamConsumer(source, checkpoints or FakeCheckpoints(), pipeline,
-                          records_per_read=per_read, idle_poll_seconds=0.001)
+    leases = LeaseCoordinator(checkpoints if checkpoints is not None else FakeLeaseTable(), "solo")
+    return StreamConsumer(source, leases, pipeline, records_per_read=per_read, idle_poll_seconds=0.001)
 
 
 def _followed(dispatcher: FakeDispatcher) -> list[str]:
@@ -29,7 +30,7 @@ def test_children_wait_for_their_parents_to_end():
     # The child is listed first: order of listing must not matter.
     source.add_shard("child", [follow_record(10, "a", "c1"), follow_record(11, "a", "c2")], parents=("parent",))
     source.add_shard("parent", [follow_record(i, "a", f"p{i}") for i in range(1, 6)], closed=True)
-    dispatcher, checkpoints = FakeDispatcher(), FakeCheckpoints()
+    dispatcher, checkpoints = FakeDispatcher(), FakeLeaseTable()
 
     _consumer(source, checkpoints, dispatcher).run(stop_when_idle=True)
 
@@ -40,7 +41,7 @@ def test_children_wait_for_their_parents_to_end():
 def test_a_restart_resumes_after_the_checkpoint():
     source = FakeShardSource()
     source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 4)])
-    checkpoints = FakeCheckpoints()
+    checkpoints = FakeLeaseTable()
     _consumer(source, checkpoints).run(stop_when_idle=True)
 
     source.shards["s"] += [follow_record(4, "a", "u4"), follow_record(5, "a", "u5")]
@@ -64,7 +65,7 @@ def test_a_bad_record_is_dead_lettered_and_the_shard_moves_on():
     bad = {"eventName": "INSERT", "dynamodb": {"Keys": {"PK": {"S": "POST#x"}}, "SequenceNumber": f"{2:021d}"}}
     source = FakeShardSource()
     source.add_shard("s", [follow_record(1, "a", "u1"), bad, follow_record(3, "a", "u3")])
-    dispatcher, letters, checkpoints = FakeDispatcher(), FakeDeadLetters(), FakeCheckpoints()
+    dispatcher, letters, checkpoints = FakeDispatcher(), FakeDeadLetters(), FakeLeaseTable()
 
     _consumer(source, checkpoints, dispatcher, letters, per_read=10).run(stop_when_idle=True)
 
@@ -76,7 +77,7 @@ def test_a_bad_record_is_dead_lettered_and_the_shard_moves_on():
 def test_a_broker_outage_holds_the_checkpoint_until_the_batch_is_published():
     source = FakeShardSource()
     source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 5)])
-    dispatcher, checkpoints = FakeDispatcher(fail_next=3), FakeCheckpoints()
+    dispatcher, checkpoints = FakeDispatcher(fail_next=3), FakeLeaseTable()
 
     _consumer(source, checkpoints, dispatcher).run(stop_when_idle=True)
 
@@ -88,7 +89,7 @@ def test_a_broker_outage_holds_the_checkpoint_until_the_batch_is_published():
 def test_stop_during_an_outage_exits_without_checkpointing_the_batch():
     source = FakeShardSource()
     source.add_shard("s", [follow_record(1, "a", "u1")])
-    dispatcher, checkpoints = FakeDispatcher(fail_next=10**6), FakeCheckpoints()
+    dispatcher, checkpoints = FakeDispatcher(fail_next=10**6), FakeLeaseTable()
     consumer = _consumer(source, checkpoints, dispatcher)
     stopper = threading.Timer(0.3, consumer.request_stop)
     stopper.start()
@@ -101,7 +102,7 @@ def test_stop_during_an_outage_exits_without_checkpointing_the_batch():
 def test_trimmed_data_is_a_loud_gap_then_consumption_resumes_at_the_oldest_record():
     source = FakeShardSource(trim_below={"s": 2})
     source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 6)])
-    checkpoints = FakeCheckpoints(saved={"s": f"{1:021d}"})  # the consumer stopped after u1
+    checkpoints = FakeLeaseTable.with_checkpoints({"s": f"{1:021d}"})  # the consumer stopped after u1
     letters, dispatcher = FakeDeadLetters(), FakeDispatcher()
 
     _consumer(source, checkpoints, dispatcher, letters).run(stop_when_idle=True)
