@@ -3,6 +3,7 @@ close, iterators that expire, throttling, and a broker that goes away."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -81,6 +82,14 @@ class FakeShardSource:
         return ReadResult(records, f"{shard_id}|{end}")
 
 
+def _locked(method: Any) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 @dataclass
 class FakeLeaseTable:
     """The lease table's conditional writes, in memory (the real one runs on moto in
@@ -88,6 +97,7 @@ class FakeLeaseTable:
 
     leases: dict[str, Lease] = field(default_factory=dict)
     history: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # consumers may share it across threads
 
     @classmethod
     def with_checkpoints(cls, checkpoints: dict[str, str]) -> FakeLeaseTable:
@@ -97,15 +107,18 @@ class FakeLeaseTable:
     def saved(self) -> dict[str, str]:
         return {s: lease.checkpoint for s, lease in self.leases.items() if lease.checkpoint}
 
+    @_locked
     def list(self) -> dict[str, Lease]:
         return dict(self.leases)
 
+    @_locked
     def create(self, shard_id: str, parent_ids: tuple[str, ...]) -> bool:
         if shard_id in self.leases:
             return False
         self.leases[shard_id] = Lease(shard_id, parent_ids=tuple(sorted(parent_ids)))
         return True
 
+    @_locked
     def take(self, lease: Lease, owner: str) -> Lease | None:
         current = self.leases[lease.shard_id]
         if current.counter != lease.counter:
@@ -113,6 +126,7 @@ class FakeLeaseTable:
         self.leases[lease.shard_id] = replace(current, owner=owner, counter=current.counter + 1)
         return self.leases[lease.shard_id]
 
+    @_locked
     def renew(self, lease: Lease, owner: str) -> Lease | None:
         current = self.leases.get(lease.shard_id)
         if current is None or current.owner != owner or current.counter != lease.counter:
@@ -120,6 +134,7 @@ class FakeLeaseTable:
         self.leases[lease.shard_id] = replace(current, counter=current.counter + 1)
         return self.leases[lease.shard_id]
 
+    @_locked
     def checkpoint(self, lease: Lease, owner: str, checkpoint: str, last_record_ms: int | None) -> Lease:
         current = self.leases[lease.shard_id]
         if current.owner != owner:
@@ -128,6 +143,7 @@ class FakeLeaseTable:
         self.history.append((lease.shard_id, checkpoint))
         return replace(lease, checkpoint=checkpoint, last_record_ms=last_record_ms)
 
+    @_locked
     def release(self, lease: Lease, owner: str) -> bool:
         current = self.leases[lease.shard_id]
         if current.owner != owner:
@@ -135,6 +151,7 @@ class FakeLeaseTable:
         self.leases[lease.shard_id] = replace(current, owner=None, counter=current.counter + 1)
         return True
 
+    @_locked
     def delete_finished(self, shard_id: str) -> bool:
         if self.leases.get(shard_id, Lease(shard_id)).finished:
             del self.leases[shard_id]
