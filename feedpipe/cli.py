@@ -69,7 +69,7 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     settings = _start(ctx)
     from feedpipe.consumers.build import build_consumer
 
-    consumer = build_consumer(settings)
+    consumer = build_consumer(settings, _served_metrics(settings))
 
     def stop(signum: int, _: Any) -> None:
         log.info("signal %s: finishing the batch in hand, then stopping", signum)
@@ -80,6 +80,21 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     log.info("consuming %s with settings %s", settings.table_name, settings.describe())
     totals = consumer.run(stop_when_idle=stop_when_idle)
     click.echo(json.dumps({"consumed": totals.__dict__}))
+
+
+def _served_metrics(settings: Settings) -> Any:
+    """This process's metrics, served on ``/metrics`` (consumer and beat; the worker serves the
+    sum of its children itself)."""
+    from prometheus_client import CollectorRegistry
+
+    from feedpipe.metrics import Metrics, serve
+    from feedpipe.runtime import runtime
+
+    registry = CollectorRegistry()
+    metrics = Metrics.create(registry)
+    serve(registry, settings.metrics_port, settings.metrics_addr)
+    runtime().install_metrics(metrics)
+    return metrics
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -115,6 +130,7 @@ def beat(ctx: click.Context) -> None:
 
     from feedpipe.beat import run_beat
 
+    _served_metrics(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -7,6 +7,7 @@ Tests call ``reset_runtime`` (an autouse fixture) so no global leaks between the
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import Settings, load_settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.feeds.stores import Stores
+from feedpipe.metrics import Metrics, count_throttles, dead_letter_labels, in_multiprocess_mode, noop_metrics
 
 
 @dataclass
@@ -23,31 +25,55 @@ class Runtime:
     settings: Settings
     pid: int = field(default_factory=os.getpid)
     _stores: Stores | None = None
+    _metrics: Metrics | None = None
 
     @property
     def stores(self) -> Stores:
         if self._stores is None:
-            self._stores = build_stores(self.settings)
+            self._stores = build_stores(self.settings, metrics=self.metrics)
         return self._stores
+
+    @property
+    def metrics(self) -> Metrics:
+        """This process's metrics: a prefork child's go to the shared multiprocess files; a
+        process that serves its own ``/metrics`` installs them with ``install_metrics``."""
+        if self._metrics is None:
+            self._metrics = Metrics.create(None) if in_multiprocess_mode() else noop_metrics()
+        return self._metrics
+
+    def install_metrics(self, metrics: Metrics) -> None:
+        self._metrics = metrics
 
     @property
     def own_keys(self) -> OwnKeys:
         return OwnKeys(self.settings.key_prefix)
 
 
-def build_stores(settings: Settings, dynamodb: Any = None) -> Stores:
+def build_stores(settings: Settings, dynamodb: Any = None, metrics: Metrics | None = None) -> Stores:
+    metrics = metrics or noop_metrics()
     client = dynamodb or make_client(
         "dynamodb", max_pool=settings.write_concurrency + 4, validate=False
     )
+    count_throttles(client, metrics)
     redis_client = connect_redis(settings.redis)
     own = OwnKeys(settings.key_prefix)
+    table = FeedTable(client, settings.table_name, settings.write_concurrency)
+    table.on_unprocessed = metrics.unprocessed_items.inc
     return Stores(
-        table=FeedTable(client, settings.table_name, settings.write_concurrency),
+        table=table,
         cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds),
-        dead_letters=DeadLetters(redis_client, own.dead_letters),
+        dead_letters=DeadLetters(redis_client, own.dead_letters, on_letter=_count_letter(metrics)),
         settings=settings,
         regen_queue=RegenQueue(redis_client, own, settings.regen_lease_seconds),
+        metrics=metrics,
     )
+
+
+def _count_letter(metrics: Metrics) -> Callable[[str, str], None]:
+    def count(source: str, reason: str) -> None:
+        metrics.dead_letters.labels(*dead_letter_labels(source, reason)).inc()
+
+    return count
 
 
 _current: Runtime | None = None

@@ -78,9 +78,15 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
             "consumer": ("consume",),
             "beat": ("beat",),
         }
-        children = {name: _spawn(env, log_dir / f"{name}.log", *args) for name, args in commands.items()}
+        # One host, three servers of /metrics: the worker on the configured port, then the next two.
+        ports = {name: settings.metrics_port + i if settings.metrics_port else 0 for i, name in enumerate(commands)}
+        children = {
+            name: _spawn({**env, "FEEDPIPE_METRICS_PORT": str(ports[name])}, log_dir / f"{name}.log", *args)
+            for name, args in commands.items()
+        }
         for name, proc in children.items():
-            print(f"{name} started, pid {proc.pid}, log {log_dir / name}.log")
+            metrics = f", metrics http://{settings.metrics_addr}:{ports[name]}/metrics" if ports[name] else ""
+            print(f"{name} started, pid {proc.pid}, log {log_dir / name}.log{metrics}")
         try:
             return _supervise(settings, children, stop, demo, duration)
         finally:

@@ -7,13 +7,20 @@ import, so importing this module connects to nothing.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu.entity import Queue
+from prometheus_client import multiprocess
 
 from feedpipe.config import ConfigError, Settings
+from feedpipe.core.keys import OwnKeys
+from feedpipe.metrics import QueueDepths, in_multiprocess_mode, multiprocess_registry, prepare_multiprocess_dir, serve
 from feedpipe.runtime import runtime
 
 FANOUT_QUEUE = "fanout"
@@ -90,3 +97,61 @@ class _LazyConfig(Mapping[str, Any]):
 
 app = Celery("feedpipe", include=TASK_MODULES)
 app.config_from_object(_LazyConfig())
+
+# -- metrics: prefork children write multiprocess files; the main process serves the sum ----
+
+_started: dict[str, float] = {}
+
+
+@signals.celeryd_init.connect
+def _prepare_metrics(**_: Any) -> None:
+    """Before any task module (and any metric) exists: a fresh multiprocess directory."""
+    settings = runtime().settings
+    prepare_multiprocess_dir(Path(tempfile.gettempdir()) / f"feedpipe-metrics-{os.getpid()}")
+    registry = multiprocess_registry()
+    registry.register(QueueDepths(lambda: queue_depths(runtime().stores, settings)))
+    try:
+        serve(registry, settings.metrics_port, settings.metrics_addr)
+    except ConfigError as exc:
+        raise SystemExit(f"feedpipe: {exc}") from None
+
+
+@signals.worker_process_shutdown.connect
+def _child_gone(pid: int | None = None, **_: Any) -> None:
+    if in_multiprocess_mode():
+        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        _started[task_id] = time.monotonic()
+
+
+@signals.task_postrun.connect
+def _task_finished(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
+    metrics, name = runtime().metrics, getattr(task, "name", "unknown")
+    metrics.tasks.labels(name, (state or "unknown").lower()).inc()
+    started = _started.pop(task_id or "", None)
+    if started is not None:
+        metrics.task_seconds.labels(name).observe(time.monotonic() - started)
+
+
+@signals.task_retry.connect
+def _task_retried(sender: Any = None, **_: Any) -> None:
+    runtime().metrics.task_retries.labels(getattr(sender, "name", "unknown")).inc()
+
+
+def queue_depths(stores: Any, settings: Settings) -> dict[str, int]:
+    """Depths of the Redis lists operators watch, read at scrape time."""
+    client, own = stores.cache.client, OwnKeys(settings.key_prefix)
+    pipe = client.pipeline(transaction=False)
+    for queue in QUEUES:
+        pipe.llen(f"{own.broker_prefix}{queue}")
+    celery = {f"celery_{q}": int(n) for q, n in zip(QUEUES, pipe.execute(), strict=True)}
+    return {
+        "feed_regen_queue": stores.regen_queue.depth(),
+        "regen_processing": stores.regen_queue.processing_depth(),
+        "dead_letters": stores.dead_letters.count(),
+        **celery,
+    }

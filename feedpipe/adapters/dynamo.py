@@ -54,6 +54,7 @@ class FeedTable:
         self.name = table_name
         self.write_concurrency = write_concurrency
         self._pool: ThreadPoolExecutor | None = None
+        self.on_unprocessed: Callable[[int], None] = lambda _: None
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -247,6 +248,7 @@ class FeedTable:
                 response = self.client.batch_write_item(RequestItems=pending)
                 pending = response.get("UnprocessedItems") or {}
                 if pending:
+                    self.on_unprocessed(len(pending[self.name]))
                     raise UnprocessedError(f"{len(pending[self.name])} writes unprocessed")
         return len(group)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -180,19 +180,25 @@ def _letter(source: str, reason: str, payload: Any) -> tuple[str, str]:
 class DeadLetters:
     """A Redis list of what feedpipe could not handle, each with its reason; newest first."""
 
-    def __init__(self, client: redis.Redis, key: str) -> None:
+    def __init__(
+        self, client: redis.Redis, key: str, on_letter: Callable[[str, str], None] = lambda source, reason: None
+    ) -> None:
         self.client = client
         self.key = key
+        self.on_letter = on_letter
 
     def add(self, source: str, reason: str, payload: Any) -> str:
         letter_id, encoded = _letter(source, reason, payload)
         self.client.lpush(self.key, encoded)
+        self.on_letter(source, reason)
         return letter_id
 
     def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None:
         """Dead-letter (source, reason, payload) triples in one round trip."""
         if letters:
             self.client.lpush(self.key, *(_letter(*letter)[1] for letter in letters))
+            for source, reason, _ in letters:
+                self.on_letter(source, reason)
 
     def entries(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` dead letters, newest first."""

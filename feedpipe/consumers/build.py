@@ -17,6 +17,7 @@ from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.keys import OwnKeys
+from feedpipe.metrics import Metrics, dead_letter_labels, noop_metrics
 
 
 def build_source(settings: Settings, dynamodb: object) -> ShardSource:
@@ -27,10 +28,15 @@ def build_source(settings: Settings, dynamodb: object) -> ShardSource:
     return DynamoDBStreamSource(make_client("dynamodbstreams"), dynamodb, settings.table_name)
 
 
-def build_pipeline(settings: Settings) -> RecordPipeline:
+def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> RecordPipeline:
     from feedpipe.worker import app
 
-    dead_letters = DeadLetters(connect_redis(settings.redis), OwnKeys(settings.key_prefix).dead_letters)
+    metrics = metrics or noop_metrics()
+    dead_letters = DeadLetters(
+        connect_redis(settings.redis),
+        OwnKeys(settings.key_prefix).dead_letters,
+        on_letter=lambda source, reason: metrics.dead_letters.labels(*dead_letter_labels(source, reason)).inc(),
+    )
     return RecordPipeline(
         TaskDispatcher(app, settings.events_per_message),
         dead_letters,
@@ -43,14 +49,17 @@ def consumer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def build_consumer(settings: Settings) -> StreamConsumer:
+def build_consumer(settings: Settings, metrics: Metrics | None = None) -> StreamConsumer:
+    metrics = metrics or noop_metrics()
     dynamodb = make_client("dynamodb")
     source = build_source(settings, dynamodb)
     leases = LeaseTable(dynamodb, settings.lease_table_name, source.stream_id)
     return StreamConsumer(
         source=source,
         leases=LeaseCoordinator(leases, consumer_id(), settings.lease_failover_seconds),
-        pipeline=build_pipeline(settings),
+        pipeline=build_pipeline(settings, metrics),
+        metrics=metrics,
+        source_label=settings.source.value,
         records_per_read=settings.records_per_read,
         idle_poll_seconds=settings.idle_poll_seconds,
     )

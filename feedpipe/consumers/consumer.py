@@ -8,6 +8,7 @@ after the checkpoint, so a record is delivered at least once; tasks are idempote
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -22,6 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wai
 from feedpipe.adapters.leases import SHARD_END, LeaseLostError
 from feedpipe.adapters.streams import (
     IteratorExpiredError,
+    ReadResult,
     Shard,
     ShardSource,
     ThrottledError,
@@ -31,6 +33,7 @@ from feedpipe.adapters.streams import (
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import BatchOutcome, RecordPipeline
 from feedpipe.core.records import record_sequence
+from feedpipe.metrics import Metrics, noop_metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,10 @@ class ShardState:
     shard: Shard
     checkpoint: str | None = None
     iterator: str | None = None
+    checkpointed_at: float = field(default_factory=time.monotonic)
+
+    def checkpoint_age(self) -> float:
+        return time.monotonic() - self.checkpointed_at
 
     @property
     def finished(self) -> bool:
@@ -77,6 +84,8 @@ class StreamConsumer:
     pipeline: RecordPipeline
     records_per_read: int = 1000
     idle_poll_seconds: float = 1.0
+    metrics: Metrics = field(default_factory=noop_metrics)
+    source_label: str = "dynamodb-streams"
     stop_event: threading.Event = field(default_factory=threading.Event)
     totals: ConsumerTotals = field(default_factory=ConsumerTotals)
     shards: dict[str, ShardState] = field(default_factory=dict)
@@ -128,14 +137,17 @@ class StreamConsumer:
     def _owned_shards(self) -> list[ShardState]:
         """The shards whose leases this consumer holds now, each resuming at its checkpoint."""
         for shard_id in self.leases.tick():
-            self.shards.pop(shard_id, None)
+            self._forget_shard(shard_id)
         for shard_id in list(self.shards):
             if shard_id not in self.leases.held:
-                del self.shards[shard_id]
+                self._forget_shard(shard_id)
         for shard_id, lease in self.leases.held.items():
             if shard_id not in self.shards:
                 shard = self._known.get(shard_id, Shard(shard_id, lease.parent_ids))
-                self.shards[shard_id] = ShardState(shard, lease.checkpoint)
+                state = self.shards[shard_id] = ShardState(shard, lease.checkpoint)
+                # Read at scrape time: it keeps rising if this loop ever hangs.
+                self.metrics.checkpoint_age_seconds.labels(shard_id).set_function(state.checkpoint_age)
+        self._observe_shards()
         return list(self.shards.values())
 
     def _poll(self, state: ShardState) -> int:
@@ -144,7 +156,8 @@ class StreamConsumer:
         try:
             if state.iterator is None:
                 state.iterator = self.source.iterator(state.shard.shard_id, state.checkpoint)
-            result = self.source.read(state.iterator, self.records_per_read)
+            with self.metrics.stream_read_seconds.time():
+                result = self.source.read(state.iterator, self.records_per_read)
         except IteratorExpiredError:
             log.info("iterator of shard %s expired; renewing from %s", state.shard.shard_id, state.checkpoint)
             state.iterator = None
@@ -158,15 +171,17 @@ class StreamConsumer:
         self._throttles = 0
         if result.millis_behind:
             self._behind = True  # Kinesis: empty reads can still be behind the tip
-        if result.records:
-            self._publish(state, result.records)
+        self._observe_lag(state, result)
+        if result.records and not self._publish(state, result.records):
+            return len(result.records)  # the lease was lost: the shard is someone else's now
         state.iterator = result.next_iterator
         if result.next_iterator is None:
             self._checkpoint(state, SHARD_END)
             log.info("shard %s ended", state.shard.shard_id)
         return len(result.records)
 
-    def _publish(self, state: ShardState, records: list[dict[str, Any]]) -> None:
+    def _publish(self, state: ShardState, records: list[dict[str, Any]]) -> bool:
+        """Publish a batch, then checkpoint it; False when the shard's lease was lost."""
         source = f"stream:{state.shard.shard_id}"
         for attempt in Retrying(
             retry=retry_if_exception_type(BROKER_ERRORS),
@@ -181,19 +196,23 @@ class StreamConsumer:
             with attempt:
                 outcome = self.pipeline.handle(records, source)
         self.totals.add(outcome)
-        self._checkpoint(state, record_sequence(records[-1]), record_time_ms(records[-1]))
+        self._count(outcome)
+        return self._checkpoint(state, record_sequence(records[-1]), record_time_ms(records[-1]))
 
-    def _checkpoint(self, state: ShardState, checkpoint: str, last_record_ms: int | None = None) -> None:
+    def _checkpoint(self, state: ShardState, checkpoint: str, last_record_ms: int | None = None) -> bool:
         try:
             self.leases.checkpoint(state.shard.shard_id, checkpoint, last_record_ms)
         except LeaseLostError:
             # Another consumer took the shard: what we just published is delivered again by
             # it from the last checkpoint (at least once; the tasks are idempotent).
             log.warning("lost the lease of shard %s; dropping it", state.shard.shard_id)
-            self.shards.pop(state.shard.shard_id, None)
-            return
+            self._forget_shard(state.shard.shard_id)
+            return False
         state.checkpoint = checkpoint
+        state.checkpointed_at = time.monotonic()
         self.totals.checkpoints += 1
+        self.metrics.checkpoints.inc()
+        return True
 
     def _skip_trimmed(self, state: ShardState, exc: Exception) -> None:
         log.error(
@@ -206,6 +225,32 @@ class StreamConsumer:
             [(f"stream:{state.shard.shard_id}", f"gap: trimmed data after {state.checkpoint}: {exc}", {})]
         )
         state.iterator = self.source.iterator(state.shard.shard_id, None)
+
+    def _count(self, outcome: BatchOutcome) -> None:
+        for (event, entity), n in outcome.by_record.items():
+            self.metrics.records.labels(self.source_label, event, entity).inc(n)
+        for kind, n in outcome.by_event.items():
+            self.metrics.events_dispatched.labels(kind).inc(n)
+        self.metrics.messages_published.inc(outcome.messages)
+
+    def _observe_lag(self, state: ShardState, result: ReadResult) -> None:
+        """How far behind the shard's tip: Kinesis says; otherwise the last record's age
+        (0 once a read comes back empty: caught up)."""
+        lag = 0.0
+        if result.millis_behind is not None:
+            lag = result.millis_behind / 1000
+        elif result.records and (created := record_time_ms(result.records[-1])) is not None:
+            lag = max(0.0, time.time() - created / 1000)
+        self.metrics.consumer_lag_seconds.labels(state.shard.shard_id).set(lag)
+
+    def _observe_shards(self) -> None:
+        self.metrics.leases_held.set(len(self.leases.held))
+
+    def _forget_shard(self, shard_id: str) -> None:
+        self.shards.pop(shard_id, None)
+        for gauge in (self.metrics.consumer_lag_seconds, self.metrics.checkpoint_age_seconds):
+            with contextlib.suppress(KeyError):
+                gauge.remove(shard_id)
 
     def _pause(self, seconds: float) -> None:
         self.stop_event.wait(seconds)

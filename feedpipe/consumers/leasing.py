@@ -69,6 +69,8 @@ class LeaseCoordinator:
 
     def checkpoint(self, shard_id: str, checkpoint: str, last_record_ms: int | None) -> None:
         """Move the shard's checkpoint; LeaseLostError (and the shard dropped) if taken."""
+        if shard_id not in self.held:
+            raise LeaseLostError(f"lease of shard {shard_id} is no longer held")
         try:
             self.held[shard_id] = self.leases.checkpoint(self.held[shard_id], self.owner, checkpoint, last_record_ms)
         except LeaseLostError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from feedpipe.core.events import Event, Ignored
-from feedpipe.core.records import RecordError, parse_record
+from feedpipe.core.records import RecordError, parse_record, unwrap_record
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,17 @@ class BatchOutcome:
     messages: int = 0
     dead_lettered: int = 0
     ignored: Counter[str] = field(default_factory=Counter)
+    by_record: Counter[tuple[str, str]] = field(default_factory=Counter)  # (eventName, entity)
+    by_event: Counter[str] = field(default_factory=Counter)  # dispatched event kinds
+
+
+def _event_name(record: Any) -> str:
+    """INSERT, MODIFY, REMOVE, or "unknown": a bounded label whatever the record holds."""
+    try:
+        name = unwrap_record(record).get("eventName")
+    except RecordError:
+        return "unknown"
+    return name if name in ("INSERT", "MODIFY", "REMOVE") else "unknown"
 
 
 @dataclass
@@ -52,11 +63,16 @@ class RecordPipeline:
                 parsed = parse_record(record, self.excluded_visibilities)
             except RecordError as exc:
                 letters.append((source, str(exc), record))
+                outcome.by_record[(_event_name(record), "unparseable")] += 1
                 continue
             if isinstance(parsed, Ignored):
                 outcome.ignored[parsed.entity] += 1
+                outcome.by_record[(_event_name(record), parsed.entity)] += 1
             else:
                 events.append(parsed)
+                outcome.by_event[parsed.kind] += 1
+                entity = "post" if parsed.kind.startswith("post") else "follow"
+                outcome.by_record[(_event_name(record), entity)] += 1
         if letters:
             self.dead_letters.add_many(letters)
             log.warning("dead-lettered %d records from %s: %s", len(letters), source, letters[0][1])

@@ -23,14 +23,26 @@ def add_post(stores: Stores, post: Post, user_ids: Collection[str]) -> int:
     if not user_ids:
         return 0
     written = stores.table.put_items(feed_items(user_ids, post, stores.item_template(post)))
-    stores.cache.add_to_warm_feeds(user_ids, post.created_at_ms, stores.member(post))
+    warm = stores.cache.add_to_warm_feeds(user_ids, post.created_at_ms, stores.member(post))
+    count_written(stores, written, warm)
     return written
 
 
 def remove_post(stores: Stores, post: Post, user_ids: Collection[str]) -> None:
     if user_ids:
-        stores.table.delete_keys(feed_item_key(u, post) for u in user_ids)
-        stores.cache.remove_post(user_ids, post.created_at_ms, post.post_id)
+        deleted = stores.table.delete_keys(feed_item_key(u, post) for u in user_ids)
+        cached = stores.cache.remove_post(user_ids, post.created_at_ms, post.post_id)
+        count_removed(stores, deleted, cached)
+
+
+def count_written(stores: Stores, durable: int, cached: int) -> None:
+    stores.metrics.feed_items_written.labels("dynamodb").inc(durable)
+    stores.metrics.feed_items_written.labels("redis").inc(cached)
+
+
+def count_removed(stores: Stores, durable: int, cached: int) -> None:
+    stores.metrics.feed_items_removed.labels("dynamodb").inc(durable)
+    stores.metrics.feed_items_removed.labels("redis").inc(cached)
 
 
 def post_is_live(stores: Stores, post_id: str) -> bool:

@@ -7,6 +7,8 @@ small audience costs one task.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 from feedpipe.core.events import Post
@@ -15,6 +17,7 @@ from feedpipe.feeds.delivery import add_post, post_is_live, remove_post, settle_
 from feedpipe.feeds.stores import Stores
 
 HandOut = Callable[[list[str]], None]
+log = logging.getLogger(__name__)
 
 
 def walk_audience(
@@ -41,13 +44,18 @@ def fan_out_post(stores: Stores, post: Post, hand_out: HandOut) -> int:
     or a later publish, owns it)."""
     if not post_is_live(stores, post.post_id):
         return 0
-    return walk_audience(stores, post.author_id, lambda c: deliver_chunk(stores, post, c), hand_out)
+    audience = walk_audience(stores, post.author_id, lambda c: deliver_chunk(stores, post, c), hand_out)
+    stores.metrics.fanout_followers.observe(audience)
+    log.info("fan-out of post %s by %s: %d followers", post.post_id, post.author_id, audience,
+             extra={"post_id": post.post_id})
+    return audience
 
 
 def deliver_chunk(stores: Stores, post: Post, followers: list[str]) -> int:
     audience = unique(followers)
     written = add_post(stores, post, audience)
     settle_post(stores, post, present=set(audience), absent=set())
+    stores.metrics.fanout_latency_seconds.observe(max(0.0, time.time() - post.created_at_ms / 1000))
     return written
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_item_key, feed_items
 from feedpipe.core.records import RecordError, post_from_feed_item
-from feedpipe.feeds.delivery import settle
+from feedpipe.feeds.delivery import count_removed, count_written, settle
 from feedpipe.feeds.stores import Stores
 
 
@@ -52,17 +52,19 @@ def unmerge(stores: Stores, follower_id: str, followed_id: str) -> int:
 
 def add_posts(stores: Stores, user_id: str, posts: Sequence[Post]) -> None:
     if posts:
-        stores.table.put_items(
+        written = stores.table.put_items(
             item for p in posts for item in feed_items([user_id], p, stores.item_template(p))
         )
         entries = [(p.created_at_ms, stores.member(p)) for p in posts]
-        stores.cache.add_many_if_warm(user_id, entries)
+        warm = stores.cache.add_many_if_warm(user_id, entries)
+        count_written(stores, written, len(entries) if warm else 0)
 
 
 def remove_posts(stores: Stores, user_id: str, posts: Sequence[Post]) -> None:
     if posts:
-        stores.table.delete_keys(feed_item_key(user_id, p) for p in posts)
-        stores.cache.remove_entries((user_id, p.created_at_ms, p.post_id) for p in posts)
+        deleted = stores.table.delete_keys(feed_item_key(user_id, p) for p in posts)
+        cached = stores.cache.remove_entries((user_id, p.created_at_ms, p.post_id) for p in posts)
+        count_removed(stores, deleted, cached)
 
 
 def settle_follow(

@@ -12,6 +12,7 @@ from feedpipe.config import Settings
 from feedpipe.core.events import Post
 from feedpipe.core.items import Item, feed_item_template
 from feedpipe.core.members import encode_member
+from feedpipe.metrics import Metrics
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Stores:
     dead_letters: DeadLetters
     settings: Settings
     regen_queue: RegenQueue
+    metrics: Metrics
 
     @property
     def excluded(self) -> frozenset[str]:

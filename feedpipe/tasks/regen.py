@@ -20,6 +20,8 @@ def drain_regen_queue() -> dict[str, Any]:
     # Stay well inside the visibility timeout, so a live drain is never redelivered.
     budget = max(1.0, min(30.0, stores.settings.task_visibility_timeout_seconds / 3))
     stats = drain(stores, stores.regen_queue, budget)
+    stores.metrics.regen_jobs.inc(stats.jobs)
+    stores.metrics.regen_rebuilds.inc(stats.rebuilds)
     if stats.jobs or stats.recovered:
         log.info("regen drain: %s", stats)
     return asdict(stats)

@@ -116,6 +116,7 @@ def pipeline_env(aws_env: dict[str, str], redis_urls: tuple[str, str], **overrid
         "FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "6",
         "FEEDPIPE_LEASE_FAILOVER_SECONDS": "3",
         "FEEDPIPE_LOG_LEVEL": "INFO",
+        "FEEDPIPE_METRICS_PORT": "0",  # several processes share this host; a test that scrapes sets ports
     })
     env.update(overrides)
     return env

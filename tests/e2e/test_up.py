@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from feedpipe.local import free_port
 from tests.e2e.harness import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +33,7 @@ def _alive(pid: int) -> bool:
 
 def test_up_demo_fills_feeds_and_ctrl_c_leaves_nothing_behind():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDPIPE_", "AWS_"))}
+    env["FEEDPIPE_METRICS_PORT"] = str(free_port())  # up serves /metrics there and on the next two
     proc = subprocess.Popen(
         [sys.executable, "-m", "feedpipe", "up", "--demo"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

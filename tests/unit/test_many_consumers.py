@@ -86,8 +86,10 @@ def test_three_consumers_process_every_record_in_key_order_across_reshards() -> 
     seen = [seq for _, seq in log]
     assert sorted(set(seen)) == list(range(1, total + 1))
     for key in PATHS:
-        order = [seq for k, seq in log if k == key]
-        assert order == sorted(order), f"{key}'s records went out of order across parent and child shards"
+        # A stolen lease resumes at its last checkpoint, so some records go out twice (at least
+        # once); what must hold is the order in which each record first went out.
+        first_seen = list(dict.fromkeys(seq for k, seq in log if k == key))
+        assert first_seen == sorted(first_seen), f"{key}'s records went out of order across parent and child shards"
     assert all(lease.finished for shard, lease in table.leases.items() if shard in ("s0", "s1", "s2"))
 
 
@@ -107,10 +109,12 @@ def test_a_stopping_consumer_hands_its_shards_over_at_once_without_a_gap() -> No
     thread.join(10)
     wait_for(lambda: all(lease.owner == "second" for lease in table.leases.values()), 30, "the hand-over")
     handover = time.monotonic() - stopped_at
-    wait_for(lambda: len(set(log)) == 2 * RECORDS, 60, "every record, none skipped at the hand-over")
+    for shard in ("r1", "r2"):  # the stream goes on after the hand-over
+        source.shards[shard] += [follow_record(n, shard, f"{shard}-{n}") for n in range(RECORDS + 1, RECORDS + 101)]
+    wait_for(lambda: len(set(log)) == 2 * (RECORDS + 100), 60, "every record, none skipped at the hand-over")
     other.request_stop()
     other_thread.join(10)
 
     assert handover < FAILOVER, f"hand-over took {handover:.1f}s: no faster than a crash failover"
-    assert first.mine and second.mine  # both consumers did part of the work
-    assert set(log) == {(shard, n) for shard in ("r1", "r2") for n in range(1, RECORDS + 1)}
+    assert set(log) == {(shard, n) for shard in ("r1", "r2") for n in range(1, RECORDS + 101)}
+    assert len(second.mine) >= 200  # everything after the hand-over came from the second consumer

@@ -1,0 +1,205 @@
+"""Every Prometheus metric feedpipe exports, defined in one place.
+
+Names follow Prometheus conventions (``feedpipe_`` prefix, base units, ``_total`` counters);
+label values come from small fixed sets (task names, outcomes, stores, event kinds, shard ids),
+never from ids or free text. The dashboards and alerts in ``deploy/`` use only these names, and
+a test holds them to it.
+
+Nothing is registered at import: a process builds its ``Metrics`` once at start. A prefork
+worker runs prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set up by
+``feedpipe.worker`` before any metric exists), so children's values add up on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from feedpipe.config import ConfigError
+
+DYNAMODB_OPERATIONS = ("BatchWriteItem", "BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem", "PutItem")
+TASK_NAMES = (
+    "feedpipe.fanout.posts", "feedpipe.fanout.chunk", "feedpipe.retract.posts", "feedpipe.retract.chunk",
+    "feedpipe.follows.apply", "feedpipe.regen.drain", "feedpipe.maintenance.trim_caches",
+    "feedpipe.maintenance.trim_durable", "feedpipe.maintenance.rebuild_active",
+)
+DEAD_LETTER_LABELS = (
+    ("stream", "unparseable_record"), ("stream", "trimmed_gap"), ("task", "permanent_error"),
+    ("task", "retries_exhausted"), ("regen", "bad_job"),
+)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FANOUT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+AUDIENCE_BUCKETS = (0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+
+
+@dataclass
+class Metrics:
+    """The metric objects of one process (or one prefork child)."""
+
+    records: Counter
+    events_dispatched: Counter
+    messages_published: Counter
+    dead_letters: Counter
+    stream_read_seconds: Histogram
+    consumer_lag_seconds: Gauge
+    checkpoint_age_seconds: Gauge
+    checkpoints: Counter
+    leases_held: Gauge
+    tasks: Counter
+    task_seconds: Histogram
+    task_retries: Counter
+    feed_items_written: Counter
+    feed_items_removed: Counter
+    unprocessed_items: Counter
+    throttles: Counter
+    fanout_latency_seconds: Histogram
+    fanout_followers: Histogram
+    regen_jobs: Counter
+    regen_rebuilds: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None) -> Metrics:
+        """Build every metric, registered on ``registry`` (None: multiprocess files only), with
+        the known label sets at zero, so rates and alerts have a series before the first event."""
+        metrics = cls._build({"registry": registry})
+        for operation in DYNAMODB_OPERATIONS:
+            metrics.throttles.labels(operation)
+        for task in TASK_NAMES:
+            metrics.task_retries.labels(task)
+            metrics.tasks.labels(task, "success")
+            metrics.tasks.labels(task, "failure")
+        for store in ("dynamodb", "redis"):
+            metrics.feed_items_written.labels(store)
+            metrics.feed_items_removed.labels(store)
+        for source, reason in DEAD_LETTER_LABELS:
+            metrics.dead_letters.labels(source, reason)
+        return metrics
+
+    @classmethod
+    def _build(cls, r: dict[str, Any]) -> Metrics:
+        return cls(
+            records=Counter("feedpipe_stream_records_total", "Stream records read, by source, event and entity",
+                            ["source", "event", "entity"], **r),
+            events_dispatched=Counter("feedpipe_events_dispatched_total", "Events published as tasks, by kind",
+                                      ["kind"], **r),
+            messages_published=Counter("feedpipe_messages_published_total", "Celery messages published", **r),
+            dead_letters=Counter("feedpipe_dead_letters_total", "Dead letters written, by where and why",
+                                 ["source", "reason"], **r),
+            stream_read_seconds=Histogram("feedpipe_stream_read_seconds", "GetRecords call time",
+                                          buckets=LATENCY_BUCKETS, **r),
+            consumer_lag_seconds=Gauge("feedpipe_consumer_lag_seconds",
+                                       "Age of the last record read from a shard", ["shard"], **r),
+            checkpoint_age_seconds=Gauge("feedpipe_checkpoint_age_seconds",
+                                         "Seconds since a held shard's checkpoint last moved", ["shard"], **r),
+            checkpoints=Counter("feedpipe_checkpoints_total", "Checkpoints written", **r),
+            leases_held=Gauge("feedpipe_leases_held", "Shard leases this consumer holds", **r),
+            tasks=Counter("feedpipe_tasks_total", "Tasks finished, by task and outcome", ["task", "outcome"], **r),
+            task_seconds=Histogram("feedpipe_task_duration_seconds", "Task run time", ["task"],
+                                   buckets=LATENCY_BUCKETS, **r),
+            task_retries=Counter("feedpipe_task_retries_total", "Task retries scheduled", ["task"], **r),
+            feed_items_written=Counter("feedpipe_feed_items_written_total", "Feed items written, by store",
+                                       ["store"], **r),
+            feed_items_removed=Counter("feedpipe_feed_items_removed_total", "Feed items removed, by store",
+                                       ["store"], **r),
+            unprocessed_items=Counter("feedpipe_dynamodb_unprocessed_items_total",
+                                      "Writes BatchWriteItem left unprocessed (retried)", **r),
+            throttles=Counter("feedpipe_dynamodb_throttles_total", "DynamoDB throttling errors, by operation",
+                              ["operation"], **r),
+            fanout_latency_seconds=Histogram("feedpipe_fanout_latency_seconds",
+                                             "From a post's creation to a chunk of its followers written",
+                                             buckets=FANOUT_BUCKETS, **r),
+            fanout_followers=Histogram("feedpipe_fanout_followers", "Followers per fanned-out post",
+                                       buckets=AUDIENCE_BUCKETS, **r),
+            regen_jobs=Counter("feedpipe_regen_jobs_total", "Regeneration jobs taken from the queue", **r),
+            regen_rebuilds=Counter("feedpipe_regen_rebuilds_total", "Cache rebuilds done by regen drains", **r),
+        )
+
+
+class QueueDepths(Collector):
+    """Redis-side depths, read at scrape time: regen queue, processing lists, dead letters,
+    and the Celery queues."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depths = self.read()
+        family = GaugeMetricFamily("feedpipe_queue_depth", "Items waiting in a Redis list", labels=["queue"])
+        for queue, depth in sorted(depths.items()):
+            family.add_metric([queue], depth)
+        yield family
+
+
+_NOOP: Metrics | None = None
+
+
+def noop_metrics() -> Metrics:
+    """Metrics on a private registry nobody serves: for code paths run outside a served process."""
+    global _NOOP
+    if _NOOP is None:
+        _NOOP = Metrics.create(CollectorRegistry())
+    return _NOOP
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str) -> None:
+    """``/metrics`` on ``addr:port`` (0 disables), in a daemon thread."""
+    if port:
+        try:
+            start_http_server(port, addr=addr, registry=registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {addr}:{port} (FEEDPIPE_METRICS_PORT): {exc}") from None
+
+
+def prepare_multiprocess_dir(path: Path) -> None:
+    """A fresh directory for prefork children's metric files (stale files from an earlier run
+    would be added in)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    # prometheus-client picks its value store when first imported; pick again, so every metric
+    # created from now on (in the children) writes to the shared directory.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """The aggregate of every prefork child's metrics, for the worker's ``/metrics``."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def in_multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def dead_letter_labels(source: str, reason: str) -> tuple[str, str]:
+    """A dead letter's (source, reason) as bounded label values."""
+    kind = source.split(":", 1)[0]
+    if reason.startswith("gave up after"):
+        return kind, "retries_exhausted"
+    if reason.startswith("gap:"):
+        return kind, "trimmed_gap"
+    return kind, {"stream": "unparseable_record", "task": "permanent_error", "regen": "bad_job"}.get(kind, "other")
+
+
+THROTTLING_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "LimitExceededException"}
+)
+
+
+def count_throttles(client: Any, metrics: Metrics) -> None:
+    """Count every throttled attempt of ``client`` (botocore retries them itself)."""
+
+    def on_retry(response: Any = None, operation: Any = None, **_: Any) -> None:
+        if response and response[1].get("Error", {}).get("Code") in THROTTLING_CODES:
+            metrics.throttles.labels(getattr(operation, "name", "unknown")).inc()
+
+    client.meta.events.register(f"needs-retry.{client.meta.service_model.endpoint_prefix}", on_retry)
