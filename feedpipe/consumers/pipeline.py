@@ -78,6 +78,11 @@ class RecordPipeline:
             log.warning("dead-lettered %d records from %s: %s", len(letters), source, letters[0][1])
         if events:
             outcome.messages = self.dispatcher.dispatch(events)
+            if log.isEnabledFor(logging.DEBUG):
+                for event in events:
+                    post = getattr(event, "post", None)
+                    log.debug("dispatched %s", event.kind, extra={
+                        "event_id": event.meta.event_id, "shard": source, "post_id": post and post.post_id})
         outcome.dispatched = len(events)
         outcome.dead_lettered = len(letters)
         return outcome

@@ -56,7 +56,9 @@ def run_one(task: Task, payload: Any, handle: Handler, rest: list[Any]) -> bool:
     """Handle one payload; False when the task retried (or gave up on) ``rest``."""
     dead_letters = runtime().stores.dead_letters
     try:
-        handle(event_from_payload(payload), payload)
+        event = event_from_payload(payload)
+        log.info("%s from record %s", event.kind, event.meta.event_id, extra=_ids(event))
+        handle(event, payload)
         return True
     except Exception as exc:
         if is_permanent(exc):
@@ -81,6 +83,17 @@ def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
     )
     log.warning("%s retrying %d events in %ss: %s", task.name, len(rest), countdown, _reason(exc))
     raise task.retry(args=[rest], countdown=countdown, max_retries=None, exc=exc)
+
+
+def _ids(event: Event) -> dict[str, str]:
+    """The ids to follow an event by in the logs."""
+    ids = {"event_id": event.meta.event_id}
+    post = getattr(event, "post", None)
+    if post is not None:
+        ids["post_id"] = post.post_id
+    else:
+        ids["follower_id"], ids["followed_id"] = event.follower_id, event.followed_id  # type: ignore[union-attr]
+    return ids
 
 
 def _reason(exc: BaseException) -> str:
