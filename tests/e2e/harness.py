@@ -59,10 +59,10 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def worker(self, concurrency: int = 2) -> subprocess.Popen:
+    def worker(self, concurrency: int = 2, *extra: str) -> subprocess.Popen:
         return self._spawn(
             "worker", "worker", "-c", str(concurrency), "--without-mingle", "--without-gossip",
-            "--without-heartbeat",
+            "--without-heartbeat", *extra,
         )
 
     def consumer(self, *args: str) -> subprocess.Popen:
