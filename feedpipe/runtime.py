@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedpipe.adapters.dynamo import FeedTable, make_client
+from feedpipe.adapters.dynamo import FeedTable, make_client, use_prebuilt_batch_writes
 from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache, connect_redis
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import Settings, load_settings
@@ -51,8 +51,8 @@ class Runtime:
 
 def build_stores(settings: Settings, dynamodb: Any = None, metrics: Metrics | None = None) -> Stores:
     metrics = metrics or noop_metrics()
-    client = dynamodb or make_client(
-        "dynamodb", max_pool=settings.write_concurrency + 4, validate=False
+    client = dynamodb or use_prebuilt_batch_writes(
+        make_client("dynamodb", max_pool=settings.write_concurrency + 4, validate=False)
     )
     count_throttles(client, metrics)
     redis_client = connect_redis(settings.redis)

@@ -248,3 +248,25 @@ def test_feed_items_read_back_newest_first(feed_table):
     items = feed_table.feed_items("u_bob", limit=2)
 
     assert [i["post_id"] for i in items] == ["c", "b"]
+
+
+def test_prebuilt_batch_writes_send_what_botocore_would(dynamodb, feed_table):
+    from feedpipe.adapters.dynamo import make_client, use_prebuilt_batch_writes
+
+    sent: list[tuple[dict, bytes]] = []
+
+    def capture(request, **_):
+        sent.append((dict(request.headers), request.body))
+
+    plain = make_client("dynamodb", validate=False)
+    fast = use_prebuilt_batch_writes(make_client("dynamodb", validate=False))
+    for client in (plain, fast):
+        client.meta.events.register("before-send.dynamodb.BatchWriteItem", capture)
+        items = _items_for(["u_a", "u_b"], _post("p1", "2024-01-10T08:00:00.000Z"))
+        FeedTable(client, feed_table.name, 1).put_items(items)
+
+    (plain_headers, plain_body), (fast_headers, fast_body) = sent
+    assert json.loads(fast_body) == json.loads(plain_body)
+    same = ("X-Amz-Target", "Content-Type")
+    assert {h: fast_headers[h] for h in same} == {h: plain_headers[h] for h in same}
+    assert [i["post_id"] for i in feed_table.feed_items("u_a")] == ["p1"]  # moto accepted it
