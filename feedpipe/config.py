@@ -89,7 +89,7 @@ class Settings(BaseSettings):
 
     # Fan-out and consumer tuning.
     fanout_chunk_size: int = Field(1000, ge=1, le=100_000)
-    follower_page_size: int = Field(1000, ge=1, le=100_000)
+    follower_page_size: int = Field(10_000, ge=1, le=100_000)
     write_concurrency: int = Field(4, ge=1, le=64)
     records_per_read: int = Field(1000, ge=1, le=10_000)
     events_per_message: int = Field(200, ge=1, le=5000)

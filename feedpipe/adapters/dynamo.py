@@ -232,20 +232,35 @@ class FeedTable:
             request["ExclusiveStartKey"] = last
 
     def _batch_get(self, wanted: list[Key], projection: str | None) -> list[dict[str, Any]]:
+        """Strongly consistent reads, 100 keys a call, the calls in parallel on the write pool."""
+        groups = list(chunked(wanted, READ_BATCH_LIMIT))
+
+        def read(group: list[Key]) -> list[dict[str, Any]]:
+            return self._get_group(group, projection)
+
+        if len(groups) <= 1 or self.write_concurrency == 1:
+            return [item for group in groups for item in read(group)]
+        return [item for found in self._executor().map(read, groups) for item in found]
+
+    def _get_group(self, group: list[Key], projection: str | None) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
-        for group in chunked(wanted, READ_BATCH_LIMIT):
-            request: dict[str, Any] = {"Keys": group, "ConsistentRead": True}
-            if projection:
-                request["ProjectionExpression"] = projection
-            pending = {self.name: request}
-            for attempt in _unprocessed_retrying():
-                with attempt:
-                    response = self.client.batch_get_item(RequestItems=pending)
-                    found.extend(response.get("Responses", {}).get(self.name, []))
-                    pending = response.get("UnprocessedKeys") or {}
-                    if pending:
-                        raise UnprocessedError(f"{len(pending[self.name]['Keys'])} keys unread")
+        request: dict[str, Any] = {"Keys": group, "ConsistentRead": True}
+        if projection:
+            request["ProjectionExpression"] = projection
+        pending = {self.name: request}
+        for attempt in _unprocessed_retrying():
+            with attempt:
+                response = self.client.batch_get_item(RequestItems=pending)
+                found.extend(response.get("Responses", {}).get(self.name, []))
+                pending = response.get("UnprocessedKeys") or {}
+                if pending:
+                    raise UnprocessedError(f"{len(pending[self.name]['Keys'])} keys unread")
         return found
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.write_concurrency, thread_name_prefix="ddb")
+        return self._pool
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -262,9 +277,7 @@ class FeedTable:
         groups = list(groups)
         if len(groups) <= 1 or self.write_concurrency == 1:
             return sum(map(self.write_group, groups))
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.write_concurrency, thread_name_prefix="ddb-write")
-        return sum(self._pool.map(self.write_group, groups))
+        return sum(self._executor().map(self.write_group, groups))
 
     def write_group(self, group: list[dict[str, Any]]) -> int:
         """One BatchWriteItem call (<= 25 requests), retrying what DynamoDB leaves unprocessed."""

@@ -19,11 +19,17 @@ class SettleError(Exception):
 
 
 def add_post(stores: Stores, post: Post, user_ids: Collection[str]) -> int:
-    """Write ``post`` into each user's durable feed and each warm cached feed."""
+    """Write ``post`` into each user's durable feed and each warm cached feed.
+
+    The cache is written first, so readers see the post without waiting for DynamoDB, and
+    again after the durable write: a cache rebuild relies on every cache write having one that
+    follows the durable write (the second ZADD of the same member changes nothing otherwise)."""
     if not user_ids:
         return 0
+    score, member = post.created_at_ms, stores.member(post)
+    warm = stores.cache.add_to_warm_feeds(user_ids, score, member)
     written = stores.table.put_items(feed_items(user_ids, post, stores.item_template(post)))
-    warm = stores.cache.add_to_warm_feeds(user_ids, post.created_at_ms, stores.member(post))
+    stores.cache.add_to_warm_feeds(user_ids, score, member)
     count_written(stores, written, warm)
     return written
 
