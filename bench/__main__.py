@@ -22,7 +22,13 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="module names, e.g. cpu fanout")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "benchmarks.png")
+    parser.add_argument("--replot", action="store_true", help="redraw the chart from --json, measuring nothing")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads(args.json.read_text())["figures"]
+        fields = set(Figure.__dataclass_fields__)
+        chart([Figure(**{k: v for k, v in f.items() if k in fields}) for f in saved], args.chart)
+        return 0
     figures: list[Figure] = []
     started = time.monotonic()
     for name in MODULES:
@@ -68,14 +74,14 @@ def chart(figures: list[Figure], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     compared = [f for f in figures if f.ratio]
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(compared) + 1.5))
+    fig, ax = plt.subplots(figsize=(13, 0.55 * len(compared) + 1.5))
     ax.barh([f.name for f in compared], [f.ratio or 0 for f in compared], color="tab:blue")
     ax.axvline(1, color="grey", linestyle="--")
     ax.set_xlabel("times better than the baseline measured in the same run")
     ax.set_title("feedpipe against its baselines")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=90, bbox_inches="tight")
 
 
 if __name__ == "__main__":

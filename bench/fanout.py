@@ -312,17 +312,16 @@ def memory_figure(b: Backends, n: int) -> Figure:
     log(f"memory: peak {result['peak_rss_mb']} MB, growth {growth:.1f} MB, {result['seconds']}s")
     return Figure(
         name=f"worker peak memory during a {n:,}-follower fan-out",
-        value=round(growth, 1),
+        value=result["peak_rss_mb"],
         unit="MB",
-        baseline_name="RSS after imports and set-up (same process)",
-        baseline=result["rss_after_setup_mb"],
         better="lower",
-        target="<= 200 MB (judged on the total peak RSS, not the growth)",
-        met=max(result["peak_rss_mb"], result["ru_maxrss_mb"]) <= 200 and result["audience"] == n,
-        notes=(f"value = peak RSS growth during fan_out_post; total peak {result['peak_rss_mb']} MB "
-               f"during the fan-out, {result['ru_maxrss_mb']} MB over the process's life (imports); "
+        target="<= 200 MB peak RSS during the fan-out",
+        # The high-water mark is reset after set-up (which loads the follow edges through this
+        # same process), so the peak is the fan-out's own, imports and runtime included.
+        met=result["peak_rss_mb"] <= 200 and result["audience"] == n,
+        notes=(f"peak RSS during fan_out_post {result['peak_rss_mb']} MB, of which growth "
+               f"{growth:.1f} MB over the {result['rss_after_setup_mb']} MB after imports and set-up; "
                f"planner as a worker runs it: full chunks of {CHUNK} serialised as Celery messages "
-               f"and dropped, last chunk delivered in-process; follower page {page} (1 MB-capped, "
-               f"larger than the default 1000, so at least as much memory); the ratio is not meaningful"),
+               f"and dropped, last chunk delivered in-process; follower page {page} (1 MB-capped)"),
         extra={**result, "followers": n, "follower_page": page, "setup_seconds": round(t[0], 1)},
     )
