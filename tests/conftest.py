@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from feedpipe.kinesalite import Kinesalite, missing_tools
 from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer
 from feedpipe.runtime import reset_runtime
 
@@ -64,3 +65,16 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[st
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture(scope="session")
+def kinesalite_server() -> Iterator[Kinesalite]:
+    """A real Kinesis stand-in (npm kinesalite, installed on first use); skipped without node."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    server = Kinesalite().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
@@ -148,3 +148,21 @@ def redis_client() -> Iterator[fakeredis.FakeRedis]:
 @pytest.fixture
 def cache(redis_client: fakeredis.FakeRedis) -> FeedCache:
     return FeedCache(redis_client, max_length=FEED_MAX_LENGTH, ttl_seconds=FEED_TTL_SECONDS)
+
+def inject(
+    monkeypatch: pytest.MonkeyPatch, obj: Any, method: str, action: Callable[[], None], call: int = 1
+) -> list[int]:
+    """Run ``action`` once, right after the ``call``-th call of ``obj.method`` returns.
+    Returns a one-item list counting the calls, so a test can check the point was reached."""
+    real = getattr(obj, method)
+    calls = [0]
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == call:
+            action()
+        return result
+
+    monkeypatch.setattr(obj, method, wrapped)
+    return calls

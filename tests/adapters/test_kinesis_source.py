@@ -9,7 +9,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,7 @@ from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.events import PostPublished
 from feedpipe.core.records import parse_record
-from feedpipe.kinesalite import Kinesalite, missing_tools
+from feedpipe.kinesalite import Kinesalite
 from feedpipe.local import wait_for
 from tests.fakes import FakeDeadLetters, FakeDispatcher, FakeLeaseTable
 
@@ -35,18 +34,6 @@ WRITER_BATCHES = 40  # the background writer's cap, so a stuck reshard cannot ru
 
 
 # -- fixtures and helpers --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def kinesalite_server() -> Iterator[Kinesalite]:
-    reason = missing_tools()
-    if reason:
-        pytest.skip(reason)
-    server = Kinesalite().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _client(endpoint: str | None = None) -> Any:

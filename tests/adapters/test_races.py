@@ -32,6 +32,7 @@ from feedpipe.feeds.fanout import deliver_chunk, fan_out_post, retract_chunk, re
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
 from feedpipe.feeds.stores import Stores
 from feedpipe.runtime import build_stores
+from tests.adapters.conftest import inject
 
 from .conftest import APP_TABLE
 
@@ -131,23 +132,6 @@ def everyone(*posts: str) -> dict[str, list[str]]:
     return {u: [*posts, OLD] for u in FOLLOWERS + NEWCOMERS}
 
 
-def inject(
-    monkeypatch: pytest.MonkeyPatch, obj: Any, method: str, action: Callable[[], None], call: int = 1
-) -> list[int]:
-    """Run ``action`` once, right after the ``call``-th call of ``obj.method`` returns.
-    Returns a one-item list counting the calls, so a test can check the point was reached."""
-    real = getattr(obj, method)
-    calls = [0]
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        result = real(*args, **kwargs)
-        calls[0] += 1
-        if calls[0] == call:
-            action()
-        return result
-
-    monkeypatch.setattr(obj, method, wrapped)
-    return calls
 
 
 @pytest.fixture

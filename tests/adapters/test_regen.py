@@ -12,7 +12,7 @@ Time never passes for real: lease expiry is simulated by replacing the clock the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,6 +35,7 @@ from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.regen import DrainStats, drain
 from feedpipe.feeds.stores import Stores
 from feedpipe.runtime import build_stores
+from tests.adapters.conftest import inject
 
 from .conftest import APP_TABLE
 
@@ -194,22 +195,6 @@ def rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def inject(
-    monkeypatch: pytest.MonkeyPatch, obj: Any, method: str, action: Callable[[], None], call: int = 1
-) -> list[int]:
-    """Run ``action`` once, right after the ``call``-th call of ``obj.method`` returns."""
-    real = getattr(obj, method)
-    calls = [0]
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        result = real(*args, **kwargs)
-        calls[0] += 1
-        if calls[0] == call:
-            action()
-        return result
-
-    monkeypatch.setattr(obj, method, wrapped)
-    return calls
 
 
 def posts(world: World, count: int, author: str = "alice", tag: str = "a") -> list[Post]:

@@ -10,7 +10,6 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,25 +18,12 @@ import pytest
 
 from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.streams import DynamoDBStreamSource
-from feedpipe.kinesalite import Kinesalite, missing_tools
 from tests.e2e.harness import LEASES, TABLE, Processes, World, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
 SHARDS = 4
 FAILOVER = 3.0
-
-
-@pytest.fixture(scope="module")
-def kinesalite() -> Iterator[Kinesalite]:
-    reason = missing_tools()
-    if reason:
-        pytest.skip(reason)
-    server = Kinesalite().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _kinesis(url: str) -> Any:
@@ -85,14 +71,16 @@ def _mirror_into_kinesis(world: World, kinesis: Any, stream: str) -> int:
     return len(entries)
 
 
-def test_a_consumer_killed_among_three_loses_nothing(aws_env, redis_urls, real_redis, tmp_path, kinesalite) -> None:
-    kinesis = _kinesis(kinesalite.url)
+def test_a_consumer_killed_among_three_loses_nothing(
+    aws_env, redis_urls, real_redis, tmp_path, kinesalite_server
+) -> None:
+    kinesis = _kinesis(kinesalite_server.url)
     stream = f"changes-{uuid.uuid4().hex[:8]}"
     kinesis.create_stream(StreamName=stream, ShardCount=SHARDS)
     wait_until(lambda: kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"][
         "StreamStatus"] == "ACTIVE", 30, "the stream")
     env = pipeline_env(aws_env, redis_urls, FEEDPIPE_SOURCE="kinesis", FEEDPIPE_KINESIS_STREAM=stream,
-                       AWS_ENDPOINT_URL_KINESIS=kinesalite.url, FEEDPIPE_RECORDS_PER_READ="3",
+                       AWS_ENDPOINT_URL_KINESIS=kinesalite_server.url, FEEDPIPE_RECORDS_PER_READ="3",
                        FEEDPIPE_LEASE_FAILOVER_SECONDS=str(FAILOVER))
     world = make_world(env, real_redis)
     _app_traffic(world, random.Random(11))

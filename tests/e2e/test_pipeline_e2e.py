@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from feedpipe.core import keys
-from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
+from tests.e2e.harness import Processes, World, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -65,18 +65,6 @@ def settle(world: World, procs: Processes) -> None:
 @pytest.fixture
 def env(aws_env, redis_urls):
     return pipeline_env(aws_env, redis_urls)
-
-
-@pytest.fixture
-def world(env, real_redis) -> World:
-    return make_world(env, real_redis)
-
-
-@pytest.fixture
-def procs(env, tmp_path):
-    processes = Processes(env, tmp_path)
-    yield processes
-    processes.stop_all()
 
 
 def test_stream_records_become_exact_feeds(world: World, procs: Processes) -> None:

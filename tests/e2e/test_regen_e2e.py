@@ -13,7 +13,7 @@ from feedpipe.core import keys
 from feedpipe.feeds.delivery import add_post
 from feedpipe.feeds.regen import drain
 from feedpipe.runtime import build_stores
-from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
+from tests.e2e.harness import Processes, World, pipeline_env, wait_until
 from tests.unit.conftest import make_post
 
 pytestmark = pytest.mark.e2e
@@ -30,18 +30,6 @@ def env(aws_env, redis_urls):
         FEEDPIPE_REGEN_LEASE_SECONDS="3",
         FEEDPIPE_BEAT_LOCK_SECONDS="3",
     )
-
-
-@pytest.fixture
-def world(env, real_redis) -> World:
-    return make_world(env, real_redis)
-
-
-@pytest.fixture
-def procs(env, tmp_path):
-    processes = Processes(env, tmp_path)
-    yield processes
-    processes.stop_all()
 
 
 def durable_feeds_for(world: World, users: list[str], rng: random.Random) -> None:
