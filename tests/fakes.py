@@ -15,6 +15,7 @@ from feedpipe.adapters.streams import (
     IteratorExpiredError,
     ReadResult,
     Shard,
+    ShardGoneError,
     ThrottledError,
     TrimmedDataError,
 )
@@ -42,6 +43,7 @@ class FakeShardSource:
     expire_reads: int = 0  # the next N reads fail with an expired iterator
     throttle_reads: int = 0
     trim_below: dict[str, int] = field(default_factory=dict)  # shard -> first index still kept
+    gone: set[str] = field(default_factory=set)  # shards aged out of the stream
     reads: int = 0
     stream_id: str = "arn:fake:stream"
 
@@ -57,6 +59,8 @@ class FakeShardSource:
         return [Shard(s, self.parents.get(s, ()), s in self.closed) for s in self.shards]
 
     def iterator(self, shard_id: str, after: str | None) -> str:
+        if shard_id in self.gone:
+            raise ShardGoneError(f"shard {shard_id} not found")
         records = self.shards[shard_id]
         position = self.trim_below.get(shard_id, 0)  # TRIM_HORIZON: the oldest record kept
         if after:

@@ -43,6 +43,10 @@ class ThrottledError(StreamError):
     pass
 
 
+class ShardGoneError(StreamError):
+    """The shard is no longer in the stream (it aged out of retention unread)."""
+
+
 class ShardSource(Protocol):
     @property
     def stream_id(self) -> str: ...
@@ -67,6 +71,8 @@ def map_stream_error(exc: ClientError) -> Exception:
         return TrimmedDataError(str(exc))
     if code in _THROTTLED:
         return ThrottledError(str(exc))
+    if code == "ResourceNotFoundException":
+        return ShardGoneError(str(exc))
     unmapped: Exception = exc
     return unmapped
 

@@ -25,6 +25,7 @@ from feedpipe.adapters.streams import (
     IteratorExpiredError,
     ReadResult,
     Shard,
+    ShardGoneError,
     ShardSource,
     ThrottledError,
     TrimmedDataError,
@@ -165,6 +166,9 @@ class StreamConsumer:
         except TrimmedDataError as exc:
             self._skip_trimmed(state, exc)
             return NOT_READ
+        except ShardGoneError as exc:
+            self._end_gone_shard(state, exc)
+            return NOT_READ
         except ThrottledError:
             self._back_off()
             return NOT_READ
@@ -182,7 +186,7 @@ class StreamConsumer:
 
     def _publish(self, state: ShardState, records: list[dict[str, Any]]) -> bool:
         """Publish a batch, then checkpoint it; False when the shard's lease was lost."""
-        source = f"stream:{state.shard.shard_id}"
+        prepared = self.pipeline.prepare(records, f"stream:{state.shard.shard_id}")
         for attempt in Retrying(
             retry=retry_if_exception_type(BROKER_ERRORS),
             wait=wait_random_exponential(multiplier=0.2, max=30),
@@ -194,7 +198,8 @@ class StreamConsumer:
             reraise=True,
         ):
             with attempt:
-                outcome = self.pipeline.handle(records, source)
+                self.pipeline.deliver(prepared)  # a retry repeats only what did not get through
+        outcome = prepared.outcome
         self.totals.add(outcome)
         self._count(outcome)
         return self._checkpoint(state, record_sequence(records[-1]), record_time_ms(records[-1]))
@@ -224,7 +229,17 @@ class StreamConsumer:
         self.pipeline.dead_letters.add_many(
             [(f"stream:{state.shard.shard_id}", f"gap: trimmed data after {state.checkpoint}: {exc}", {})]
         )
-        state.iterator = self.source.iterator(state.shard.shard_id, None)
+        state.iterator = None
+        state.checkpoint = None  # the next poll starts at the oldest record kept (TRIM_HORIZON)
+
+    def _end_gone_shard(self, state: ShardState, exc: Exception) -> None:
+        """A shard that aged out unread: a loud gap, then ended, so its children can go on."""
+        log.error("shard %s is gone from the stream after checkpoint %s: its unread records are lost",
+                  state.shard.shard_id, state.checkpoint)
+        self.pipeline.dead_letters.add_many(
+            [(f"stream:{state.shard.shard_id}", f"gap: shard gone after {state.checkpoint}: {exc}", {})]
+        )
+        self._checkpoint(state, SHARD_END)
 
     def _count(self, outcome: BatchOutcome) -> None:
         for (event, entity), n in outcome.by_record.items():

@@ -47,12 +47,23 @@ class LeaseCoordinator:
     _next_take: float = float("-inf")
 
     def sync(self, shards: Iterable[Shard]) -> None:
-        """Create leases for shards found for the first time (not for parents whose children
-        already have leases: those ended long ago and had their leases cleaned up)."""
+        """Create leases for shards found for the first time; not for ancestors of a shard that
+        has a lease (they ended, and their leases were cleaned up: the stream keeps listing
+        closed shards for a day)."""
+        shards = list(shards)
         known = self.leases.list()
-        parents_of_known = {p for lease in known.values() for p in lease.parent_ids}
+        parents = {shard.shard_id: shard.parent_ids for shard in shards}
+        for lease in known.values():
+            parents.setdefault(lease.shard_id, lease.parent_ids)
+        ended: set[str] = set()
+        pending = [p for shard_id in known for p in parents.get(shard_id, ())]
+        while pending:
+            ancestor = pending.pop()
+            if ancestor not in ended:
+                ended.add(ancestor)
+                pending.extend(parents.get(ancestor, ()))
         for shard in shards:
-            if shard.shard_id not in known and shard.shard_id not in parents_of_known:
+            if shard.shard_id not in known and shard.shard_id not in ended:
                 self.leases.create(shard.shard_id, shard.parent_ids)
 
     def tick(self) -> set[str]:

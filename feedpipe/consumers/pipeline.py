@@ -47,42 +47,69 @@ def _event_name(record: Any) -> str:
 
 
 @dataclass
+class Prepared:
+    """A parsed batch waiting to be delivered."""
+
+    source: str
+    outcome: BatchOutcome
+    events: list[Event] = field(default_factory=list)
+    letters: list[tuple[str, str, Any]] = field(default_factory=list)
+    letters_stored: bool = False
+
+
+@dataclass
 class RecordPipeline:
     dispatcher: Dispatcher
     dead_letters: DeadLetterSink
     excluded_visibilities: Collection[str]
 
     def handle(self, records: Sequence[dict[str, Any]], source: str) -> BatchOutcome:
-        """Parse every record; publish the events and dead-letter the rest. Raises only when
-        the broker or the dead-letter store cannot take them (nothing is then acknowledged)."""
-        outcome = BatchOutcome(records=len(records))
-        events: list[Event] = []
-        letters: list[tuple[str, str, Any]] = []
+        """Parse every record; dead-letter the unreadable and publish the events. Raises only
+        when the dead-letter store or the broker cannot take them (nothing is acknowledged)."""
+        prepared = self.prepare(records, source)
+        self.deliver(prepared)
+        return prepared.outcome
+
+    def prepare(self, records: Sequence[dict[str, Any]], source: str) -> Prepared:
+        """Parse a batch (no I/O): the events to publish and the records to dead-letter."""
+        prepared = Prepared(source, BatchOutcome(records=len(records)))
         for record in records:
-            try:
-                parsed = parse_record(record, self.excluded_visibilities)
-            except RecordError as exc:
-                letters.append((source, str(exc), record))
-                outcome.by_record[(_event_name(record), "unparseable")] += 1
-                continue
-            if isinstance(parsed, Ignored):
-                outcome.ignored[parsed.entity] += 1
-                outcome.by_record[(_event_name(record), parsed.entity)] += 1
-            else:
-                events.append(parsed)
-                outcome.by_event[parsed.kind] += 1
-                entity = "post" if parsed.kind.startswith("post") else "follow"
-                outcome.by_record[(_event_name(record), entity)] += 1
-        if letters:
-            self.dead_letters.add_many(letters)
-            log.warning("dead-lettered %d records from %s: %s", len(letters), source, letters[0][1])
-        if events:
-            outcome.messages = self.dispatcher.dispatch(events)
+            self._prepare_one(record, prepared)
+        prepared.outcome.dispatched = len(prepared.events)
+        prepared.outcome.dead_lettered = len(prepared.letters)
+        return prepared
+
+    def _prepare_one(self, record: Any, prepared: Prepared) -> None:
+        outcome, name = prepared.outcome, _event_name(record)
+        try:
+            parsed = parse_record(record, self.excluded_visibilities)
+        except Exception as exc:  # RecordError, or a parser bug: either way the shard moves on
+            reason = str(exc) if isinstance(exc, RecordError) else f"unexpected {type(exc).__name__}: {exc}"
+            if not isinstance(exc, RecordError):
+                log.exception("unexpected error parsing a record from %s", prepared.source)
+            prepared.letters.append((prepared.source, reason, record))
+            outcome.by_record[(name, "unparseable")] += 1
+            return
+        if isinstance(parsed, Ignored):
+            outcome.ignored[parsed.entity] += 1
+            outcome.by_record[(name, parsed.entity)] += 1
+            return
+        prepared.events.append(parsed)
+        outcome.by_event[parsed.kind] += 1
+        outcome.by_record[(name, "post" if parsed.kind.startswith("post") else "follow")] += 1
+
+    def deliver(self, prepared: Prepared) -> None:
+        """Dead letters first (once, however often a broker outage makes the caller retry),
+        then the events."""
+        if prepared.letters and not prepared.letters_stored:
+            self.dead_letters.add_many(prepared.letters)
+            prepared.letters_stored = True
+            log.warning("dead-lettered %d records from %s: %s", len(prepared.letters), prepared.source,
+                        prepared.letters[0][1])
+        if prepared.events:
+            prepared.outcome.messages = self.dispatcher.dispatch(prepared.events)
             if log.isEnabledFor(logging.DEBUG):
-                for event in events:
+                for event in prepared.events:
                     post = getattr(event, "post", None)
                     log.debug("dispatched %s", event.kind, extra={
-                        "event_id": event.meta.event_id, "shard": source, "post_id": post and post.post_id})
-        outcome.dispatched = len(events)
-        outcome.dead_lettered = len(letters)
-        return outcome
+                        "event_id": event.meta.event_id, "shard": prepared.source, "post_id": post and post.post_id})

@@ -163,8 +163,10 @@ def _parse_follow(name: str, pk: str, sk: str, meta: RecordMeta) -> ParsedRecord
 
 
 def is_live(image: Mapping[str, Any], excluded: Collection[str]) -> bool:
-    """Whether a post image belongs in feeds: not soft-deleted, visibility not excluded."""
-    return image.get("is_deleted") is not True and image.get("visibility") not in excluded
+    """Whether a post image belongs in feeds: not soft-deleted, visibility not excluded (a
+    visibility that is not a string is taken as is: it cannot name an excluded one)."""
+    visibility = image.get("visibility")
+    return image.get("is_deleted") is not True and not (isinstance(visibility, str) and visibility in excluded)
 
 
 def post_from_image(image: Mapping[str, Any]) -> Post:

@@ -133,3 +133,20 @@ def test_children_wait_for_parents_and_finished_parents_are_cleaned_up(leases: A
     assert "parent" not in leases.list()  # cleaned up once the child started
     a.sync([Shard("parent", closed=True), Shard("child", ("parent",))])
     assert "parent" not in leases.list()  # and never re-created for a second reading
+
+
+def test_leases_of_ended_grandparents_are_never_created_again(leases: Any) -> None:
+    clock = Clock()
+    a = _coordinator(leases, "a", clock)
+    lineage = [Shard("s0", closed=True), Shard("s1", ("s0",), closed=True), Shard("s2", ("s1",))]
+    a.sync(lineage)
+    for shard, checkpoint in [("s0", SHARD_END), ("s1", SHARD_END), ("s2", "5")]:
+        a.tick()
+        assert shard in a.held
+        a.checkpoint(shard, checkpoint, None)
+    _tick_all(clock, a)
+    assert set(leases.list()) == {"s2"}  # both ended ancestors cleaned up
+
+    a.sync(lineage)  # the stream still lists the closed shards
+
+    assert set(leases.list()) == {"s2"}  # s0 is not read again from TRIM_HORIZON

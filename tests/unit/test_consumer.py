@@ -145,3 +145,61 @@ def test_every_record_is_dispatched_once_whatever_the_read_size(per_read):
     _consumer(source, dispatcher=dispatcher, per_read=per_read).run(stop_when_idle=True)
 
     assert _followed(dispatcher) == [f"u{i}" for i in range(1, 11)]
+
+
+def test_a_broker_outage_dead_letters_a_bad_record_once_however_often_it_retries():
+    bad = {"eventName": "INSERT", "dynamodb": {"Keys": {"PK": {"S": "POST#x"}}, "SequenceNumber": f"{2:021d}"}}
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(1, "a", "u1"), bad])
+    dispatcher, letters = FakeDispatcher(fail_next=4), FakeDeadLetters()
+
+    _consumer(source, dispatcher=dispatcher, letters=letters, per_read=10).run(stop_when_idle=True)
+
+    assert len(letters.letters) == 1 and _followed(dispatcher) == ["u1"]
+
+
+def test_a_post_whose_visibility_is_not_a_string_does_not_stop_the_shard():
+    post = {"eventName": "INSERT", "dynamodb": {
+        "Keys": {"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}}, "SequenceNumber": f"{1:021d}",
+        "NewImage": {"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}, "post_id": {"S": "p1"},
+                     "author_id": {"S": "a"}, "created_at": {"S": "2026-01-01T00:00:00Z"},
+                     "visibility": {"L": [{"S": "private"}]}}}}
+    source = FakeShardSource()
+    source.add_shard("s", [post, follow_record(2, "a", "u2")])
+    dispatcher = FakeDispatcher()
+
+    _consumer(source, dispatcher=dispatcher, per_read=10).run(stop_when_idle=True)
+
+    assert [e.kind for e in dispatcher.events] == ["post_published", "follow_started"]
+
+
+def test_a_parser_bug_dead_letters_the_record_and_the_shard_moves_on(monkeypatch):
+    import feedpipe.consumers.pipeline as pipeline_module
+
+    real = pipeline_module.parse_record
+
+    def flaky(record, excluded):
+        if record["dynamodb"]["SequenceNumber"] == f"{1:021d}":
+            raise TypeError("a bug")
+        return real(record, excluded)
+
+    monkeypatch.setattr(pipeline_module, "parse_record", flaky)
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(1, "a", "u1"), follow_record(2, "a", "u2")])
+    dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
+
+    _consumer(source, dispatcher=dispatcher, letters=letters, per_read=10).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == ["u2"] and letters.letters[0][1] == "unexpected TypeError: a bug"
+
+
+def test_a_parent_gone_from_the_stream_is_a_loud_gap_and_its_children_go_on():
+    source = FakeShardSource(gone={"old"})
+    source.add_shard("old", [follow_record(1, "a", "lost")], closed=True)
+    source.add_shard("new", [follow_record(2, "a", "kept")], parents=("old",))
+    dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
+
+    _consumer(source, dispatcher=dispatcher, letters=letters).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == ["kept"]
+    assert [reason.split(":")[0] for _, reason, _ in letters.letters] == ["gap"]
