@@ -41,7 +41,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def run_beat(settings: Settings, stop: threading.Event) -> int:
     """Wait for the lock, then run Celery beat until stopped or the lock is lost."""
-    lock = connect_redis(settings.redis).lock(
+    lock = connect_redis(settings).lock(
         OwnKeys(settings.key_prefix).beat_lock, timeout=settings.beat_lock_seconds, thread_local=False
     )
     log.info("waiting for the beat lock (another beat may hold it)")

@@ -31,12 +31,17 @@ class _Commands(click.Group):
             ctx.exit(2)
 
 
-def _start(ctx: click.Context) -> Settings:
-    """Settings for this process, built once and validated."""
+def _start(ctx: click.Context, redis: bool = True, broker: bool = False) -> Settings:
+    """Settings for this process, built once and validated. The Redis it uses (and the broker,
+    when ``broker``) is logged in to once, so a wrong password or certificate is one line."""
     if ctx.obj is None:
         settings = load_settings()
         setup_logging(settings)
         install_runtime(settings)
+        if redis:
+            from feedpipe.adapters.redis_client import check_redis
+
+            check_redis(settings, broker=broker)
         ctx.obj = settings
     settings_: Settings = ctx.obj
     return settings_
@@ -52,7 +57,7 @@ def main() -> None:
 @click.pass_context
 def create_tables_cmd(ctx: click.Context) -> None:
     """Create the app table (as the seed does) and feedpipe's lease table, idempotently."""
-    settings = _start(ctx)
+    settings = _start(ctx, redis=False)
     from feedpipe.adapters.dynamo import make_client
     from feedpipe.adapters.tables import create_tables
 
@@ -66,7 +71,7 @@ def create_tables_cmd(ctx: click.Context) -> None:
 @click.pass_context
 def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     """Run the stream consumer."""
-    settings = _start(ctx)
+    settings = _start(ctx, broker=True)
     from feedpipe.consumers.build import build_consumer
 
     consumer = build_consumer(settings, _served_metrics(settings))
@@ -101,7 +106,7 @@ def _served_metrics(settings: Settings) -> Any:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a Celery worker for every feedpipe queue; extra options go to Celery."""
-    _start(ctx)
+    _start(ctx, broker=True)
     from feedpipe.worker import app
 
     argv = ["worker", *ctx.args]
@@ -125,7 +130,7 @@ def up(demo: bool, duration: float | None, concurrency: int) -> None:
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """Run the scheduler of periodic jobs (regen drain, trims, rebuilds); one at a time."""
-    settings = _start(ctx)
+    settings = _start(ctx, broker=True)
     import threading
 
     from feedpipe.beat import run_beat
@@ -231,7 +236,7 @@ def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
 @click.pass_context
 def dlq_replay(ctx: click.Context, limit: int) -> None:
     """Send dead letters back through the normal path (once the cause is fixed)."""
-    settings = _start(ctx)
+    settings = _start(ctx, broker=True)
     from feedpipe.consumers.build import build_pipeline
     from feedpipe.ops import replay_dead_letters
     from feedpipe.runtime import runtime

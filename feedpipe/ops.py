@@ -19,7 +19,7 @@ from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.keys import FEED_CACHE_PREFIX, REGEN_QUEUE, OwnKeys
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
-from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, QUEUES, RETRACT_QUEUE, app
+from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, RETRACT_QUEUE, app, broker_queue_depths
 
 TASK_QUEUES = {
     tasks.FANOUT_POSTS: FANOUT_QUEUE,
@@ -34,10 +34,7 @@ def gather_status(settings: Settings, stores: Stores) -> dict[str, Any]:
     """Shards with their checkpoints and lag, queue depths, dead letters, the beat lock."""
     client = stores.cache.client
     own = OwnKeys(settings.key_prefix)
-    pipe = client.pipeline(transaction=False)
-    for queue in QUEUES:
-        pipe.llen(f"{own.broker_prefix}{queue}")
-    depths = dict(zip(QUEUES, (int(n) for n in pipe.execute()), strict=True))
+    depths = broker_queue_depths(settings)
     return {
         "stream": _stream_status(settings),
         "queues": {

@@ -55,7 +55,7 @@ def build_stores(settings: Settings, dynamodb: Any = None, metrics: Metrics | No
         make_client("dynamodb", max_pool=settings.write_concurrency + 4, validate=False)
     )
     count_throttles(client, metrics)
-    redis_client = connect_redis(settings.redis)
+    redis_client = connect_redis(settings)
     own = OwnKeys(settings.key_prefix)
     table = FeedTable(client, settings.table_name, settings.write_concurrency)
     table.on_unprocessed = metrics.unprocessed_items.inc

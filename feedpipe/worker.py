@@ -13,11 +13,13 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery, signals
 from kombu.entity import Queue
 from prometheus_client import multiprocess
 
+from feedpipe.adapters.redis_client import check_redis, connect_broker, tls_options
 from feedpipe.config import ConfigError, Settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.metrics import QueueDepths, in_multiprocess_mode, multiprocess_registry, prepare_multiprocess_dir, serve
@@ -40,7 +42,7 @@ TASK_MODULES = [
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     visibility = settings.task_visibility_timeout_seconds
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.broker,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
@@ -69,6 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": MAINTENANCE_QUEUE,
         "task_create_missing_queues": False,
     }
+    if urlsplit(settings.broker).scheme == "rediss":  # the same CA, client cert and checks as the app's Redis
+        config["broker_use_ssl"] = tls_options(settings)
+    return config
 
 
 class _LazyConfig(Mapping[str, Any]):
@@ -107,6 +112,10 @@ _started: dict[str, float] = {}
 def _prepare_metrics(**_: Any) -> None:
     """Before any task module (and any metric) exists: a fresh multiprocess directory."""
     settings = runtime().settings
+    try:
+        check_redis(settings, broker=True)  # ``celery -A feedpipe.worker worker`` starts here
+    except ConfigError as exc:
+        raise SystemExit(f"feedpipe: {exc}") from None
     prepare_multiprocess_dir(Path(tempfile.gettempdir()) / f"feedpipe-metrics-{os.getpid()}")
     registry = multiprocess_registry()
     registry.register(QueueDepths(lambda: queue_depths(runtime().stores, settings)))
@@ -144,14 +153,25 @@ def _task_retried(sender: Any = None, **_: Any) -> None:
 
 def queue_depths(stores: Any, settings: Settings) -> dict[str, int]:
     """Depths of the Redis lists operators watch, read at scrape time."""
-    client, own = stores.cache.client, OwnKeys(settings.key_prefix)
-    pipe = client.pipeline(transaction=False)
-    for queue in QUEUES:
-        pipe.llen(f"{own.broker_prefix}{queue}")
-    celery = {f"celery_{q}": int(n) for q, n in zip(QUEUES, pipe.execute(), strict=True)}
+    celery = {f"celery_{q}": n for q, n in broker_queue_depths(settings).items()}
     return {
         "feed_regen_queue": stores.regen_queue.depth(),
         "regen_processing": stores.regen_queue.processing_depth(),
         "dead_letters": stores.dead_letters.count(),
         **celery,
     }
+
+
+def broker_queue_depths(settings: Settings) -> dict[str, int]:
+    """Messages waiting in each Celery queue, read from the broker itself: it is not the app's
+    Redis when that is a cluster. Only a Redis broker is read; RabbitMQ exports its own depths."""
+    client = connect_broker(settings)
+    if client is None:
+        return {}
+    try:
+        pipe = client.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.llen(f"{OwnKeys(settings.key_prefix).broker_prefix}{queue}")
+        return {queue: int(n) for queue, n in zip(QUEUES, pipe.execute(), strict=True)}
+    finally:
+        client.close()

@@ -1,7 +1,7 @@
 """Redis: the app's cached feeds (``feed:{user}``), its follow caches, and feedpipe's dead letters.
 
 Every script touches exactly one key, so each call lives in one cluster slot; many calls go
-out in one pipeline (one round trip per chunk of followers, not per follower).
+out in one pipeline (one round trip per chunk of followers and node, not per follower).
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-
+from feedpipe.adapters.redis_client import RedisClient, eval_many
+from feedpipe.adapters.redis_client import connect_redis as connect_redis  # where callers find it
 from feedpipe.core import keys
 
 # KEYS[1] feed; ARGV[1] max length, ARGV[2] ttl seconds, ARGV[3..] score/member pairs.
@@ -72,22 +70,10 @@ return (#ARGV - 2) / 2
 """
 
 
-def connect_redis(url: str) -> redis.Redis:
-    """A client that retries dropped connections a few times before failing the call."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
-
-
 class FeedCache:
     """The app's Redis feeds, written only where warm, trimmed and TTL-refreshed on write."""
 
-    def __init__(self, client: redis.Redis, max_length: int, ttl_seconds: int) -> None:
+    def __init__(self, client: RedisClient, max_length: int, ttl_seconds: int) -> None:
         self.client = client
         self.max_length = max_length
         self.ttl_seconds = ttl_seconds
@@ -98,11 +84,9 @@ class FeedCache:
 
     def add_to_warm_feeds(self, user_ids: Iterable[str], score: int, member: str) -> int:
         """Add one member to each warm feed; returns how many feeds were warm."""
-        pipe = self.client.pipeline(transaction=False)
-        for user_id in user_ids:
-            args: list[Any] = [self.max_length, self.ttl_seconds, score, member]
-            self._add(keys=[keys.feed_cache(user_id)], args=args, client=pipe)
-        return sum(int(r) for r in pipe.execute())
+        args = [self.max_length, self.ttl_seconds, score, member]
+        calls = [(keys.feed_cache(user_id), args) for user_id in user_ids]
+        return sum(int(r) for r in eval_many(self.client, self._add, calls))
 
     def add_many_if_warm(self, user_id: str, entries: Sequence[tuple[int, str]]) -> bool:
         if not entries:
@@ -117,10 +101,8 @@ class FeedCache:
 
     def remove_entries(self, entries: Iterable[tuple[str, int, str]]) -> int:
         """Remove each (user_id, score, post_id) from that user's cached feed, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for user_id, score, post_id in entries:
-            self._remove_post(keys=[keys.feed_cache(user_id)], args=[score, post_id], client=pipe)
-        return sum(int(r) for r in pipe.execute())
+        calls = [(keys.feed_cache(user_id), [score, post_id]) for user_id, score, post_id in entries]
+        return sum(int(r) for r in eval_many(self.client, self._remove_post, calls))
 
     def remove_author(self, user_id: str, author_id: str) -> int:
         return int(self._remove_author(keys=[keys.feed_cache(user_id)], args=[author_id]))
@@ -181,7 +163,7 @@ class DeadLetters:
     """A Redis list of what feedpipe could not handle, each with its reason; newest first."""
 
     def __init__(
-        self, client: redis.Redis, key: str, on_letter: Callable[[str, str], None] = lambda source, reason: None
+        self, client: RedisClient, key: str, on_letter: Callable[[str, str], None] = lambda source, reason: None
     ) -> None:
         self.client = client
         self.key = key

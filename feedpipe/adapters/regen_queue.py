@@ -13,13 +13,12 @@ import time
 import uuid
 from collections.abc import Sequence
 
-import redis
-
+from feedpipe.adapters.redis_client import RedisClient
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 
 
 class RegenQueue:
-    def __init__(self, client: redis.Redis, own: OwnKeys, lease_seconds: int) -> None:
+    def __init__(self, client: RedisClient, own: OwnKeys, lease_seconds: int) -> None:
         self.client = client
         self.own = own
         self.lease_seconds = lease_seconds

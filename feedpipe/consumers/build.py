@@ -33,7 +33,7 @@ def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> Record
 
     metrics = metrics or noop_metrics()
     dead_letters = DeadLetters(
-        connect_redis(settings.redis),
+        connect_redis(settings),
         OwnKeys(settings.key_prefix).dead_letters,
         on_letter=lambda source, reason: metrics.dead_letters.labels(*dead_letter_labels(source, reason)).inc(),
     )

@@ -2,7 +2,8 @@
 
 Both sweeps are built for a periodic task on a live system, so every step is small: Redis is
 walked with SCAN (never KEYS) one slice at a time, each slice trimmed in one non-transactional
-pipeline, so no single call holds the server; DynamoDB is walked a bounded number of Scan pages
+pipeline, so no single call holds the server (on a Redis Cluster the walk goes through every
+primary in turn); DynamoDB is walked a bounded number of Scan pages
 per call, and the caller carries the cursor to the next run. Every trim is idempotent, so a
 slice or page seen twice (SCAN may repeat keys, a crashed task reruns its cursor) costs only time.
 """
@@ -17,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 
 from feedpipe.adapters.dynamo import FeedTable
+from feedpipe.adapters.redis_client import SCAN_START, RedisClient, scan_page
 from feedpipe.core import keys
 
 T = TypeVar("T")
@@ -57,7 +59,7 @@ class DurableSweep:
 
 
 def sweep_cached_feeds(
-    client: redis.Redis,
+    client: RedisClient,
     max_length: int,
     *,
     scan_count: int = DEFAULT_SCAN_COUNT,
@@ -71,25 +73,18 @@ def sweep_cached_feeds(
     if max_length < 1:
         raise ValueError("max_length must be at least 1: 0 would empty every feed")
     stats = SweepStats()
-    cursor = 0
+    cursor = SCAN_START
     while True:
-        cursor, found = stats.timed(_scan, client, cursor, match, scan_count)
+        cursor, found = stats.timed(scan_page, client, cursor, match, scan_count, "zset")
         stats.slices += 1
         stats.keys_seen += len(found)
         if found:
             _trim_slice(client, found, max_length, stats)
-        if cursor == 0:
+        if cursor == SCAN_START:
             return stats
 
 
-def _scan(client: redis.Redis, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
-    reply: tuple[int, list[bytes]] = client.scan(  # type: ignore[assignment]
-        cursor, match=match, count=count, _type="zset"
-    )
-    return int(reply[0]), list(reply[1])
-
-
-def _trim_slice(client: redis.Redis, found: list[bytes], max_length: int, stats: SweepStats) -> None:
+def _trim_slice(client: RedisClient, found: list[bytes], max_length: int, stats: SweepStats) -> None:
     """One pipeline, not a transaction: Redis may serve other clients between its commands."""
     pipe = client.pipeline(transaction=False)
     for key in found:

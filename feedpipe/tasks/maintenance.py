@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from feedpipe import tasks
+from feedpipe.adapters.redis_client import SCAN_START, scan_page
 from feedpipe.core import keys
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds
@@ -52,25 +53,26 @@ def trim_durable() -> dict[str, Any]:
 
 
 @app.task(name=tasks.REBUILD_ACTIVE, queue=MAINTENANCE_QUEUE)
-def rebuild_active() -> dict[str, int]:
+def rebuild_active() -> dict[str, int | str]:
     """Rebuild warm caches from durable feeds, keeping each key's TTL: repairs drift without
     keeping inactive users warm."""
     rt = runtime()
     stores, key = rt.stores, rt.own_keys.active_rebuild_cursor
     client = stores.cache.client
-    cursor = int(client.get(key) or 0)
+    stored = client.get(key)
+    cursor = stored.decode() if isinstance(stored, bytes) else str(stored or SCAN_START)
     deadline, rebuilt = time.monotonic() + ACTIVE_REBUILD_SLICE_SECONDS, 0
     while time.monotonic() < deadline:
-        cursor, found = client.scan(cursor, match=f"{keys.FEED_CACHE_PREFIX}*", count=ACTIVE_SCAN_COUNT, _type="zset")
+        cursor, found = scan_page(client, cursor, f"{keys.FEED_CACHE_PREFIX}*", ACTIVE_SCAN_COUNT, "zset")
         for raw in found:
             name = raw.decode() if isinstance(raw, bytes) else raw
             rebuild_cache(stores, name[len(keys.FEED_CACHE_PREFIX) :], keep_ttl=True)
             rebuilt += 1
-        if cursor == 0:
+        if cursor == SCAN_START:
             break
-    if cursor:
+    if cursor != SCAN_START:
         client.set(key, cursor)
         app.send_task(tasks.REBUILD_ACTIVE, queue=MAINTENANCE_QUEUE)
     else:
         client.delete(key)
-    return {"rebuilt": rebuilt, "cursor": int(cursor)}
+    return {"rebuilt": rebuilt, "cursor": cursor}
