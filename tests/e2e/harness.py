@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
@@ -127,7 +128,7 @@ class World:
     """The app's data as written, and what every feed must end as (contract section 2)."""
 
     settings: Settings
-    redis: redis.Redis
+    redis: redis.Redis | RedisCluster  # on a cluster, scan_iter walks every primary
     app: AppWriter = field(init=False)
     follows: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # author -> followers
     posts: dict[str, tuple[str, bool]] = field(default_factory=dict)  # post_id -> (author, live)
