@@ -41,7 +41,8 @@ def _start(ctx: click.Context, redis: bool = True, broker: bool = False) -> Sett
         if redis:
             from feedpipe.adapters.redis_client import check_redis
 
-            check_redis(settings, broker=broker)
+            settings = check_redis(settings, broker=broker)  # with the cluster mode resolved
+            install_runtime(settings)
         ctx.obj = settings
     settings_: Settings = ctx.obj
     return settings_

@@ -23,7 +23,7 @@ from feedpipe.adapters.redis_client import check_redis, connect_broker, tls_opti
 from feedpipe.config import ConfigError, Settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.metrics import QueueDepths, in_multiprocess_mode, multiprocess_registry, prepare_multiprocess_dir, serve
-from feedpipe.runtime import runtime
+from feedpipe.runtime import install_runtime, runtime
 
 FANOUT_QUEUE = "fanout"
 RETRACT_QUEUE = "retract"
@@ -111,9 +111,8 @@ _started: dict[str, float] = {}
 @signals.celeryd_init.connect
 def _prepare_metrics(**_: Any) -> None:
     """Before any task module (and any metric) exists: a fresh multiprocess directory."""
-    settings = runtime().settings
-    try:
-        check_redis(settings, broker=True)  # ``celery -A feedpipe.worker worker`` starts here
+    try:  # ``celery -A feedpipe.worker worker`` starts here; children inherit the resolved settings
+        settings = install_runtime(check_redis(runtime().settings, broker=True)).settings
     except ConfigError as exc:
         raise SystemExit(f"feedpipe: {exc}") from None
     prepare_multiprocess_dir(Path(tempfile.gettempdir()) / f"feedpipe-metrics-{os.getpid()}")

@@ -165,30 +165,40 @@ _LOGIN_REFUSED = ("WRONGPASS", "NOAUTH", "invalid username-password", "Authentic
 _TLS_FAILED = ("ssl", "certificate", "tls")  # matched ignoring case: "_ssl.c", "[SSL: …]"
 
 
-def check_redis(settings: Settings, broker: bool = False) -> None:
+def check_redis(settings: Settings, broker: bool = False) -> Settings:
     """Log in once to the app's Redis, and to the broker when ``broker`` and it is a Redis.
+    Returns the settings with an ``auto`` cluster mode resolved to ``on`` or ``off``: a process
+    installs them at start, so its prefork children never need to ask.
+
     A refused login or a failed TLS handshake raises ConfigError with one line naming the
-    setting (the URL redacted); so does a broker that is a cluster node. A server that is just
-    unreachable is only logged: every call retries it later."""
+    setting (the URL redacted); so does a broker that is a cluster node, and a Redis that cannot
+    be asked whether it is a cluster. Otherwise an unreachable server is only logged."""
     targets = [("FEEDPIPE_REDIS_URL", settings.redis)]
     scheme = urlsplit(settings.broker).scheme
     if broker and settings.broker_url is not None and scheme in _BROKER_SCHEMES:
         targets.append(("FEEDPIPE_BROKER_URL", settings.broker))
     for name, url in targets:
         try:
-            _log_in(name, url, settings)
+            settings = _log_in(name, url, settings)
         except ConfigError:
             raise
-        except (redis.RedisError, OSError) as exc:
-            reason = _reason(exc)
-            if any(word in reason for word in _LOGIN_REFUSED):
-                raise ConfigError(f"bad setting {name}: {redact_url(url)} refused the login ({reason}); "
-                                  "check the user and password in the URL") from None
-            if any(word in reason.lower() for word in _TLS_FAILED):
-                raise ConfigError(f"bad setting {name}: TLS with {redact_url(url)} failed ({reason}); check "
-                                  "FEEDPIPE_REDIS_TLS_CA_FILE (the CA that signed the server's certificate) and "
-                                  "the other FEEDPIPE_REDIS_TLS_* settings") from None
-            log.warning("%s %s is not reachable yet (%s); carrying on, calls will retry", name, redact_url(url), reason)
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            _explain(name, url, settings, _reason(exc))
+    return settings
+
+
+def _explain(name: str, url: str, settings: Settings, reason: str) -> None:
+    shown = redact_url(url)
+    if any(word in reason for word in _LOGIN_REFUSED):
+        raise ConfigError(f"bad setting {name}: {shown} refused the login ({reason}); "
+                          "check the user and password in the URL")
+    if any(word in reason.lower() for word in _TLS_FAILED):
+        raise ConfigError(f"bad setting {name}: TLS with {shown} failed ({reason}); check FEEDPIPE_REDIS_TLS_CA_FILE "
+                          "(the CA that signed the server's certificate) and the other FEEDPIPE_REDIS_TLS_* settings")
+    if name == "FEEDPIPE_REDIS_URL" and settings.redis_cluster is RedisClusterMode.AUTO:
+        raise ConfigError(f"cannot reach FEEDPIPE_REDIS_URL {shown} to ask whether it is a Redis Cluster ({reason}); "
+                          "start again once it answers, or set FEEDPIPE_REDIS_CLUSTER=on or off")
+    log.warning("%s %s is not reachable yet (%s); carrying on, calls will retry", name, shown, reason)
 
 
 def connect_broker(settings: Settings) -> redis.Redis | None:
@@ -200,9 +210,11 @@ def connect_broker(settings: Settings) -> redis.Redis | None:
     return redis.Redis.from_url(url, retry=_retry(), **_connection_options(url, settings))
 
 
-def _log_in(name: str, url: str, settings: Settings) -> None:
+def _log_in(name: str, url: str, settings: Settings) -> Settings:
     if name == "FEEDPIPE_REDIS_URL":
         client: RedisClient | None = connect_redis(settings)
+        mode = RedisClusterMode.ON if isinstance(client, RedisCluster) else RedisClusterMode.OFF
+        settings = settings.model_copy(update={"redis_cluster": mode})
     else:
         client = connect_broker(settings)
         if client is not None and client.info("cluster").get("cluster_enabled"):
@@ -213,6 +225,7 @@ def _log_in(name: str, url: str, settings: Settings) -> None:
             client.ping()
         finally:
             client.close()
+    return settings
 
 
 def _reason(exc: BaseException) -> str:

@@ -53,8 +53,9 @@ def run_events(task: Task, payloads: Any, handle: Handler) -> None:
 
 
 def run_one(task: Task, payload: Any, handle: Handler, rest: list[Any]) -> bool:
-    """Handle one payload; False when the task retried (or gave up on) ``rest``."""
-    dead_letters = runtime().stores.dead_letters
+    """Handle one payload; False when the task retried (or gave up on) ``rest``. The stores are
+    reached inside the try: building them connects (a cluster's client, at once), and a Redis
+    that is down then is a transient failure to retry, not a reason to drop the message."""
     try:
         event = event_from_payload(payload)
         log.info("%s from record %s", event.kind, event.meta.event_id, extra=_ids(event))
@@ -62,7 +63,7 @@ def run_one(task: Task, payload: Any, handle: Handler, rest: list[Any]) -> bool:
         return True
     except Exception as exc:
         if is_permanent(exc):
-            dead_letters.add(f"task:{task.name}", _reason(exc), payload)
+            runtime().stores.dead_letters.add(f"task:{task.name}", _reason(exc), payload)
             log.warning("dead-lettered event from %s: %s", task.name, _reason(exc))
             return True
         retry_rest(task, rest, exc)

@@ -15,7 +15,7 @@ from redis.cluster import RedisCluster
 from feedpipe.adapters.redis_client import SCAN_START, check_redis, connect_redis, scan_page
 from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache
 from feedpipe.adapters.regen_queue import RegenQueue
-from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, Settings, load_settings
+from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode, Settings, load_settings
 from feedpipe.core import keys
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.feeds.trimming import sweep_cached_feeds
@@ -66,6 +66,8 @@ def test_auto_mode_detects_a_cluster_and_refuses_it_as_the_broker(cluster: Local
     plain = connect_redis(cluster_settings(cluster, FEEDPIPE_REDIS_CLUSTER="off"))
     assert not isinstance(plain, RedisCluster)
     plain.close()
+    resolved = check_redis(cluster_settings(cluster), broker=False)  # what a process installs at start
+    assert resolved.redis_cluster is RedisClusterMode.ON
 
 
 def test_the_regen_queue_keys_share_its_slot_as_the_server_computes_it(client: RedisCluster) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from feedpipe.adapters.redis_client import tls_options
-from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, load_settings
+from feedpipe.adapters.redis_client import check_redis, tls_options
+from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode, load_settings
+from feedpipe.local import free_port
 from feedpipe.worker import celery_config
 
 SECRET = "hunter2-never-shown"
@@ -82,3 +83,17 @@ def test_passwords_in_redis_and_broker_urls_never_render(pem: dict[str, str]) ->
         assert SECRET not in text
     bad = error_of(FEEDPIPE_REDIS_URL=f"ftp://feedpipe:{SECRET}@cache/0")
     assert SECRET not in bad and bad.startswith("bad setting FEEDPIPE_REDIS_URL:")
+
+
+def test_a_plain_redis_resolves_auto_to_off_and_an_unreachable_one_must_be_named(
+    redis_urls: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert check_redis(load_settings({"FEEDPIPE_REDIS_URL": redis_urls[0]})).redis_cluster is RedisClusterMode.OFF
+    nowhere = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
+    with pytest.raises(ConfigError) as caught:
+        check_redis(load_settings({"FEEDPIPE_REDIS_URL": nowhere}))
+    assert str(caught.value).startswith("cannot reach FEEDPIPE_REDIS_URL redis://:***@127.0.0.1:")
+    assert str(caught.value).endswith("or set FEEDPIPE_REDIS_CLUSTER=on or off")
+    told = check_redis(load_settings({"FEEDPIPE_REDIS_URL": nowhere, "FEEDPIPE_REDIS_CLUSTER": "off"}))
+    assert told.redis_cluster is RedisClusterMode.OFF  # told, not asked: it starts and retries later
+    assert "is not reachable yet" in caplog.text and SECRET not in caplog.text + str(caught.value)
