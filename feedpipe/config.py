@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     excluded_visibilities: Annotated[frozenset[str], NoDecode] = frozenset({"private"})
     member_format: MemberFormat = MemberFormat.FULL
     durable_feed_ttl_days: int = Field(0, ge=0, description="0 keeps feed items forever")
+    fanout_on_read_followers: int = Field(0, ge=0, description="0 turns fan-out-on-read off")
+    author_posts_ttl_seconds: int = Field(86_400, ge=1)
 
     # Fan-out and consumer tuning.
     fanout_chunk_size: int = Field(1000, ge=1, le=100_000)

@@ -64,6 +64,8 @@ class Metrics:
     fanout_followers: Histogram
     regen_jobs: Counter
     regen_rebuilds: Counter
+    fanout_on_read_posts: Counter
+    author_posts_rebuilds: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> Metrics:
@@ -120,6 +122,12 @@ class Metrics:
                                        buckets=AUDIENCE_BUCKETS, **r),
             regen_jobs=Counter("feedpipe_regen_jobs_total", "Regeneration jobs taken from the queue", **r),
             regen_rebuilds=Counter("feedpipe_regen_rebuilds_total", "Cache rebuilds done by regen drains", **r),
+            fanout_on_read_posts=Counter("feedpipe_fanout_on_read_posts_total",
+                                         "Posts of huge authors served by fan-out-on-read (kept in their "
+                                         "author's list, not written to each follower)", **r),
+            author_posts_rebuilds=Counter("feedpipe_author_posts_rebuilds_total",
+                                          "Huge authors' post lists rebuilt from the table (missing from Redis)",
+                                          **r),
         )
 
 

@@ -7,8 +7,10 @@ DynamoDB table ``SocialMediaApp`` (name is a setting), as the app writes it::
     post       POST#{post_id}         METADATA                  USER#{author_id}            POST#{created_at}#{post_id}
     follow     USER#{follower_id}     FOLLOWING#{followed_id}   USER#{followed_id}          FOLLOWER#{follower_id}
     feed item  FEED#{user_id}         {created_at}#{post_id}    FEED_MANAGEMENT#{user_id}   {created_at}
+    huge acct  FANOUT_ON_READ         AUTHOR#{author_id}        -                           -
 
-Feed items are feedpipe's; the rest is the app's and only read.
+Feed items and huge-author entries (the durable list of authors served by fan-out-on-read,
+written only when it is on) are feedpipe's; the rest is the app's and only read.
 
 DynamoDB lease table (name is a setting), feedpipe's own::
 
@@ -30,6 +32,10 @@ Redis, feedpipe's own, all under one prefix (default ``feedpipe:``, no braces in
     {prefix}trim:durable:cursor                   string: where the durable trim sweep resumes
     {prefix}rebuild:active:cursor                 string: where the scheduled cache rebuild resumes
     {prefix}broker:*                              Celery's queues (kombu ``global_keyprefix``)
+    {prefix}huge_authors                          set: authors served by fan-out-on-read (cache of
+                                                  the FANOUT_ON_READ items, plus one "" member)
+    {prefix}author_posts:{author_id}              sorted set, as feed:{user_id}: a huge author's
+                                                  newest posts, which readers merge
 
 ``{rq49450}`` is a cluster hash tag chosen to hash to ``feed_regen_queue``'s slot (11166), so
 LMOVE between the queue and a processing list stays in one slot on a Redis Cluster.
@@ -48,6 +54,8 @@ FOLLOWER_PREFIX = "FOLLOWER#"
 USERNAME_PREFIX = "USERNAME#"
 FEED_MANAGEMENT_PREFIX = "FEED_MANAGEMENT#"
 TIMELINE_PREFIX = "TIMELINE#"
+FANOUT_ON_READ_PK = "FANOUT_ON_READ"
+AUTHOR_PREFIX = "AUTHOR#"
 PROFILE_SK = "PROFILE"
 POST_SK = "METADATA"
 GSI1 = "GSI1"
@@ -102,6 +110,10 @@ def timeline_gsi2pk(date: str) -> str:
 
 def username_gsi1pk(username: str) -> str:
     return f"{USERNAME_PREFIX}{username}"
+
+
+def huge_author_sk(author_id: str) -> str:
+    return f"{AUTHOR_PREFIX}{author_id}"
 
 
 def strip_prefix(value: str, prefix: str) -> str | None:
@@ -159,3 +171,10 @@ class OwnKeys:
     @property
     def broker_prefix(self) -> str:
         return f"{self.prefix}broker:"
+
+    @property
+    def huge_authors(self) -> str:
+        return f"{self.prefix}huge_authors"
+
+    def author_posts(self, author_id: str) -> str:
+        return f"{self.prefix}author_posts:{author_id}"

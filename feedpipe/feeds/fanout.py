@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from feedpipe.core.events import Post
 from feedpipe.core.planning import unique
+from feedpipe.feeds import fanout_on_read
 from feedpipe.feeds.delivery import add_post, post_is_live, remove_post, settle_post
 from feedpipe.feeds.stores import Stores
 
@@ -41,8 +42,13 @@ def walk_audience(
 
 def fan_out_post(stores: Stores, post: Post, hand_out: HandOut) -> int:
     """Start delivering a published post; a post no longer live is skipped (its retraction,
-    or a later publish, owns it)."""
+    or a later publish, owns it). A huge author's post goes to their list instead (returns 0)."""
     if not post_is_live(stores, post.post_id):
+        return 0
+    if fanout_on_read.is_huge(stores, post.author_id):
+        fanout_on_read.publish(stores, post)
+        log.info("post %s by huge author %s kept for fan-out-on-read", post.post_id, post.author_id,
+                 extra={"post_id": post.post_id})
         return 0
     audience = walk_audience(stores, post.author_id, lambda c: deliver_chunk(stores, post, c), hand_out)
     stores.metrics.fanout_followers.observe(audience)
@@ -60,10 +66,13 @@ def deliver_chunk(stores: Stores, post: Post, followers: list[str]) -> int:
 
 
 def retract_post(stores: Stores, post: Post, hand_out: HandOut) -> int:
-    """Take a deleted or hidden post out of every follower's feed; a post live again is left
-    to the publish that revived it."""
+    """Take a deleted or hidden post out of every follower's feed, and out of its author's
+    fan-out-on-read list; a post live again is left to the publish that revived it. Followers'
+    feeds are walked even for a huge author: posts pushed before the promotion, and follow
+    backfills, are there."""
     if post_is_live(stores, post.post_id):
         return 0
+    fanout_on_read.retract(stores, post)
     return walk_audience(stores, post.author_id, lambda c: retract_chunk(stores, post, c), hand_out)
 
 
