@@ -134,6 +134,7 @@ class Settings(BaseSettings):
         {"follow", "unfollow", "rebuild", "regenerate"}
     )
     regen_batch: int = Field(5000, ge=1, le=100_000)
+    regen_users_per_task: int = Field(20, ge=1, le=10_000)
     regen_lease_seconds: int = Field(60, ge=1)
     regen_drain_every_seconds: float = Field(2.0, gt=0)
     trim_caches_every_seconds: float = Field(300.0, gt=0)
@@ -203,6 +204,12 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return (self.broker_url or self.redis_url).get_secret_value()
+
+    @property
+    def task_budget_seconds(self) -> float:
+        """How long a task works before handing the rest of its work to a fresh message: well
+        inside the visibility timeout, after which a Redis broker delivers a message again."""
+        return max(1.0, self.task_visibility_timeout_seconds / 4)
 
     def describe(self) -> dict[str, Any]:
         """Every setting with secrets redacted, for start-up logs and ``feedpipe status``."""

@@ -5,16 +5,25 @@ invalid) dead-letter that one event and the batch goes on. Transient errors (thr
 connections, unprocessed items, a truth that kept changing) retry the rest of the batch with
 capped exponential backoff and full jitter; after ``task_max_retries`` the rest is
 dead-lettered with the last error as its reason. Nothing is dropped silently.
+
+A batch also stops once it has run for ``task_budget_seconds`` (a quarter of the visibility
+timeout): the rest goes on in a fresh message of the same task, published before this one is
+acknowledged. On a Redis broker a message still unacknowledged after the visibility timeout is
+delivered again while it runs, and a batch of big fan-outs that outlasted it would be redelivered
+over and over, each copy doing the whole batch again. (A single fan-out hands its own walk on the
+same way: ``feeds.fanout``.)
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
 from celery import Task
+from celery.exceptions import Reject
 from celery.utils.time import get_exponential_backoff_interval
 
 from feedpipe.core.events import Event, PayloadError, event_from_payload
@@ -45,29 +54,41 @@ Handler = Callable[[Event, dict[str, Any]], object]
 
 def run_events(task: Task, payloads: Any, handle: Handler) -> None:
     """Handle each event payload in order; see the module doc for what happens on errors."""
-    if not isinstance(payloads, list):
-        payloads = [payloads]
-    for index, payload in enumerate(payloads):
-        if not run_one(task, payload, handle, payloads[index:]):
-            return
 
-
-def run_one(task: Task, payload: Any, handle: Handler, rest: list[Any]) -> bool:
-    """Handle one payload; False when the task retried (or gave up on) ``rest``. The stores are
-    reached inside the try: building them connects (a cluster's client, at once), and a Redis
-    that is down then is a transient failure to retry, not a reason to drop the message."""
-    try:
+    def handle_event(payload: Any) -> None:
         event = event_from_payload(payload)
         log.info("%s from record %s", event.kind, event.meta.event_id, extra=_ids(event))
         handle(event, payload)
-        return True
-    except Exception as exc:
-        if is_permanent(exc):
-            runtime().stores.dead_letters.add(f"task:{task.name}", _reason(exc), payload)
-            log.warning("dead-lettered event from %s: %s", task.name, _reason(exc))
-            return True
-        retry_rest(task, rest, exc)
-        return False
+
+    run_payloads(task, payloads, handle_event)
+
+
+def run_payloads(task: Task, payloads: Any, handle: Callable[[Any], object]) -> None:
+    """Handle each payload in order: a permanent error dead-letters that one and goes on, a
+    transient one retries it and the rest. Handlers reach the stores inside the try: building
+    them connects (a cluster's client, at once), and a Redis that is down then is a transient
+    failure to retry, not a reason to drop the message."""
+    if not isinstance(payloads, list):
+        payloads = [payloads]
+    deadline = time.monotonic() + runtime().settings.task_budget_seconds
+    for index, payload in enumerate(payloads):
+        if index and time.monotonic() > deadline:
+            hand_on(task, payloads[index:])
+            return
+        try:
+            handle(payload)
+        except Exception as exc:
+            if not is_permanent(exc):
+                retry_rest(task, payloads[index:], exc)
+                return
+            runtime().stores.dead_letters.add(f"task:{task.name}", reason_of(exc), payload)
+            log.warning("dead-lettered a payload of %s: %s", task.name, reason_of(exc))
+
+
+def hand_on(task: Task, rest: list[Any]) -> None:
+    """Publish ``rest`` as a fresh message of ``task`` (its retries start again at 0)."""
+    log.info("%s handing %d payloads on to a new message (batch budget spent)", task.name, len(rest))
+    task.apply_async(args=[rest])
 
 
 def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
@@ -75,15 +96,22 @@ def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
     retries = task.request.retries
     limit = runtime().settings.task_max_retries
     if retries >= limit:
-        reason = f"gave up after {retries} retries: {_reason(exc)}"
+        reason = f"gave up after {retries} retries: {reason_of(exc)}"
         runtime().stores.dead_letters.add_many([(f"task:{task.name}", reason, p) for p in rest])
         log.error("%s: %s", task.name, reason)
         return
     countdown = get_exponential_backoff_interval(
         RETRY_BASE_SECONDS, retries, RETRY_MAX_SECONDS, full_jitter=True
     )
-    log.warning("%s retrying %d events in %ss: %s", task.name, len(rest), countdown, _reason(exc))
-    raise task.retry(args=[rest], countdown=countdown, max_retries=None, exc=exc)
+    log.warning("%s retrying %d payloads in %ss: %s", task.name, len(rest), countdown, reason_of(exc))
+    try:
+        # max_retries=None would mean Celery's default of 3, after which the task fails and,
+        # acked, drops ``rest`` without a dead letter: the limit is ours, checked above.
+        raise task.retry(args=[rest], countdown=countdown, max_retries=limit, exc=exc)
+    except Reject as rejected:
+        # The retry could not be published (the broker is unreachable too): Celery would drop
+        # the message. Put it back instead; what it already did is idempotent.
+        raise Reject(rejected.reason, requeue=True) from None
 
 
 def _ids(event: Event) -> dict[str, str]:
@@ -97,5 +125,5 @@ def _ids(event: Event) -> dict[str, str]:
     return ids
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]

@@ -26,10 +26,14 @@ class FakeTask:
     def __init__(self, retries: int = 0) -> None:
         self.request = SimpleNamespace(retries=retries)
         self.retried: list[dict[str, Any]] = []
+        self.handed_on: list[dict[str, Any]] = []
 
     def retry(self, **kwargs: Any) -> Exception:
         self.retried.append(kwargs)
         return Retry()
+
+    def apply_async(self, **kwargs: Any) -> None:
+        self.handed_on.append(kwargs)
 
 
 class Letters:
@@ -110,3 +114,94 @@ def test_when_retries_run_out_the_rest_is_dead_lettered_with_the_last_error(lett
 
     assert [p for _, _, p in letters.letters] == [_follow(1), _follow(2)]
     assert all("gave up after 3 retries: ConnectionError: still down" in r for _, r, _ in letters.letters)
+
+
+@pytest.mark.parametrize("payload", [{"user_id": 5}, {"user_id": ""}, "u1", {"user_id": "u1", "durable": "yes"}])
+def test_a_rebuild_payload_that_cannot_be_read_is_dead_lettered(letters: Letters, payload: Any) -> None:
+    from feedpipe.tasks.regen import rebuild_feeds
+
+    rebuild_feeds.apply(args=[[payload]])
+
+    assert [(s, p) for s, _, p in letters.letters] == [("task:feedpipe.regen.rebuild", payload)]
+    assert "rebuild payload" in letters.letters[0][1]
+
+
+def test_a_batch_that_outlasts_a_quarter_of_the_visibility_timeout_hands_its_rest_on(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Visibility timeout 20 s (set up by ``letters``: the default is 600): after 5 s the rest
+    goes on in a fresh message, so no copy of this one is redelivered while it still runs."""
+    import feedpipe.tasks.base as base
+
+    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "20"}))._stores = (
+        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    clock = [1000.0]
+    monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    done: list[str] = []
+
+    def slow(event: Any, _: Any) -> None:
+        done.append(event.follower_id)
+        clock[0] += 2.0  # a big fan-out each
+
+    task = FakeTask()
+    run_events(task, [_follow(n) for n in range(6)], slow)
+
+    assert done == ["u0", "u1", "u2"]  # 6 s > 5 s once the third is done
+    assert task.handed_on == [{"args": [[_follow(n) for n in range(3, 6)]]}]
+    assert task.retried == [] and letters.letters == []
+
+
+@pytest.mark.parametrize("resume", ["page 2", {"start": {}, "walked": 3}, {"start": {"PK": "x"}, "walked": 1},
+                                    {"start": {"PK": {"S": "USER#a"}}, "walked": -1}])
+def test_a_fan_out_resume_that_cannot_be_read_is_dead_lettered(letters: Letters, resume: Any) -> None:
+    from feedpipe.core.events import PostPublished
+    from feedpipe.tasks.fanout import fan_out_posts
+    from tests.unit.conftest import make_post
+
+    payload = {**to_payload(PostPublished(make_post("p1"))), "resume": resume}
+    fan_out_posts.apply(args=[[payload]])
+
+    assert [(s, p) for s, _, p in letters.letters] == [("task:feedpipe.fanout.posts", payload)]
+    assert "resume needs a start key" in letters.letters[0][1]
+
+
+def test_transient_failures_are_retried_up_to_our_limit_not_celerys_default_of_three(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real task, run eagerly: five failures then success, with FEEDPIPE_TASK_MAX_RETRIES=8.
+    Celery's own default (3 retries, then fail and acknowledge) would drop the user silently."""
+    import feedpipe.tasks.regen as regen_tasks
+    from feedpipe.metrics import noop_metrics
+
+    install_runtime(load_settings({"FEEDPIPE_TASK_MAX_RETRIES": "8"}))._stores = SimpleNamespace(  # type: ignore[assignment]
+        dead_letters=letters, metrics=noop_metrics())
+    monkeypatch.setattr("feedpipe.tasks.base.get_exponential_backoff_interval", lambda *a, **k: 0)
+    calls: list[str] = []
+
+    def flaky(stores: Any, user_id: str, durable: bool) -> None:
+        calls.append(user_id)
+        if len(calls) <= 5:
+            raise redis.ConnectionError("Redis restarting")
+
+    monkeypatch.setattr(regen_tasks, "rebuild_user", flaky)
+    result = regen_tasks.rebuild_feeds.apply(args=[[{"user_id": "u1", "durable": False}]])
+
+    assert result.successful(), result.traceback
+    assert calls == ["u1"] * 6 and letters.letters == []
+
+
+def test_a_retry_the_broker_cannot_take_puts_the_message_back_instead_of_dropping_it(letters: Letters) -> None:
+    from celery.exceptions import Reject
+
+    class BrokerDown(FakeTask):
+        def retry(self, **kwargs: Any) -> Exception:
+            raise Reject(ConnectionError("broker unreachable"), requeue=False)  # as Celery does
+
+    def handle(event: Any, _: Any) -> None:
+        raise redis.ConnectionError("Redis down")
+
+    with pytest.raises(Reject) as rejected:
+        run_events(BrokerDown(), [_follow(1)], handle)
+
+    assert rejected.value.requeue is True
+    assert letters.letters == []
