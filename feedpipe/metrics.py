@@ -121,7 +121,8 @@ class Metrics:
             fanout_followers=Histogram("feedpipe_fanout_followers", "Followers per fanned-out post",
                                        buckets=AUDIENCE_BUCKETS, **r),
             regen_jobs=Counter("feedpipe_regen_jobs_total", "Regeneration jobs taken from the queue", **r),
-            regen_rebuilds=Counter("feedpipe_regen_rebuilds_total", "Cache rebuilds done by regen drains", **r),
+            regen_rebuilds=Counter("feedpipe_regen_rebuilds_total",
+                                   "Feeds rebuilt for feed_regen_queue jobs (after coalescing)", **r),
             fanout_on_read_posts=Counter("feedpipe_fanout_on_read_posts_total",
                                          "Posts of huge authors served by fan-out-on-read (kept in their "
                                          "author's list, not written to each follower)", **r),

@@ -20,6 +20,7 @@ from feedpipe.core.keys import FEED_CACHE_PREFIX, REGEN_QUEUE, OwnKeys
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, RETRACT_QUEUE, app, broker_queue_depths
+from feedpipe.worker import REGEN_QUEUE as REGEN_TASK_QUEUE  # the Celery queue, not the app's list
 
 TASK_QUEUES = {
     tasks.FANOUT_POSTS: FANOUT_QUEUE,
@@ -27,6 +28,7 @@ TASK_QUEUES = {
     tasks.RETRACT_POSTS: RETRACT_QUEUE,
     tasks.RETRACT_CHUNK: RETRACT_QUEUE,
     tasks.APPLY_FOLLOWS: FOLLOWS_QUEUE,
+    tasks.REGEN_REBUILD: REGEN_TASK_QUEUE,
 }
 
 

@@ -1,4 +1,5 @@
-"""The regeneration drain, run by ``feedpipe beat`` every few seconds on the ``regen`` queue."""
+"""Regeneration tasks: the drain, run by ``feedpipe beat`` every few seconds on the ``regen``
+queue, and the rebuilds it hands out in groups, which every worker takes a share of."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
+from celery import Task
+
 from feedpipe import tasks
-from feedpipe.feeds.regen import drain
+from feedpipe.feeds.regen import Rebuild, drain, rebuild_user
 from feedpipe.runtime import runtime
+from feedpipe.tasks.base import PermanentError, run_payloads
 from feedpipe.worker import REGEN_QUEUE, app
 
 log = logging.getLogger(__name__)
+
+
+def _hand_out(group: list[Rebuild]) -> None:
+    payloads = [{"user_id": user_id, "durable": durable} for user_id, durable in group]
+    app.send_task(tasks.REGEN_REBUILD, args=[payloads], queue=REGEN_QUEUE)
 
 
 @app.task(name=tasks.REGEN_DRAIN, queue=REGEN_QUEUE)
@@ -19,9 +28,29 @@ def drain_regen_queue() -> dict[str, Any]:
     stores = runtime().stores
     # Stay well inside the visibility timeout, so a live drain is never redelivered.
     budget = max(1.0, min(30.0, stores.settings.task_visibility_timeout_seconds / 3))
-    stats = drain(stores, stores.regen_queue, budget)
+    stats = drain(stores, stores.regen_queue, budget, hand_out=_hand_out)
     stores.metrics.regen_jobs.inc(stats.jobs)
-    stores.metrics.regen_rebuilds.inc(stats.rebuilds)
     if stats.jobs or stats.recovered:
         log.info("regen drain: %s", stats)
     return asdict(stats)
+
+
+def _rebuild(payload: Any) -> Rebuild:
+    if not isinstance(payload, dict):
+        raise PermanentError("rebuild payload is not an object")
+    user_id, durable = payload.get("user_id"), payload.get("durable", False)
+    if not isinstance(user_id, str) or not user_id or not isinstance(durable, bool):
+        raise PermanentError("rebuild payload needs a user_id string and a durable flag")
+    return user_id, durable
+
+
+@app.task(name=tasks.REGEN_REBUILD, bind=True, queue=REGEN_QUEUE)
+def rebuild_feeds(self: Task, payloads: Any) -> None:
+    """Rebuild each user in ``payloads`` (errors handled as in ``tasks.base``)."""
+
+    def handle(payload: Any) -> None:
+        stores = runtime().stores
+        rebuild_user(stores, *_rebuild(payload))
+        stores.metrics.regen_rebuilds.inc()
+
+    run_payloads(self, payloads, handle)

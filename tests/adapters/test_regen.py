@@ -441,6 +441,59 @@ def test_a_drain_that_crashes_mid_batch_loses_no_job(world, clock, monkeypatch):
         assert world.cached(user) == ids(a)
 
 
+# -- 4b. rebuilds handed out to tasks (what the worker's drain does) ------------------------------
+
+
+def test_a_drain_hands_rebuilds_out_in_groups_and_they_make_every_cache_right(monkeypatch, dynamodb, tables, clock):
+    world, redis = make_world(monkeypatch, dynamodb, regen_users_per_task="4")
+    world.app.create_user("alice")
+    a = posts(world, 2)
+    users = [f"u{i}" for i in range(10)]
+    world.put_durable(a, users)
+    world.app.follow("u7", "alice")  # its job is one of the 30 below
+    world.redis.delete(REGEN_QUEUE)
+    for n in range(30):
+        world.push(users[n % 10], action="regenerate" if n == 7 else "follow")
+    handed: list[list[tuple[str, bool]]] = []
+
+    stats = drain(world.stores, world.stores.regen_queue, BUDGET, hand_out=handed.append)
+
+    assert [len(group) for group in handed] == [4, 4, 2]  # 30 jobs, 10 users, 4 a task
+    assert sorted(u for group in handed for u, _ in group) == users
+    assert [u for group in handed for u, durable in group if durable] == ["u7"]
+    assert (stats.jobs, stats.rebuilds) == (30, 10)
+    world.assert_queue_drained()  # acknowledged once handed out: the tasks hold the work now
+    assert all(world.cached(u) is None for u in users)  # nothing rebuilt in the drain itself
+    world.delete_durable_by_hand("u7")
+    for group in handed:  # the rebuild tasks run
+        regen_module.rebuild_users(world.stores, group)
+    for user in users:
+        assert world.cached(user) == ids(a), user  # u7's durable feed was repaired first
+    redis.close()
+
+
+def test_a_hand_out_that_fails_leaves_the_jobs_for_the_next_drain(world, clock):
+    a = posts(world, 2)
+    users = ["bob", "dan", "eve"]
+    world.put_durable(a, users)
+    for user in users:
+        world.push(user)
+
+    def broker_down(group: list[tuple[str, bool]]) -> None:
+        raise ConnectionError("broker unreachable")
+
+    with pytest.raises(ConnectionError):
+        drain(world.stores, world.stores.regen_queue, BUDGET, hand_out=broker_down)
+    assert world.stores.regen_queue.processing_depth() == 3  # held, not lost
+
+    clock.now += 2  # the dead drain's lease runs out
+    handed: list[list[tuple[str, bool]]] = []
+    stats = drain(world.stores, world.stores.regen_queue, BUDGET, hand_out=handed.append)
+
+    assert stats.recovered == 3 and sorted(u for g in handed for u, _ in g) == users
+    world.assert_queue_drained()
+
+
 # -- 5. fan-out while a rebuild runs ---------------------------------------------------------------
 
 
