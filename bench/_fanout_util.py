@@ -388,9 +388,9 @@ class Phases:
         table.put_items = self._timed("durable writes", table.put_items, count=True)  # type: ignore[method-assign]
         table.current_followers = self._timed("settle re-check reads", table.current_followers)  # type: ignore[method-assign]
         cache.add_to_warm_feeds = self._timed("redis feed updates", cache.add_to_warm_feeds)  # type: ignore[method-assign]
-        pages = table.follower_pages
+        pages = table.follower_pages_from
 
-        def follower_pages(*args: Any, **kwargs: Any) -> Iterator[list[str]]:
+        def follower_pages(*args: Any, **kwargs: Any) -> Iterator[Any]:
             it = pages(*args, **kwargs)
             while True:
                 start = time.perf_counter()
@@ -400,7 +400,7 @@ class Phases:
                     return
                 yield page
 
-        table.follower_pages = follower_pages  # type: ignore[method-assign]
+        table.follower_pages_from = follower_pages  # type: ignore[method-assign]
 
     def _add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds

@@ -86,6 +86,14 @@ class FeedTable:
 
     def follower_pages(self, author_id: str, page_size: int | None = None) -> Iterator[list[str]]:
         """Every follower of ``author_id``, one GSI1 page at a time, all pages."""
+        for ids, _ in self.follower_pages_from(author_id, page_size):
+            yield ids
+
+    def follower_pages_from(
+        self, author_id: str, page_size: int | None = None, start: Key | None = None
+    ) -> Iterator[tuple[list[str], Key | None]]:
+        """The followers of ``author_id`` from ``start`` on (a key a page ended at), one GSI1
+        page at a time, each with the key it ended at (None after the last page)."""
         request: dict[str, Any] = {
             "TableName": self.name,
             "IndexName": keys.GSI1,
@@ -98,9 +106,11 @@ class FeedTable:
         }
         if page_size:
             request["Limit"] = page_size
-        for page in self._pages("query", request):
+        if start:
+            request["ExclusiveStartKey"] = start
+        for page, last in self._pages_with_keys("query", request):
             ids = [keys.strip_prefix(i["GSI1SK"]["S"], keys.FOLLOWER_PREFIX) for i in page]
-            yield [i for i in ids if i]
+            yield [i for i in ids if i], last
 
     def recent_posts(self, author_id: str, limit: int, excluded: Collection[str]) -> list[Post]:
         """The author's newest ``limit`` live posts, newest first (GSI1, eventually consistent)."""
@@ -221,12 +231,18 @@ class FeedTable:
         yield from self._pages("query", request)
 
     def _pages(self, operation: str, request: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        for page, _ in self._pages_with_keys(operation, request):
+            yield page
+
+    def _pages_with_keys(
+        self, operation: str, request: dict[str, Any]
+    ) -> Iterator[tuple[list[dict[str, Any]], Key | None]]:
         call: Callable[..., dict[str, Any]] = getattr(self.client, operation)
         request = dict(request)
         while True:
             response = call(**request)
-            yield response.get("Items", [])
-            last = response.get("LastEvaluatedKey")
+            last = response.get("LastEvaluatedKey") or None
+            yield response.get("Items", []), last
             if not last:
                 return
             request["ExclusiveStartKey"] = last

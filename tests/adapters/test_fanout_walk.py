@@ -1,0 +1,137 @@
+"""A fan-out whose walk of the followers outlasts the task budget goes on in fresh planner tasks,
+on moto and fakeredis: every follower gets the post exactly once, chunks stay chunk-sized, and
+a post deleted between two planner tasks stops the walk and leaves every feed.
+
+The task budget is the visibility timeout / 4; time here is a fake clock that moves 1 s on each
+look, so a planner stops after about one page. 23 followers, pages of 4, chunks of 5.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import fakeredis
+import pytest
+
+import feedpipe.feeds.fanout as fanout_module
+import feedpipe.runtime
+from feedpipe.appsim import AppWriter
+from feedpipe.config import load_settings
+from feedpipe.core.events import Post
+from feedpipe.core.records import post_from_image
+from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post, retract_chunk, retract_post
+from feedpipe.feeds.stores import Stores
+from feedpipe.runtime import build_stores
+
+from .conftest import APP_TABLE
+
+FOLLOWERS = [f"fan{i:02d}" for i in range(23)]
+CHUNK, PAGE = 5, 4
+
+
+class Planner:
+    """Runs a planner and every planner it hands on to, collecting the chunks handed out."""
+
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self.chunks: list[list[str]] = []
+        self.resumes: list[Resume] = []
+        self.tasks = 0
+
+    def publish(self, post: Post, between: Any = lambda: None) -> None:
+        self._run(lambda r: fan_out_post(self.stores, post, self.chunks.append, r, self.resumes.append), between)
+        for chunk in self.chunks:
+            deliver_chunk(self.stores, post, chunk)
+
+    def retract(self, post: Post) -> None:
+        self._run(lambda r: retract_post(self.stores, post, self.chunks.append, r, self.resumes.append))
+        for chunk in self.chunks:
+            retract_chunk(self.stores, post, chunk)
+
+    def _run(self, plan: Any, between: Any = lambda: None) -> None:
+        self.chunks, self.resumes = [], []
+        plan(None)
+        self.tasks = 1
+        while self.resumes:
+            between()
+            plan(self.resumes.pop(0))
+            self.tasks += 1
+
+
+@pytest.fixture
+def stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[Stores]:
+    redis = fakeredis.FakeRedis()
+    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+    clock = [0.0]
+
+    def look() -> float:
+        clock[0] += 1.0
+        return clock[0]
+
+    monkeypatch.setattr(fanout_module, "time", SimpleNamespace(monotonic=look, time=lambda: 1.7e9))
+    settings = load_settings({
+        "FEEDPIPE_TABLE_NAME": APP_TABLE,
+        "FEEDPIPE_FANOUT_CHUNK_SIZE": str(CHUNK),
+        "FEEDPIPE_FOLLOWER_PAGE_SIZE": str(PAGE),
+        "FEEDPIPE_WRITE_CONCURRENCY": "1",
+        "FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4",  # budget 1 s
+    })
+    s = build_stores(settings, dynamodb)
+    app = AppWriter(dynamodb, redis, APP_TABLE, transactional=False)
+    for user in ["star", *FOLLOWERS]:
+        app.create_user(user)
+    for user in FOLLOWERS:
+        app.follow(user, "star")
+    s.app = app  # type: ignore[attr-defined]
+    yield s
+    s.table.close()
+    redis.close()
+
+
+def new_post(stores: Stores, post_id: str) -> Post:
+    stores.app.create_post("star", "user_star", f"text of {post_id}", post_id=post_id,  # type: ignore[attr-defined]
+                           created_at="2024-03-01T10:00:00.000Z")
+    image = stores.table.post_image(post_id)
+    assert image is not None
+    return post_from_image(image)
+
+
+def holders(stores: Stores, post_id: str) -> Counter[str]:
+    """Followers whose durable feed holds ``post_id``, with how many times."""
+    return Counter(u for u in FOLLOWERS for i in stores.table.feed_items(u) if i["post_id"] == post_id)
+
+
+def test_a_walk_over_budget_goes_on_in_fresh_tasks_and_reaches_everyone_once(stores):
+    post = new_post(stores, "p1")
+    planner = Planner(stores)
+
+    planner.publish(post)
+
+    assert planner.tasks >= 3, "the walk was never handed on"
+    handed = [f for chunk in planner.chunks for f in chunk]
+    assert len(set(handed)) == len(handed)  # no follower in two chunks (the last planner delivers the rest)
+    assert all(len(chunk) <= CHUNK for chunk in planner.chunks)
+    assert holders(stores, "p1") == Counter({u: 1 for u in FOLLOWERS})
+    audience = stores.metrics.fanout_followers
+    assert audience._sum.get() == len(FOLLOWERS)  # observed once, for the whole walk
+
+
+def test_a_post_deleted_between_two_planner_tasks_stops_the_walk_and_leaves_every_feed(stores):
+    post = new_post(stores, "p1")
+    planner = Planner(stores)
+    deleted = []
+
+    def delete_once() -> None:
+        if not deleted:
+            stores.app.delete_post("p1")  # type: ignore[attr-defined]
+            deleted.append(True)
+
+    planner.publish(post, between=delete_once)
+    assert planner.tasks == 2  # the second planner found the post dead and stopped
+
+    Planner(stores).retract(post)  # the delete's own record, walked over budget too
+
+    assert holders(stores, "p1") == Counter()
