@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from botocore.exceptions import ClientError
 from kombu.exceptions import OperationalError
 
 from feedpipe.adapters.leases import Lease, LeaseLostError
@@ -44,6 +45,7 @@ class FakeShardSource:
     throttle_reads: int = 0
     trim_below: dict[str, int] = field(default_factory=dict)  # shard -> first index still kept
     gone: set[str] = field(default_factory=set)  # shards aged out of the stream
+    unavailable_calls: int = 0  # the next N calls answer HTTP 500, after botocore's retries
     reads: int = 0
     stream_id: str = "arn:fake:stream"
 
@@ -56,9 +58,17 @@ class FakeShardSource:
             self.closed.add(shard_id)
 
     def list_shards(self) -> list[Shard]:
+        self._maybe_unavailable("DescribeStream")
         return [Shard(s, self.parents.get(s, ()), s in self.closed) for s in self.shards]
 
+    def _maybe_unavailable(self, operation: str) -> None:
+        if self.unavailable_calls:
+            self.unavailable_calls -= 1
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"},
+                               "ResponseMetadata": {"HTTPStatusCode": 500}}, operation)
+
     def iterator(self, shard_id: str, after: str | None) -> str:
+        self._maybe_unavailable("GetShardIterator")
         if shard_id in self.gone:
             raise ShardGoneError(f"shard {shard_id} not found")
         records = self.shards[shard_id]
@@ -69,6 +79,7 @@ class FakeShardSource:
 
     def read(self, iterator: str, limit: int) -> ReadResult:
         self.reads += 1
+        self._maybe_unavailable("GetRecords")
         if self.expire_reads:
             self.expire_reads -= 1
             raise IteratorExpiredError("Iterator expired")

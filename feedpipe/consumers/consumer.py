@@ -20,6 +20,7 @@ import redis
 from kombu.exceptions import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_random_exponential
 
+from feedpipe.adapters.aws_errors import is_transient_aws_error
 from feedpipe.adapters.leases import SHARD_END, LeaseLostError
 from feedpipe.adapters.streams import (
     IteratorExpiredError,
@@ -42,6 +43,7 @@ BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
 SHARD_REFRESH_SECONDS = 10.0
 IDLE_ROUNDS_TO_STOP = 2
 THROTTLE_MAX_SECONDS = 10.0
+AWS_BACKOFF_MAX_SECONDS = 30.0
 NOT_READ = -1
 
 
@@ -85,6 +87,7 @@ class StreamConsumer:
     pipeline: RecordPipeline
     records_per_read: int = 1000
     idle_poll_seconds: float = 1.0
+    aws_backoff_seconds: float = 0.5  # first wait when AWS is unavailable; doubles, capped
     metrics: Metrics = field(default_factory=noop_metrics)
     source_label: str = "dynamodb-streams"
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -93,6 +96,7 @@ class StreamConsumer:
     _refreshed_at: float = float("-inf")
     _known: dict[str, Shard] = field(default_factory=dict)
     _throttles: int = 0
+    _aws_failures: int = 0
     _behind: bool = False
 
     def request_stop(self) -> None:
@@ -103,14 +107,18 @@ class StreamConsumer:
         idle_rounds = 0
         try:
             while not self.stop_event.is_set():
-                self._maybe_refresh_shards()
                 try:
+                    self._maybe_refresh_shards()
                     polls = [self._poll(state) for state in self._owned_shards()]
-                except BROKER_ERRORS:
-                    if not self.stop_event.is_set():
+                except Exception as exc:
+                    if self.stop_event.is_set() and isinstance(exc, BROKER_ERRORS):
+                        log.warning("stopping with a batch unpublished; it is re-read after restart")
+                        break
+                    if not is_transient_aws_error(exc):
                         raise
-                    log.warning("stopping with a batch unpublished; it is re-read after restart")
-                    break
+                    self._wait_out_aws(exc)
+                    continue
+                self._aws_failures = 0
                 self.totals.rounds += 1
                 read = sum(n for n in polls if n > 0)
                 # Idle: every unfinished shard is ours, and each was read and had nothing new.
@@ -122,9 +130,29 @@ class StreamConsumer:
                 if not read:
                     self.stop_event.wait(self.idle_poll_seconds)
         finally:
-            self.leases.release_all()  # hand-back: others take our shards at once
+            self._release_all()
         log.info("consumer stopped: %s", self.totals)
         return self.totals
+
+    def _wait_out_aws(self, exc: BaseException) -> None:
+        """DynamoDB or the stream is unavailable after botocore's own retries: hold every
+        checkpoint where it is and try the round again, backing off (capped, full jitter). A
+        batch published but not checkpointed is read and published again: at least once."""
+        self._aws_failures += 1
+        delay = random.uniform(0, min(AWS_BACKOFF_MAX_SECONDS, self.aws_backoff_seconds * 2**self._aws_failures))
+        log.warning("AWS unavailable (%s); holding the checkpoints, retrying in %.1fs", exc, delay)
+        self._refreshed_at = float("-inf")  # list shards and sync leases again first
+        self.stop_event.wait(delay)
+
+    def _release_all(self) -> None:
+        """Hand every lease back, so others take our shards at once; during an AWS outage
+        they expire instead."""
+        try:
+            self.leases.release_all()
+        except Exception as exc:
+            if not is_transient_aws_error(exc):
+                raise
+            log.warning("could not hand the leases back (%s); they expire for others to take", exc)
 
     def _maybe_refresh_shards(self) -> None:
         now = time.monotonic()

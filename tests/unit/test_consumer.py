@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from botocore.exceptions import ClientError
 
 from feedpipe.adapters.leases import SHARD_END
 from feedpipe.adapters.streams import DynamoDBStreamSource
@@ -59,6 +60,43 @@ def test_expired_iterators_and_throttling_lose_and_repeat_nothing():
     _consumer(source, dispatcher=dispatcher).run(stop_when_idle=True)
 
     assert _followed(dispatcher) == [f"u{i}" for i in range(1, 8)]
+
+
+def test_aws_unavailable_for_a_while_is_waited_out_and_nothing_is_lost_or_repeated():
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 8)])
+    dispatcher, checkpoints = FakeDispatcher(), FakeLeaseTable()
+    consumer = _consumer(source, checkpoints, dispatcher)
+    consumer.aws_backoff_seconds = 0.001
+
+    real_read = source.read
+
+    def read_then_go_down(iterator: str, limit: int):
+        result = real_read(iterator, limit)
+        if source.reads == 2:
+            source.unavailable_calls = 6  # DescribeStream, GetShardIterator, GetRecords all fail
+        return result
+
+    source.read = read_then_go_down  # type: ignore[method-assign]
+    consumer.run(stop_when_idle=True)
+
+    assert source.unavailable_calls == 0  # the outage was met and outlived
+    assert _followed(dispatcher) == [f"u{i}" for i in range(1, 8)]
+    assert checkpoints.saved["s"] == f"{7:021d}"
+
+
+def test_an_error_retrying_cannot_fix_stops_the_consumer():
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(1, "a", "u1")])
+    denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"},
+                          "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetRecords")
+
+    def deny(iterator: str, limit: int):
+        raise denied
+
+    source.read = deny  # type: ignore[method-assign]
+    with pytest.raises(ClientError):
+        _consumer(source).run(stop_when_idle=True)
 
 
 def test_a_bad_record_is_dead_lettered_and_the_shard_moves_on():
