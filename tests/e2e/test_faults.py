@@ -1,0 +1,202 @@
+"""Faults injected into a real run (``feedpipe consume`` and a prefork ``feedpipe worker`` as
+subprocesses, moto, real Redis servers of the test's own), each ending with every durable and
+cached feed exact, and each proving its faults happened:
+
+- DynamoDB throttling and ``UnprocessedItems`` on a share of BatchWriteItem calls;
+- moto answering HTTP 500 to every DynamoDB and Streams call for a few seconds;
+- the feed cache's Redis killed and restarted (empty) in the middle of a big fan-out;
+- the broker unreachable for a while: the checkpoint holds, nothing exits, nothing is lost.
+
+The DynamoDB faults are injected inside the processes by botocore event hooks (``tests.faults``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from feedpipe.core import keys
+from tests.chaos.scenario import Crew, build_history, finish, steady_traffic, stream_checkpoint
+from tests.chaos.servers import RedisServer
+from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
+from tests.faults import ENTRY, FaultPlan, injected_counts
+from tests.reliability import report_path
+
+pytestmark = pytest.mark.e2e
+
+SETTLE_SECONDS = 180
+
+
+@pytest.fixture
+def feed_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def broker() -> Iterator[RedisServer]:
+    """Append-only, fsynced on every write: queued and unacknowledged tasks survive a restart,
+    as they must on a production broker (a broker that forgets its queue loses work whatever
+    feedpipe does)."""
+    server = RedisServer(durable=True).start()
+    yield server
+    server.stop()
+
+
+def _run(aws_env: dict[str, str], feed_redis: RedisServer, broker: RedisServer, tmp_path: Path,
+         plan: FaultPlan | None = None, **settings: str) -> tuple[World, Processes]:
+    env = pipeline_env(aws_env, (feed_redis.url, broker.url), **settings)
+    if plan is not None:
+        env = plan.env(env)
+    procs = Processes(env, tmp_path, entry=ENTRY if plan else ("-m", "feedpipe"))
+    return make_world(env, feed_redis.client()), procs
+
+
+def _delivered(world: World, post_id: str) -> int:
+    """How many durable feeds hold ``post_id``."""
+    request = {"TableName": "SocialMediaApp", "Select": "COUNT",
+               "FilterExpression": "begins_with(PK, :f) AND post_id = :p",
+               "ExpressionAttributeValues": {":f": {"S": keys.FEED_PREFIX}, ":p": {"S": post_id}}}
+    total = 0
+    while True:
+        page = world.dynamodb.scan(**request)
+        total += page["Count"]
+        if "LastEvaluatedKey" not in page:
+            return total
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _started(world: World, post_id: str) -> bool:
+    """Some durable feed holds ``post_id``: its fan-out is under way."""
+    return _delivered(world, post_id) > 0
+
+
+def _report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return report_path(tmp_path_factory.getbasetemp())
+
+
+def test_throttling_and_unprocessed_items_on_a_third_of_batch_writes(
+    aws_env, feed_redis, broker, tmp_path, tmp_path_factory
+) -> None:
+    started = time.monotonic()
+    plan = FaultPlan(seed=7, throttle_share=0.3, unprocessed_share=0.3, counts_dir=str(tmp_path))
+    # No process dies here: a visibility timeout above the (throttled) longest task, as the
+    # README asks, so no task is redelivered while it still runs.
+    world, procs = _run(aws_env, feed_redis, broker, tmp_path, plan, FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS="120")
+    fans = build_history(world, fans=2000, warm=100)
+    steady_traffic(world, fans)
+    crew = Crew(procs)
+    try:
+        crew.start()
+        figures = {"test": "faults_throttling", "seed": plan.seed, "fans": len(fans), "posts": len(world.posts)}
+        finish(world, procs, figures, _report(tmp_path_factory), SETTLE_SECONDS, started=started,
+               faults_dir=tmp_path)
+        assert crew.exited() == [], procs.logs()
+    finally:
+        procs.stop_all()
+    faults = injected_counts(tmp_path)
+    assert faults["throttled"] >= 20 and faults["unprocessed_calls"] >= 20, faults
+
+
+def test_moto_answering_500_for_seconds_mid_run(aws_env, feed_redis, broker, tmp_path, tmp_path_factory) -> None:
+    started = time.monotonic()
+    down = tmp_path / "moto-down"
+    plan = FaultPlan(seed=8, outage_file=str(down), counts_dir=str(tmp_path))
+    world, procs = _run(aws_env, feed_redis, broker, tmp_path, plan)
+    fans = build_history(world, fans=1500, warm=60)
+    steady_traffic(world, fans)
+    crew = Crew(procs)
+    try:
+        crew.start()
+        wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
+        down.touch()
+        outage_began = time.monotonic()
+        steady_traffic(world, fans, tag="b")  # the app goes on writing meanwhile
+        wait_until(lambda: injected_counts(tmp_path)["http_500"] >= 30 and time.monotonic() - outage_began >= 4,
+                   60, "four seconds of 500s")
+        down.unlink()
+        figures = {"test": "faults_moto_500", "seed": plan.seed, "fans": len(fans), "posts": len(world.posts),
+                   "outage_seconds": round(time.monotonic() - outage_began, 1)}
+        finish(world, procs, figures, _report(tmp_path_factory), SETTLE_SECONDS, started=started,
+               faults_dir=tmp_path)
+        # Nobody exited: the consumer waited the outage out, tasks retried with backoff.
+        assert crew.exited() == [], procs.logs()
+    finally:
+        procs.stop_all()
+    assert injected_counts(tmp_path)["http_500"] >= 30
+
+
+def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, tmp_path_factory) -> None:
+    """The cache keeps nothing on disk: after the restart every feed is cold. The app rebuilds
+    the feeds of users who come back (``feed_regen_queue``, drained by beat's schedule); those
+    must end exact, every other user must have no cached feed (fan-out never warms a feed), and
+    every durable feed must be exact."""
+    started = time.monotonic()
+    world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5")
+    fans = build_history(world, fans=3000, warm=300)
+    steady_traffic(world, fans)
+    crew = Crew(procs)
+    try:
+        crew.start()
+        wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
+        warm_before = sum(1 for _ in world.redis.scan_iter(match=f"{keys.FEED_CACHE_PREFIX}*", count=1000))
+        feed_redis.kill()
+        assert _delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
+        feed_redis.restart()
+        assert world.redis.dbsize() == 0
+        # Users coming back: some were warm, some never were; one more post reaches them.
+        back = [*fans[:300:3], *fans[1000:1020], "bob"]
+        # Most as the app's follow path pushes them (cache rebuilds), a few asking for the
+        # durable feed's repair too (which a Redis restart never damages).
+        jobs = [json.dumps({"user_id": u, "action": "regenerate" if n % 10 == 0 else "follow", "target_user": u,
+                            "timestamp": "2026-11-25T11:00:00.000Z"}) for n, u in enumerate(back)]
+        world.redis.lpush(keys.REGEN_QUEUE, *jobs)
+        world.warm = set(back)
+        procs.beat()
+        world.post("star", "s4")
+        figures = {"test": "faults_redis_restart", "seed": 0, "fans": len(fans), "posts": len(world.posts),
+                   "faults": {"redis_restarts": feed_redis.restarts}, "warm_before": warm_before,
+                   "rewarmed": len(back)}
+        finish(world, procs, figures, _report(tmp_path_factory), SETTLE_SECONDS, started=started)
+        assert crew.exited() == [], procs.logs()
+    finally:
+        procs.stop_all()
+    assert warm_before > 50
+
+
+def test_broker_unreachable_holds_the_checkpoint_and_loses_nothing(
+    aws_env, feed_redis, broker, tmp_path, tmp_path_factory
+) -> None:
+    started = time.monotonic()
+    world, procs = _run(aws_env, feed_redis, broker, tmp_path)
+    fans = build_history(world, fans=1500, warm=60)
+    steady_traffic(world, fans)
+    crew = Crew(procs)
+    try:
+        crew.start()
+        wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
+        broker.kill()
+        steady_traffic(world, fans, tag="b")  # records the consumer reads but cannot publish
+        wait_until(lambda: _publish_failures(procs) >= 1, 60, "the consumer to find the broker gone")
+        held = stream_checkpoint(world)
+        failures = _publish_failures(procs)
+        wait_until(lambda: _publish_failures(procs) >= failures + 3, 60, "three more publish attempts")
+        assert stream_checkpoint(world) == held, "the checkpoint moved past records never published"
+        assert crew.exited() == [], procs.logs()
+        broker.restart()
+        figures = {"test": "faults_broker_outage", "seed": 0, "fans": len(fans), "posts": len(world.posts),
+                   "faults": {"broker_outages": 1, "publish_failures": _publish_failures(procs)}}
+        finish(world, procs, figures, _report(tmp_path_factory), SETTLE_SECONDS, started=started)
+        assert crew.exited() == [], procs.logs()
+        assert stream_checkpoint(world) != held
+    finally:
+        procs.stop_all()
+
+
+def _publish_failures(procs: Processes) -> int:
+    return procs.logs(tail=10**8).count("cannot publish")
