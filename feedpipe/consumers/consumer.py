@@ -53,6 +53,8 @@ class ShardState:
     checkpoint: str | None = None
     iterator: str | None = None
     checkpointed_at: float = field(default_factory=time.monotonic)
+    failures: int = 0  # AWS errors in a row on this shard
+    resume_at: float = 0.0  # monotonic time before which the shard is not read again
 
     def checkpoint_age(self) -> float:
         return time.monotonic() - self.checkpointed_at
@@ -139,7 +141,7 @@ class StreamConsumer:
         checkpoint where it is and try the round again, backing off (capped, full jitter). A
         batch published but not checkpointed is read and published again: at least once."""
         self._aws_failures += 1
-        delay = random.uniform(0, min(AWS_BACKOFF_MAX_SECONDS, self.aws_backoff_seconds * 2**self._aws_failures))
+        delay = _backoff(self.aws_backoff_seconds, self._aws_failures)
         log.warning("AWS unavailable (%s); holding the checkpoints, retrying in %.1fs", exc, delay)
         self._refreshed_at = float("-inf")  # list shards and sync leases again first
         self.stop_event.wait(delay)
@@ -181,7 +183,23 @@ class StreamConsumer:
 
     def _poll(self, state: ShardState) -> int:
         """Read, publish and checkpoint one batch of ``state``'s shard; returns records read,
-        or NOT_READ when the read itself failed (expired, throttled, trimmed)."""
+        or NOT_READ when the read itself failed (expired, throttled, trimmed, AWS unavailable:
+        then this shard waits, the others go on)."""
+        if time.monotonic() < state.resume_at:
+            return NOT_READ
+        try:
+            return self._read_and_publish(state)
+        except Exception as exc:
+            if not is_transient_aws_error(exc):
+                raise
+            state.failures += 1
+            delay = _backoff(self.aws_backoff_seconds, state.failures)
+            state.resume_at = time.monotonic() + delay
+            log.warning("shard %s: AWS unavailable (%s); holding its checkpoint, retrying in %.1fs",
+                        state.shard.shard_id, exc, delay)
+            return NOT_READ
+
+    def _read_and_publish(self, state: ShardState) -> int:
         try:
             if state.iterator is None:
                 state.iterator = self.source.iterator(state.shard.shard_id, state.checkpoint)
@@ -201,6 +219,7 @@ class StreamConsumer:
             self._back_off()
             return NOT_READ
         self._throttles = 0
+        state.failures = 0
         if result.millis_behind:
             self._behind = True  # Kinesis: empty reads can still be behind the tip
         self._observe_lag(state, result)
@@ -300,6 +319,11 @@ class StreamConsumer:
 
     def _back_off(self) -> None:
         self._throttles += 1
-        delay = random.uniform(0, min(THROTTLE_MAX_SECONDS, 0.1 * 2**self._throttles))
+        delay = _backoff(0.1, self._throttles, THROTTLE_MAX_SECONDS)
         log.warning("stream reads throttled; backing off %.1fs", delay)
         self.stop_event.wait(delay)
+
+
+def _backoff(base: float, failures: int, cap: float = AWS_BACKOFF_MAX_SECONDS) -> float:
+    """Full-jitter exponential backoff; the exponent is capped, so a long outage never overflows."""
+    return random.uniform(0, min(cap, base * 2 ** min(failures, 30)))

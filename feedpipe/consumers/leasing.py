@@ -150,7 +150,10 @@ class LeaseCoordinator:
         return self.clock() - since >= self.failover_seconds
 
     def _free(self, lease: Lease) -> bool:
-        return lease.owner is None or (lease.owner != self.owner and self._expired(lease))
+        """Takeable (for a lease this consumer does not hold): nobody's, expired, or recorded
+        as ours, which happens when a renew or take succeeded but its answer was lost. No other
+        consumer takes that one while we keep it from expiring, so we must take it back."""
+        return lease.owner is None or lease.owner == self.owner or self._expired(lease)
 
     @staticmethod
     def _ready(lease: Lease, known: dict[str, Lease]) -> bool:

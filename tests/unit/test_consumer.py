@@ -85,6 +85,51 @@ def test_aws_unavailable_for_a_while_is_waited_out_and_nothing_is_lost_or_repeat
     assert checkpoints.saved["s"] == f"{7:021d}"
 
 
+def test_one_shard_unavailable_does_not_hold_the_others_back():
+    source = FakeShardSource()
+    source.add_shard("bad", [follow_record(1, "a", "b1")])
+    source.add_shard("good", [follow_record(i, "a", f"g{i}") for i in range(2, 6)])
+    dispatcher = FakeDispatcher()
+    consumer = _consumer(source, dispatcher=dispatcher)
+    real_read, failed = source.read, [0]
+
+    def bad_shard_down(iterator: str, limit: int):
+        if iterator.startswith("bad|") and failed[0] < 6:
+            failed[0] += 1
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"},
+                               "ResponseMetadata": {"HTTPStatusCode": 500}}, "GetRecords")
+        return real_read(iterator, limit)
+
+    source.read = bad_shard_down  # type: ignore[method-assign]
+    consumer.aws_backoff_seconds = 0.05
+    consumer.run(stop_when_idle=True)
+
+    followed = _followed(dispatcher)
+    assert sorted(followed) == ["b1", "g2", "g3", "g4", "g5"] and failed[0] == 6
+    assert followed.index("g5") < followed.index("b1")  # the good shard went on while the bad one waited
+
+
+def test_a_lease_left_recorded_as_ours_is_taken_back_at_once():
+    """A renew that succeeded in the table but whose answer was lost: the next renew fails its
+    condition and the shard is dropped, yet the table still names this consumer. Nobody else
+    takes such a lease while we keep it from expiring, so we must."""
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 4)])
+    checkpoints = FakeLeaseTable()
+    coordinator = LeaseCoordinator(checkpoints, "solo", failover_seconds=3600)
+    coordinator.sync(source.list_shards())
+    coordinator.tick()
+    lease = coordinator.held["s"]
+    checkpoints.renew(lease, "solo")  # it happened, but the consumer never heard
+    coordinator._next_renew = float("-inf")
+    assert coordinator.tick() == {"s"} and "s" not in coordinator.held
+
+    coordinator._next_take = float("-inf")
+    coordinator.tick()
+
+    assert "s" in coordinator.held  # not after failover_seconds (an hour here): now
+
+
 def test_an_error_retrying_cannot_fix_stops_the_consumer():
     source = FakeShardSource()
     source.add_shard("s", [follow_record(1, "a", "u1")])
