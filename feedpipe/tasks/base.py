@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -73,7 +74,8 @@ def run_payloads(task: Task, payloads: Any, handle: Callable[[Any], object]) -> 
     deadline = time.monotonic() + runtime().settings.task_budget_seconds
     for index, payload in enumerate(payloads):
         if index and time.monotonic() > deadline:
-            hand_on(task, payloads[index:])
+            with requeue_on_failure("hand the rest of the batch on"):
+                hand_on(task, payloads[index:])
             return
         try:
             handle(payload)
@@ -81,8 +83,21 @@ def run_payloads(task: Task, payloads: Any, handle: Callable[[Any], object]) -> 
             if not is_permanent(exc):
                 retry_rest(task, payloads[index:], exc)
                 return
-            runtime().stores.dead_letters.add(f"task:{task.name}", reason_of(exc), payload)
+            with requeue_on_failure("dead-letter a payload"):
+                runtime().stores.dead_letters.add(f"task:{task.name}", reason_of(exc), payload)
             log.warning("dead-lettered a payload of %s: %s", task.name, reason_of(exc))
+
+
+@contextmanager
+def requeue_on_failure(what: str) -> Iterator[None]:
+    """Where a failure would otherwise escape the task, which Celery then acknowledges (the
+    message and whatever it still held gone, with no dead letter), put the message back on its
+    queue instead: what it already did is idempotent."""
+    try:
+        yield
+    except Exception as exc:
+        log.error("could not %s (%s); putting the message back", what, reason_of(exc))
+        raise Reject(reason_of(exc), requeue=True) from None
 
 
 def hand_on(task: Task, rest: list[Any]) -> None:
@@ -97,7 +112,8 @@ def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
     limit = runtime().settings.task_max_retries
     if retries >= limit:
         reason = f"gave up after {retries} retries: {reason_of(exc)}"
-        runtime().stores.dead_letters.add_many([(f"task:{task.name}", reason, p) for p in rest])
+        with requeue_on_failure("dead-letter what retries could not do"):
+            runtime().stores.dead_letters.add_many([(f"task:{task.name}", reason, p) for p in rest])
         log.error("%s: %s", task.name, reason)
         return
     countdown = get_exponential_backoff_interval(

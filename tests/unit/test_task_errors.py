@@ -205,3 +205,37 @@ def test_a_retry_the_broker_cannot_take_puts_the_message_back_instead_of_droppin
 
     assert rejected.value.requeue is True
     assert letters.letters == []
+
+
+def test_a_batch_that_cannot_hand_its_rest_on_puts_the_message_back(letters: Letters, monkeypatch) -> None:
+    from celery.exceptions import Reject
+
+    import feedpipe.tasks.base as base
+
+    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4"}))._stores = (
+        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    clock = [0.0]
+    monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    class BrokerDown(FakeTask):
+        def apply_async(self, **kwargs: Any) -> None:
+            raise ConnectionError("broker unreachable")
+
+    def slow(event: Any, _: Any) -> None:
+        clock[0] += 2.0
+
+    with pytest.raises(Reject) as rejected:
+        run_events(BrokerDown(), [_follow(1), _follow(2)], slow)
+    assert rejected.value.requeue is True
+
+
+def test_a_dead_letter_that_cannot_be_written_puts_the_message_back(letters: Letters) -> None:
+    from celery.exceptions import Reject
+
+    def broken_store(*_: Any) -> None:
+        raise redis.ConnectionError("Redis down")
+
+    letters.add = broken_store  # type: ignore[method-assign]
+    with pytest.raises(Reject) as rejected:
+        run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    assert rejected.value.requeue is True
