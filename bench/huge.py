@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,6 @@ from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post, PostPublished, to_payload
 from feedpipe.local import free_port, stop_process, wait_for
-from feedpipe.runtime import install_runtime, reset_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1000
@@ -98,9 +98,9 @@ def measure(b: Backends, n: int) -> dict[str, Any]:
                      interval=0.2)
             seconds = time.monotonic() - started
             peaks = _children_peak_rss_mb(worker.pid)
-            chunk_pids = _chunk_pids(log_path)
         finally:
-            stop_process(worker)
+            _warm_shutdown(worker)
+        chunk_pids = _chunk_pids(log_path)  # once every task has finished and logged
     delivered = _delivered(client, post.post_id)
     log(f"{n:,} followers: {seconds:.1f}s, {delivered:,} delivered, chunk tasks in {len(chunk_pids)} processes, "
         f"child peak RSS {max(peaks, default=0):.1f} MB")
@@ -155,12 +155,26 @@ def _worker_env(b: Backends, port: int) -> dict[str, str]:
 
 
 def _send(env: dict[str, str], post: Post) -> None:
-    """The message the consumer would publish for the post's INSERT record."""
-    reset_runtime()
-    install_runtime(load_settings({k: v for k, v in env.items() if k.startswith("FEEDPIPE_")}))
-    from feedpipe.worker import FANOUT_QUEUE, app
+    """The message the consumer would publish for the post's INSERT record, from a Celery app
+    of its own (feedpipe's is configured once per process, and other benchmarks ran first)."""
+    from celery import Celery
 
-    app.send_task(tasks.FANOUT_POSTS, args=[[to_payload(PostPublished(post))]], queue=FANOUT_QUEUE)
+    from feedpipe.worker import FANOUT_QUEUE, celery_config
+
+    app = Celery("bench-huge")
+    app.config_from_object(celery_config(load_settings({k: v for k, v in env.items() if k.startswith("FEEDPIPE_")})))
+    with app.connection_for_write() as connection:
+        app.send_task(tasks.FANOUT_POSTS, args=[[to_payload(PostPublished(post))]], queue=FANOUT_QUEUE,
+                      connection=connection)
+
+
+def _warm_shutdown(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the main process only: Celery lets running tasks finish (the last chunk's
+    settle may still run once every item is written), then exits."""
+    worker.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        worker.wait(60)
+    stop_process(worker)
 
 
 def _written(port: int) -> float | None:
@@ -173,7 +187,7 @@ def _written(port: int) -> float | None:
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "feedpipe_feed_items_written_total" and sample.labels.get("store") == "durable":
+            if sample.name == "feedpipe_feed_items_written_total" and sample.labels.get("store") == "dynamodb":
                 total += sample.value
     return total
 

@@ -122,9 +122,11 @@ def _scan_cluster(
 ) -> tuple[str, list[bytes]]:
     primaries: list[Any] = sorted(client.get_primaries(), key=lambda node: str(node.name))  # type: ignore[no-untyped-call]
     index, _, node_cursor = cursor.partition(":")
-    at = int(index) if node_cursor and int(index) < len(primaries) else 0  # a stale cursor restarts
+    if not node_cursor or int(index) >= len(primaries):
+        index, node_cursor = "0", "0"  # a new walk, or a cursor from before the cluster changed: restart
+    at = int(index)
     node = primaries[at]
-    reply: Any = client.scan(int(node_cursor or 0), match=match, count=count, _type=key_type, target_nodes=node)
+    reply: Any = client.scan(int(node_cursor), match=match, count=count, _type=key_type, target_nodes=node)
     cursors, found = reply
     following = int(cursors[node.name])
     if following:
