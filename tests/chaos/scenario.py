@@ -154,7 +154,7 @@ def finish(world: World, procs: Processes, figures: dict[str, Any], report: Path
     ``faults_dir``), assert. ``started`` is when the test began (its duration is reported)."""
     with contextlib.suppress(LocalBackendError):  # judged below, with a diff
         # Each check scans the whole table, on the moto the pipeline needs: not too often.
-        wait_for(world.feeds_right, timeout, "every durable and cached feed to be exact", interval=POLL_SECONDS)
+        wait_for(world.settled, timeout, "every durable and cached feed to be exact", interval=POLL_SECONDS)
     wrong = wrong_feeds(world)
     figures.update(feed_items_checked=feed_items_checked(world), wrong_feeds=len(wrong),
                    feed_items_wrong=feed_items_wrong(wrong), seconds=round(time.monotonic() - started, 1))

@@ -19,17 +19,20 @@ from redis.cluster import RedisCluster
 
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
+from feedpipe.adapters.redis_client import connect_broker
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.adapters.tables import create_tables
 from feedpipe.appsim import AppWriter
 from feedpipe.config import Settings, load_settings
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
+from feedpipe.core.keys import OwnKeys
 from feedpipe.core.records import post_from_image, record_sequence
 from feedpipe.feeds.delivery import add_post
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.local import LocalBackendError, stop_process, wait_for
 from feedpipe.runtime import build_stores
+from feedpipe.worker import QUEUES
 
 TABLE = "SocialMediaApp"
 LEASES = "feedpipe-leases"
@@ -136,6 +139,7 @@ class World:
     users: set[str] = field(default_factory=set)
     warm: set[str] = field(default_factory=set)
     clock: int = 0
+    _broker: redis.Redis | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.dynamodb = make_client("dynamodb")
@@ -263,6 +267,25 @@ class World:
 
     def feeds_right(self) -> bool:
         return self.durable_feeds() == self.expected_feeds() and self.cached_feeds() == self.expected_cached()
+
+    def broker_busy(self) -> bool:
+        """Tasks queued or running: a Redis broker keeps every delivered message in its
+        ``unacked`` hash until the task ends (acks are late), retries waiting their countdown
+        included. One cheap call, where ``feeds_right`` scans the whole table on moto, which
+        the workers need too."""
+        if self._broker is None:
+            self._broker = connect_broker(self.settings)
+        if self._broker is None:
+            return False  # not a Redis broker: nothing cheap to ask
+        prefix = OwnKeys(self.settings.key_prefix).broker_prefix
+        pipe = self._broker.pipeline(transaction=False)
+        for name in [*QUEUES, "unacked"]:
+            pipe.exists(f"{prefix}{name}")
+        return any(pipe.execute())
+
+    def settled(self) -> bool:
+        """No task waiting or running, and every feed right: what end-to-end tests wait for."""
+        return not self.broker_busy() and self.feeds_right()
 
     def assert_feeds_right(self) -> None:
         durable, expected = self.durable_feeds(), self.expected_feeds()

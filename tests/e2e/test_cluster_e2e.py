@@ -90,7 +90,7 @@ def live_traffic(world: World) -> None:
 
 def settle(world: World, procs: Processes, what: str) -> None:
     try:
-        wait_until(lambda: world.feeds_right() and drained(world), 120, what)
+        wait_until(lambda: world.settled() and drained(world), 120, what)
     except AssertionError:
         world.assert_feeds_right()
         raise AssertionError(procs.logs()) from None
@@ -109,7 +109,7 @@ def test_the_pipeline_keeps_feeds_exact_on_a_redis_cluster(
 
     procs.worker()
     procs.consume_until_idle()
-    wait_until(lambda: world.feeds_right(), 120, "the stream's effects")  # regen jobs still queued
+    wait_until(world.settled, 120, "the stream's effects")  # regen jobs still queued
 
     procs.beat()  # its drains run the jobs: newbie's feed is cached from the durable one
     world.warm.add("newbie")

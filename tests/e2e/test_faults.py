@@ -138,7 +138,7 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
     every durable feed must be exact."""
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5")
-    fans = build_history(world, fans=3000, warm=300)
+    fans = build_history(world, fans=2000, warm=300)
     steady_traffic(world, fans)
     crew = Crew(procs)
     try:

@@ -103,7 +103,7 @@ def test_a_consumer_killed_among_three_loses_nothing(
         wait_until(lambda: all(lease.owner not in (None, victim_owner) for lease in leases.list().values()),
                    30, "the survivors to take the dead consumer's shards")
         takeover = time.monotonic() - killed_at
-        wait_until(world.feeds_right, 180, "every feed to be right")
+        wait_until(world.settled, 180, "every feed to be right")
         world.assert_feeds_right()
 
         survivors = [p for p in consumers if p is not victim]

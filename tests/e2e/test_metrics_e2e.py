@@ -121,7 +121,7 @@ def test_prometheus_scrapes_every_series_the_dashboard_and_alerts_use(
         procs.beat()
         procs.env = {**env, "FEEDPIPE_METRICS_PORT": str(ports["consumer"])}
         procs.consumer()
-        wait_until(world.feeds_right, 120, "the workload's feeds")
+        wait_until(world.settled, 120, "the workload's feeds")
 
         # Each live new post to every fan and to "late" (who followed first), plus his backfill of 3.
         expected_writes = (POSTS - 1) * (FOLLOWERS + 1) + 3

@@ -11,7 +11,8 @@ from tests.e2e.harness import Processes, World, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
-STAR_FOLLOWERS = 5200  # more than five GSI pages at the page size the tests use
+STAR_FOLLOWERS = 2600  # more than five GSI pages of PAGE
+PAGE = 500
 SETTLE_SECONDS = 240
 
 
@@ -55,7 +56,7 @@ def live_traffic(world: World, fans: list[str]) -> None:
 
 def settle(world: World, procs: Processes) -> None:
     try:
-        wait_until(world.feeds_right, SETTLE_SECONDS, "every feed to be right")
+        wait_until(world.settled, SETTLE_SECONDS, "every feed to be right")
     except AssertionError:
         world.assert_feeds_right()  # fails with a diff of the wrong feeds
         raise AssertionError(procs.logs()) from None
@@ -64,7 +65,7 @@ def settle(world: World, procs: Processes) -> None:
 
 @pytest.fixture
 def env(aws_env, redis_urls):
-    return pipeline_env(aws_env, redis_urls)
+    return pipeline_env(aws_env, redis_urls, FEEDPIPE_FOLLOWER_PAGE_SIZE=str(PAGE))
 
 
 def test_stream_records_become_exact_feeds(world: World, procs: Processes) -> None:

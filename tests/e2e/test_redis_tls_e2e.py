@@ -85,7 +85,7 @@ def test_feeds_end_exact_over_tls_with_auth_and_the_password_never_shows(world: 
     procs.worker()
     procs.consume_until_idle()
     try:
-        wait_until(world.feeds_right, 120, "every feed to be right")
+        wait_until(world.settled, 120, "every feed to be right")
     except AssertionError:
         world.assert_feeds_right()
         raise AssertionError(procs.logs()) from None

@@ -68,7 +68,7 @@ def rebuilds_logged(procs: Processes) -> tuple[int, int]:
 
 def test_ten_thousand_jobs_are_coalesced_and_every_cache_ends_right(world: World, procs: Processes) -> None:
     rng = random.Random(3)
-    users = [f"u{i:03d}" for i in range(500)]
+    users = [f"u{i:03d}" for i in range(250)]
     world.users.update(users)
     durable_feeds_for(world, users, rng)
     push_jobs(world, users, 10_000, rng)
@@ -80,7 +80,7 @@ def test_ten_thousand_jobs_are_coalesced_and_every_cache_ends_right(world: World
 
     jobs, rebuilds = rebuilds_logged(procs)
     assert jobs == 10_000
-    assert rebuilds <= 1_000, f"{rebuilds} rebuilds for {jobs} jobs: not coalesced"
+    assert rebuilds <= 500, f"{rebuilds} rebuilds for {jobs} jobs: not coalesced"  # a batch is 5,000 jobs
 
 
 def test_a_worker_killed_mid_regeneration_loses_nothing(world: World, procs: Processes) -> None:
