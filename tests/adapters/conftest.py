@@ -13,6 +13,9 @@ from moto import mock_aws
 from feedpipe.adapters.dynamo import FeedTable, make_client
 from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.adapters.tables import create_tables
+from feedpipe.core.events import Post
+from feedpipe.feeds.fanout import deliver_chunk, fan_out_post, retract_chunk, retract_post
+from feedpipe.feeds.stores import Stores
 
 APP_TABLE = "SocialMediaApp"
 LEASE_TABLE = "feedpipe-leases"
@@ -148,6 +151,23 @@ def redis_client() -> Iterator[fakeredis.FakeRedis]:
 @pytest.fixture
 def cache(redis_client: fakeredis.FakeRedis) -> FeedCache:
     return FeedCache(redis_client, max_length=FEED_MAX_LENGTH, ttl_seconds=FEED_TTL_SECONDS)
+
+
+def publish(stores: Stores, post: Post) -> None:
+    """A whole fan-out task in-process, with the chunks it hands out run right after it."""
+    handed: list[list[str]] = []
+    fan_out_post(stores, post, hand_out=handed.append)
+    for chunk in handed:
+        deliver_chunk(stores, post, chunk)
+
+
+def retract(stores: Stores, post: Post) -> None:
+    """A whole retraction task in-process, with the chunks it hands out run right after it."""
+    handed: list[list[str]] = []
+    retract_post(stores, post, hand_out=handed.append)
+    for chunk in handed:
+        retract_chunk(stores, post, chunk)
+
 
 def inject(
     monkeypatch: pytest.MonkeyPatch, obj: Any, method: str, action: Callable[[], None], call: int = 1

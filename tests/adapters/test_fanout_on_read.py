@@ -23,12 +23,11 @@ from feedpipe.core import keys
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
-from feedpipe.feeds.fanout import deliver_chunk, fan_out_post, retract_chunk, retract_post
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
 from feedpipe.feeds.stores import Stores
 from feedpipe.reader import read_feed
 from feedpipe.runtime import build_stores
-from tests.adapters.conftest import inject
+from tests.adapters.conftest import inject, publish, retract
 
 from .conftest import APP_TABLE
 
@@ -55,16 +54,10 @@ class World:
         return post_from_image(image)
 
     def publish(self, post: Post) -> None:
-        handed: list[list[str]] = []
-        fan_out_post(self.stores, post, hand_out=handed.append)
-        for chunk in handed:
-            deliver_chunk(self.stores, post, chunk)
+        publish(self.stores, post)
 
     def retract(self, post: Post) -> None:
-        handed: list[list[str]] = []
-        retract_post(self.stores, post, hand_out=handed.append)
-        for chunk in handed:
-            retract_chunk(self.stores, post, chunk)
+        retract(self.stores, post)
 
     def read(self, user: str) -> list[str]:
         return [m["postId"] for m in read_feed(self.stores, user)]

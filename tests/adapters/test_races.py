@@ -32,7 +32,7 @@ from feedpipe.feeds.fanout import deliver_chunk, fan_out_post, retract_chunk, re
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
 from feedpipe.feeds.stores import Stores
 from feedpipe.runtime import build_stores
-from tests.adapters.conftest import inject
+from tests.adapters.conftest import inject, publish, retract
 
 from .conftest import APP_TABLE
 
@@ -81,16 +81,10 @@ class World:
     # -- whole tasks, each with the chunks it hands out run right after it -------------------------
 
     def publish(self, post: Post) -> None:
-        handed: list[list[str]] = []
-        fan_out_post(self.stores, post, hand_out=handed.append)
-        for chunk in handed:
-            deliver_chunk(self.stores, post, chunk)
+        publish(self.stores, post)
 
     def retract(self, post: Post) -> None:
-        handed: list[list[str]] = []
-        retract_post(self.stores, post, hand_out=handed.append)
-        for chunk in handed:
-            retract_chunk(self.stores, post, chunk)
+        retract(self.stores, post)
 
     def follow_task(self, follower: str) -> None:
         apply_follow(self.stores, follower, AUTHOR)

