@@ -71,6 +71,17 @@ def _delivered(world: World, post_id: str) -> int:
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def _under_way(world: World, procs: Processes, fans: int, warm: int) -> tuple[list[str], Crew]:
+    """The history, a slice of the app's traffic, the crew started, and the first big fan-out
+    begun: the moment each fault is injected at."""
+    fan_ids = build_history(world, fans=fans, warm=warm)
+    steady_traffic(world, fan_ids)
+    crew = Crew(procs)
+    crew.start()
+    wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
+    return fan_ids, crew
+
+
 def _started(world: World, post_id: str) -> bool:
     """Some durable feed holds ``post_id``: its fan-out is under way."""
     return _delivered(world, post_id) > 0
@@ -108,12 +119,8 @@ def test_moto_answering_500_for_seconds_mid_run(aws_env, feed_redis, broker, tmp
     down = tmp_path / "moto-down"
     plan = FaultPlan(seed=8, outage_file=str(down), counts_dir=str(tmp_path))
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, plan)
-    fans = build_history(world, fans=1500, warm=60)
-    steady_traffic(world, fans)
-    crew = Crew(procs)
     try:
-        crew.start()
-        wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
+        fans, crew = _under_way(world, procs, fans=1500, warm=60)
         down.touch()
         outage_began = time.monotonic()
         steady_traffic(world, fans, tag="b")  # the app goes on writing meanwhile
@@ -138,12 +145,8 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
     every durable feed must be exact."""
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5")
-    fans = build_history(world, fans=2000, warm=300)
-    steady_traffic(world, fans)
-    crew = Crew(procs)
     try:
-        crew.start()
-        wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
+        fans, crew = _under_way(world, procs, fans=2000, warm=300)
         warm_before = sum(1 for _ in world.redis.scan_iter(match=f"{keys.FEED_CACHE_PREFIX}*", count=1000))
         feed_redis.kill()
         assert _delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
@@ -174,12 +177,8 @@ def test_broker_unreachable_holds_the_checkpoint_and_loses_nothing(
 ) -> None:
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path)
-    fans = build_history(world, fans=1500, warm=60)
-    steady_traffic(world, fans)
-    crew = Crew(procs)
     try:
-        crew.start()
-        wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
+        fans, crew = _under_way(world, procs, fans=1500, warm=60)
         broker.kill()
         steady_traffic(world, fans, tag="b")  # records the consumer reads but cannot publish
         wait_until(lambda: _publish_failures(procs) >= 1, 60, "the consumer to find the broker gone")
