@@ -26,6 +26,12 @@ REPORT_ENV = "FEEDPIPE_RELIABILITY_REPORT"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPORT = ROOT / ".feedpipe" / "reliability.jsonl"
 
+FAULT_NAMES = {
+    "throttled": "BatchWriteItem attempts throttled", "unprocessed_calls": "calls with UnprocessedItems",
+    "unprocessed_items": "items unprocessed", "http_500": "calls answered HTTP 500",
+    "redis_restarts": "feed Redis kill -9 and restart", "broker_outages": "broker kill -9 and restart",
+    "publish_failures": "publishes refused meanwhile",
+}
 LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000"}
 LONG_SUITES = [
     "tests/unit/test_fuzz.py",
@@ -63,7 +69,8 @@ def summarize(lines: list[dict[str, Any]]) -> str:
                          f"{sum(t['records'] for t in chaos):,} stream records, {_items(chaos)}"))
     for line in lines:
         if line["test"].startswith("faults_"):
-            injected = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in sorted(line.get("faults", {}).items()))
+            injected = ", ".join(f"{v:,} {FAULT_NAMES.get(k, k.replace('_', ' '))}"
+                                 for k, v in sorted(line.get("faults", {}).items()))
             rows.append(_row(line["test"].removeprefix("faults_").replace("_", " "), [line], injected or "-",
                              _items([line])))
     for line in lines:
