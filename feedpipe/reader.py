@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from feedpipe.core import keys
 from feedpipe.core.merging import Source, merge_feeds
-from feedpipe.core.records import RecordError, post_from_feed_item
 from feedpipe.feeds import fanout_on_read
+from feedpipe.feeds.rebuild import newest_entries
 from feedpipe.feeds.stores import Stores
 
 DEFAULT_LIMIT = 20  # the seed's getFeed
@@ -41,19 +40,7 @@ def huge_followed(stores: Stores, user_id: str, following: Iterable[str] | None 
 
 def own_feed(stores: Stores, user_id: str, limit: int) -> Source:
     """The warm cached feed, else the durable one (never warming a cold user)."""
-    raw: list[tuple[bytes, float]] = stores.cache.client.zrevrange(  # type: ignore[assignment]
-        keys.feed_cache(user_id), 0, limit - 1, withscores=True
-    )
-    if raw:
-        return [(m.decode(), int(s)) for m, s in raw]
-    entries = []
-    for item in stores.table.feed_items(user_id, limit=limit):
-        try:
-            post = post_from_feed_item(item)
-        except RecordError:
-            continue  # an item feedpipe did not build
-        entries.append((stores.member(post), post.created_at_ms))
-    return entries
+    return stores.cache.members(user_id, limit) or [(m, s) for s, m in newest_entries(stores, user_id, limit)]
 
 
 def author_lists(stores: Stores, authors: list[str], limit: int) -> list[Source]:

@@ -16,7 +16,8 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from feedpipe.adapters.redis_feeds import ADD_IF_WARM
+from feedpipe.adapters.redis_client import eval_many
+from feedpipe.adapters.redis_feeds import ADD_IF_WARM, REMOVE_POST, flat_entries
 from feedpipe.core.keys import OwnKeys
 
 # Keeps the huge-author set in existence when no author is huge: the set existing means "loaded
@@ -31,20 +32,6 @@ if #ARGV < 4 then return 0 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[1]) - 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
-"""
-
-# KEYS[1] author list; ARGV score/post-id pairs. Matches the decoded postId, as REMOVE_POST does.
-REMOVE_POSTS = """
-local removed = 0
-for i = 1, #ARGV, 2 do
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])) do
-    local ok, doc = pcall(cjson.decode, m)
-    if ok and type(doc) == 'table' and doc['postId'] == ARGV[i + 1] then
-      removed = removed + redis.call('ZREM', KEYS[1], m)
-    end
-  end
-end
-return removed
 """
 
 # KEYS[1] huge-author set; ARGV ids. -1 when the set is not loaded, else a flag per id.
@@ -74,7 +61,7 @@ class AuthorPosts:
         self.ttl_seconds = ttl_seconds
         self._add_if_present = client.register_script(ADD_IF_WARM)
         self._add_always = client.register_script(ADD_ALWAYS)
-        self._remove_posts = client.register_script(REMOVE_POSTS)
+        self._remove_post = client.register_script(REMOVE_POST)
         self._sadd_if_loaded = client.register_script(SADD_IF_LOADED)
         self._huge_among = client.register_script(HUGE_AMONG)
 
@@ -93,11 +80,10 @@ class AuthorPosts:
             self._add_always(keys=[self.own.author_posts(author_id)], args=self._args(entries))
 
     def remove_posts(self, author_id: str, posts: Iterable[tuple[int, str]]) -> int:
-        """Remove each (score, post_id) from the author's list, in one call."""
-        args: list[Any] = [part for pair in posts for part in pair]
-        if not args:
-            return 0
-        return int(self._remove_posts(keys=[self.own.author_posts(author_id)], args=args))
+        """Remove each (score, post_id) from the author's list (as from a feed), in one round trip."""
+        key = self.own.author_posts(author_id)
+        calls = [(key, [score, post_id]) for score, post_id in posts]
+        return sum(int(r) for r in eval_many(self.client, self._remove_post, calls)) if calls else 0
 
     def newest(self, author_ids: Sequence[str], limit: int) -> dict[str, list[tuple[str, int]]]:
         """Each author's newest ``limit`` (member, score) pairs, in one round trip; an author whose
@@ -109,10 +95,7 @@ class AuthorPosts:
         return {a: [(m.decode(), int(s)) for m, s in r] for a, r in zip(author_ids, replies, strict=True)}
 
     def _args(self, entries: Entries) -> list[Any]:
-        args: list[Any] = [self.max_length, self.ttl_seconds]
-        for score, member in entries:
-            args += [score, member]
-        return args
+        return [self.max_length, self.ttl_seconds, *flat_entries(entries)]
 
     # -- the huge-author set ----------------------------------------------------------------
 

@@ -91,9 +91,7 @@ class FeedCache:
     def add_many_if_warm(self, user_id: str, entries: Sequence[tuple[int, str]]) -> bool:
         if not entries:
             return False
-        args: list[Any] = [self.max_length, self.ttl_seconds]
-        for score, member in entries:
-            args += [score, member]
+        args = [self.max_length, self.ttl_seconds, *flat_entries(entries)]
         return bool(self._add(keys=[keys.feed_cache(user_id)], args=args))
 
     def remove_post(self, user_ids: Iterable[str], score: int, post_id: str) -> int:
@@ -109,9 +107,7 @@ class FeedCache:
 
     def replace_feed(self, user_id: str, entries: Sequence[tuple[int, str]], keep_ttl: bool = False) -> int:
         """Swap the whole feed for ``entries`` (newest first) in one atomic call."""
-        args: list[Any] = [self.ttl_seconds, int(keep_ttl)]
-        for score, member in entries[: self.max_length]:
-            args += [score, member]
+        args = [self.ttl_seconds, int(keep_ttl), *flat_entries(entries[: self.max_length])]
         return int(self._replace(keys=[keys.feed_cache(user_id)], args=args))
 
 
@@ -122,12 +118,17 @@ class FeedCache:
         pipe.delete(keys.following_cache(follower_id))
         pipe.execute()
 
-    def members(self, user_id: str) -> list[tuple[str, int]]:
-        """The cached feed, newest first, as (member, score) pairs."""
+    def members(self, user_id: str, limit: int | None = None) -> list[tuple[str, int]]:
+        """The cached feed (its newest ``limit``, or all), newest first, as (member, score) pairs."""
         raw: list[tuple[bytes, float]] = self.client.zrevrange(  # type: ignore[assignment]
-            keys.feed_cache(user_id), 0, -1, withscores=True
+            keys.feed_cache(user_id), 0, -1 if limit is None else limit - 1, withscores=True
         )
         return [(m.decode(), int(s)) for m, s in raw]
+
+
+def flat_entries(entries: Iterable[tuple[int, str]]) -> list[Any]:
+    """(score, member) pairs as a script's ARGV tail: score, member, score, member, ..."""
+    return [part for pair in entries for part in pair]
 
 
 def _json_default(value: Any) -> Any:

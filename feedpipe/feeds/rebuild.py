@@ -23,11 +23,11 @@ def rebuild_cache(stores: Stores, user_id: str, keep_ttl: bool = False) -> int:
     """Make ``feed:{user_id}`` equal the newest ``feed_max_length`` durable items; returns
     their number. ``keep_ttl`` keeps the key's remaining TTL (scheduled rebuilds must not keep
     an inactive user warm for ever)."""
-    entries = _newest_entries(stores, user_id)
+    entries = newest_entries(stores, user_id)
     stores.cache.replace_feed(user_id, entries, keep_ttl=keep_ttl)
     for _ in range(MAX_SETTLE_ROUNDS):
         # Any write before this read is in it; any write after it reaches the cache itself.
-        again = _newest_entries(stores, user_id)
+        again = newest_entries(stores, user_id)
         if again == entries:
             break
         stores.cache.replace_feed(user_id, again, keep_ttl=True)
@@ -35,9 +35,11 @@ def rebuild_cache(stores: Stores, user_id: str, keep_ttl: bool = False) -> int:
     return len(entries)
 
 
-def _newest_entries(stores: Stores, user_id: str) -> Entries:
+def newest_entries(stores: Stores, user_id: str, limit: int | None = None) -> Entries:
+    """The newest ``limit`` (default ``feed_max_length``) durable items as cache entries;
+    items feedpipe did not build are skipped."""
     entries = []
-    for item in stores.table.feed_items(user_id, limit=stores.settings.feed_max_length):
+    for item in stores.table.feed_items(user_id, limit=limit or stores.settings.feed_max_length):
         try:
             post = post_from_feed_item(item)
         except RecordError:

@@ -17,6 +17,8 @@ from feedpipe.worker import REGEN_QUEUE, app
 
 log = logging.getLogger(__name__)
 
+DRAIN_MAX_SECONDS = 30.0
+
 
 def _hand_out(group: list[Rebuild]) -> None:
     payloads = [{"user_id": user_id, "durable": durable} for user_id, durable in group]
@@ -26,8 +28,9 @@ def _hand_out(group: list[Rebuild]) -> None:
 @app.task(name=tasks.REGEN_DRAIN, queue=REGEN_QUEUE)
 def drain_regen_queue() -> dict[str, Any]:
     stores = runtime().stores
-    # Stay well inside the visibility timeout, so a live drain is never redelivered.
-    budget = max(1.0, min(30.0, stores.settings.task_visibility_timeout_seconds / 3))
+    # Well inside the visibility timeout, so a live drain is never redelivered; short even
+    # when that timeout is long, so the next scheduled drain is not kept waiting.
+    budget = min(DRAIN_MAX_SECONDS, stores.settings.task_budget_seconds)
     stats = drain(stores, stores.regen_queue, budget, hand_out=_hand_out)
     stores.metrics.regen_jobs.inc(stats.jobs)
     if stats.jobs or stats.recovered:
