@@ -75,7 +75,7 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     settings = _start(ctx, broker=True)
     from feedpipe.consumers.build import build_consumer
 
-    consumer = build_consumer(settings, _served_metrics(settings))
+    consumer = build_consumer(settings, _served_metrics(settings, "consume"))
 
     def stop(signum: int, _: Any) -> None:
         log.info("signal %s: finishing the batch in hand, then stopping", signum)
@@ -88,7 +88,7 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     click.echo(json.dumps({"consumed": totals.__dict__}))
 
 
-def _served_metrics(settings: Settings) -> Any:
+def _served_metrics(settings: Settings, role: str) -> Any:
     """This process's metrics, served on ``/metrics`` (consumer and beat; the worker serves the
     sum of its children itself)."""
     from prometheus_client import CollectorRegistry
@@ -98,7 +98,7 @@ def _served_metrics(settings: Settings) -> Any:
 
     registry = CollectorRegistry()
     metrics = Metrics.create(registry)
-    serve(registry, settings.metrics_port, settings.metrics_addr)
+    serve(registry, settings.metrics_port_for(role), settings.metrics_addr)
     runtime().install_metrics(metrics)
     return metrics
 
@@ -136,7 +136,7 @@ def beat(ctx: click.Context) -> None:
 
     from feedpipe.beat import run_beat
 
-    _served_metrics(settings)
+    _served_metrics(settings, "beat")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

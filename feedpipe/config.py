@@ -57,6 +57,9 @@ CLUSTER_NEEDS_BROKER = (
 )
 
 
+# Each long-running role's /metrics port when FEEDPIPE_METRICS_PORT is not set.
+DEFAULT_METRICS_PORTS = {"consume": 9464, "worker": 9465, "beat": 9466}
+
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 BROKER_SCHEMES = REDIS_SCHEMES | {"redis+socket", "amqp", "amqps", "pyamqp", "memory"}
 _LOCAL_SCHEMES = frozenset({"unix", "redis+socket", "memory"})
@@ -97,6 +100,7 @@ class Settings(BaseSettings):
     lease_table_name: str = Field("feedpipe-leases", min_length=3, max_length=255)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     broker_url: SecretStr | None = None
+    allow_volatile_broker: bool = False  # demos and tests only: see adapters/durability.py
     source: Source = Source.DYNAMODB_STREAMS
     kinesis_stream: str | None = None
     key_prefix: str = Field(DEFAULT_PREFIX, min_length=1, max_length=64, pattern=r"^[^{}\s]+$")
@@ -144,7 +148,7 @@ class Settings(BaseSettings):
     beat_lock_seconds: int = Field(30, ge=3)
 
     # Processes.
-    metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="None: each role's own default")
     metrics_addr: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
@@ -204,6 +208,11 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return (self.broker_url or self.redis_url).get_secret_value()
+
+    def metrics_port_for(self, role: str) -> int:
+        """Where a process of this role serves ``/metrics``: the setting, else the role's own
+        default, so a consumer, a worker and beat run side by side on one host unconfigured."""
+        return self.metrics_port if self.metrics_port is not None else DEFAULT_METRICS_PORTS[role]
 
     @property
     def task_budget_seconds(self) -> float:

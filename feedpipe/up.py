@@ -45,7 +45,7 @@ def _backends(env: dict[str, str], log_dir: Path) -> Iterator[dict[str, str]]:
             env.update({**LOCAL_AWS_ENV, "AWS_ENDPOINT_URL": moto.url})
             print(f"embedded DynamoDB + Streams (moto) at {moto.url}, pid {moto.proc.pid}")  # type: ignore[union-attr]
         if not env.get("FEEDPIPE_REDIS_URL"):
-            local_redis = LocalRedis().start()
+            local_redis = LocalRedis(durable=True).start()  # it is the broker too: it must keep its queues
             stack.callback(local_redis.stop)
             env["FEEDPIPE_REDIS_URL"] = local_redis.url
             env.setdefault("FEEDPIPE_BROKER_URL", local_redis.broker_url)

@@ -119,7 +119,7 @@ def _prepare_metrics(**_: Any) -> None:
     registry = multiprocess_registry()
     registry.register(QueueDepths(lambda: queue_depths(runtime().stores, settings)))
     try:
-        serve(registry, settings.metrics_port, settings.metrics_addr)
+        serve(registry, settings.metrics_port_for("worker"), settings.metrics_addr)
     except ConfigError as exc:
         raise SystemExit(f"feedpipe: {exc}") from None
 

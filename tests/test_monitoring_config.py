@@ -258,6 +258,17 @@ def test_every_feedpipe_service_is_configured_for_the_stack():
         assert str(env["FEEDPIPE_METRICS_PORT"]) == "9464", name
 
 
+def test_the_compose_broker_is_durable_and_apart_from_the_cache():
+    compose = _compose()
+    command = " ".join(compose["services"]["broker"]["command"])
+    assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
+    assert any(v.endswith(":/data") for v in compose["services"]["broker"]["volumes"])
+    assert "--appendonly no" in " ".join(compose["services"]["redis"]["command"])  # the app's cache
+    for name, service in _feedpipe_services(compose).items():
+        assert service["environment"]["FEEDPIPE_BROKER_URL"] == "redis://broker:6379/0", name
+        assert "FEEDPIPE_ALLOW_VOLATILE_BROKER" not in service["environment"], name
+
+
 def test_every_scrape_target_is_a_compose_service_on_its_metrics_port():
     services = _feedpipe_services(_compose())
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())

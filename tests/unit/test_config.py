@@ -26,7 +26,10 @@ def test_defaults_follow_the_contract():
     assert settings.backfill_posts == 20
     assert settings.excluded_visibilities == frozenset({"private"})
     assert settings.member_format is MemberFormat.FULL
-    assert settings.metrics_port == 9464
+    assert settings.metrics_port is None
+    # Each role has its own port, so consume, worker and beat run side by side on one host.
+    ports = [settings.metrics_port_for(role) for role in ("consume", "worker", "beat")]
+    assert ports == [9464, 9465, 9466]
 
 
 def test_values_come_from_feedpipe_variables():
@@ -52,6 +55,7 @@ def test_values_come_from_feedpipe_variables():
     assert settings.feed_max_length == 250
     assert settings.excluded_visibilities == frozenset({"private", "friends"})
     assert settings.metrics_port == 9100
+    assert settings.metrics_port_for("worker") == 9100
 
 
 def test_a_given_mapping_is_the_only_source(monkeypatch):
