@@ -28,6 +28,9 @@ from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer, stop_process
 SUMMARY_EVERY_SECONDS = 2.0
 
 
+ROLES = {"worker": "worker", "consumer": "consume", "beat": "beat"}  # up's names -> metrics roles
+
+
 def _needs_local_aws(env: dict[str, str]) -> bool:
     if env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_DYNAMODB"):
         return False
@@ -78,8 +81,7 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
             "consumer": ("consume",),
             "beat": ("beat",),
         }
-        # One host, three servers of /metrics: the worker on the configured port, then the next two.
-        ports = {name: settings.metrics_port + i if settings.metrics_port else 0 for i, name in enumerate(commands)}
+        ports = _metrics_ports(settings, list(commands))
         children = {
             name: _spawn({**env, "FEEDPIPE_METRICS_PORT": str(ports[name])}, log_dir / f"{name}.log", *args)
             for name, args in commands.items()
@@ -94,6 +96,14 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
             for proc in (children["consumer"], children["beat"], children["worker"]):
                 stop_process(proc, grace=20)
             print("stopped; no process left behind")
+
+
+def _metrics_ports(settings: Settings, names: list[str]) -> dict[str, int]:
+    """One host, three servers of /metrics: each role's own default port, or, when the port is
+    set, that one for the worker and the next two for the others (``0`` turns them all off)."""
+    if settings.metrics_port is None:
+        return {name: settings.metrics_port_for(ROLES[name]) for name in names}
+    return {name: settings.metrics_port + i if settings.metrics_port else 0 for i, name in enumerate(names)}
 
 
 def _spawn(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -151,3 +151,13 @@ def test_describe_keeps_the_url_usable_for_an_operator():
     assert described["redis_url"] == "redis://feedpipe:***@cache.internal:6379/0"
     assert described["broker_url"] == "redis://feedpipe:***@cache.internal:6379/0"
     assert settings.redis.endswith(f"{SECRET}@cache.internal:6379/0")  # the client still gets it
+
+
+def test_up_gives_each_of_its_processes_a_port_of_its_own():
+    from feedpipe.up import _metrics_ports
+
+    names = ["worker", "consumer", "beat"]
+    assert _metrics_ports(load_settings({}), names) == {"worker": 9465, "consumer": 9464, "beat": 9466}
+    assert _metrics_ports(load_settings({"FEEDPIPE_METRICS_PORT": "9100"}), names) == {
+        "worker": 9100, "consumer": 9101, "beat": 9102}
+    assert set(_metrics_ports(load_settings({"FEEDPIPE_METRICS_PORT": "0"}), names).values()) == {0}
