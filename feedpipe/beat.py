@@ -25,18 +25,23 @@ from feedpipe.worker import MAINTENANCE_QUEUE, REGEN_QUEUE, app
 
 log = logging.getLogger(__name__)
 
+AUDIT_EVERY_SECONDS = 60.0  # FEEDPIPE_AUDIT_SAMPLE_PER_MINUTE users each time
+
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     def every(seconds: float, task: str, queue: str) -> dict[str, Any]:
         # A message not started within its own interval is dropped: the next one replaces it.
         return {"task": task, "schedule": seconds, "options": {"queue": queue, "expires": seconds}}
 
-    return {
+    schedule = {
         "regen-drain": every(settings.regen_drain_every_seconds, tasks.REGEN_DRAIN, REGEN_QUEUE),
         "trim-caches": every(settings.trim_caches_every_seconds, tasks.TRIM_CACHES, MAINTENANCE_QUEUE),
         "trim-durable": every(settings.trim_durable_every_seconds, tasks.TRIM_DURABLE, MAINTENANCE_QUEUE),
         "rebuild-active": every(settings.rebuild_active_every_seconds, tasks.REBUILD_ACTIVE, MAINTENANCE_QUEUE),
     }
+    if settings.audit_sample_per_minute:
+        schedule["audit-sample"] = every(AUDIT_EVERY_SECONDS, tasks.AUDIT_SAMPLE, MAINTENANCE_QUEUE)
+    return schedule
 
 
 def run_beat(settings: Settings, stop: threading.Event) -> int:

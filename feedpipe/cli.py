@@ -257,3 +257,12 @@ def dlq_purge(ctx: click.Context, yes: bool) -> None:
 
     if yes or click.confirm("Delete every dead letter?"):
         click.echo(f"purged {runtime().stores.dead_letters.purge()} dead letters")
+
+
+def _add_feed_commands() -> None:
+    from feedpipe.cli_feeds import audit_cmd
+
+    main.add_command(audit_cmd)
+
+
+_add_feed_commands()

@@ -30,6 +30,13 @@ class Source(StrEnum):
     KINESIS = "kinesis"
 
 
+class InitialPosition(StrEnum):
+    """Where a first start reads a shard that has no checkpoint (KCL's initial position)."""
+
+    TRIM_HORIZON = "TRIM_HORIZON"
+    LATEST = "LATEST"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -146,6 +153,11 @@ class Settings(BaseSettings):
     trim_durable_every_seconds: float = Field(3600.0, gt=0)
     rebuild_active_every_seconds: float = Field(3600.0, gt=0)
     beat_lock_seconds: int = Field(30, ge=3)
+    audit_sample_per_minute: int = Field(0, ge=0, le=10_000, description="0 turns the sampled audit off")
+    audit_repair: bool = True
+
+    # First deploy on an existing table.
+    initial_position: InitialPosition = InitialPosition.TRIM_HORIZON
 
     # Processes.
     metrics_port: int | None = Field(None, ge=0, le=65535, description="None: each role's own default")

@@ -29,8 +29,11 @@ DYNAMODB_OPERATIONS = ("BatchWriteItem", "BatchGetItem", "GetItem", "Query", "Sc
 TASK_NAMES = (
     "feedpipe.fanout.posts", "feedpipe.fanout.chunk", "feedpipe.retract.posts", "feedpipe.retract.chunk",
     "feedpipe.follows.apply", "feedpipe.regen.drain", "feedpipe.regen.rebuild", "feedpipe.maintenance.trim_caches",
-    "feedpipe.maintenance.trim_durable", "feedpipe.maintenance.rebuild_active",
+    "feedpipe.maintenance.trim_durable", "feedpipe.maintenance.rebuild_active", "feedpipe.audit.sample",
+    "feedpipe.backfill.segment",
 )
+AUDIT_KINDS = ("missing", "extra", "stale", "over_long", "missing_ttl")  # feeds/audit.py's KINDS
+AUDIT_STORES = ("dynamodb", "redis")
 DEAD_LETTER_LABELS = (
     ("stream", "unparseable_record"), ("stream", "trimmed_gap"), ("task", "permanent_error"),
     ("task", "retries_exhausted"), ("regen", "bad_job"),
@@ -66,6 +69,10 @@ class Metrics:
     regen_rebuilds: Counter
     fanout_on_read_posts: Counter
     author_posts_rebuilds: Counter
+    audit_users: Counter
+    audit_drift_items: Counter
+    audit_repairs: Counter
+    backfill_users: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> Metrics:
@@ -83,6 +90,9 @@ class Metrics:
             metrics.feed_items_removed.labels(store)
         for source, reason in DEAD_LETTER_LABELS:
             metrics.dead_letters.labels(source, reason)
+        for kind in AUDIT_KINDS:
+            for store in AUDIT_STORES:
+                metrics.audit_drift_items.labels(kind, store)
         return metrics
 
     @classmethod
@@ -129,6 +139,12 @@ class Metrics:
             author_posts_rebuilds=Counter("feedpipe_author_posts_rebuilds_total",
                                           "Huge authors' post lists rebuilt from the table (missing from Redis)",
                                           **r),
+            audit_users=Counter("feedpipe_audit_users_total", "Users whose feeds the audit compared with the table",
+                                **r),
+            audit_drift_items=Counter("feedpipe_audit_drift_items_total",
+                                      "Drift the audit found (seen twice), by kind and store", ["kind", "store"], **r),
+            audit_repairs=Counter("feedpipe_audit_repairs_total", "Drift items the audit repaired", **r),
+            backfill_users=Counter("feedpipe_backfill_users_total", "Users whose feeds the backfill built", **r),
         )
 
 

@@ -37,6 +37,7 @@ TASK_MODULES = [
     "feedpipe.tasks.follows",
     "feedpipe.tasks.regen",
     "feedpipe.tasks.maintenance",
+    "feedpipe.tasks.audit",
 ]
 
 

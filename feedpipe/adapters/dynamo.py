@@ -114,17 +114,7 @@ class FeedTable:
 
     def recent_posts(self, author_id: str, limit: int, excluded: Collection[str]) -> list[Post]:
         """The author's newest ``limit`` live posts, newest first (GSI1, eventually consistent)."""
-        request = {
-            "TableName": self.name,
-            "IndexName": keys.GSI1,
-            "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": keys.user_pk(author_id)},
-                ":sk": {"S": keys.POST_PREFIX},
-            },
-            "ScanIndexForward": False,
-            "Limit": max(limit, 1) * 2,
-        }
+        request = {**self._posts_request(author_id), "Limit": max(limit, 1) * 2}
         posts: list[Post] = []
         if limit <= 0:
             return posts
@@ -140,6 +130,28 @@ class FeedTable:
                     return posts
         return posts
 
+    def newest_post_images(self, author_id: str, limit: int) -> list[dict[str, Any]]:
+        """The author's newest ``limit`` post items, live or not, newest first (GSI1)."""
+        request = {**self._posts_request(author_id), "Limit": max(limit, 1)}
+        found: list[dict[str, Any]] = []
+        for page in self._pages("query", request) if limit > 0 else ():
+            found.extend(from_image(raw) for raw in page)
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+    def _posts_request(self, author_id: str) -> dict[str, Any]:
+        return {
+            "TableName": self.name,
+            "IndexName": keys.GSI1,
+            "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": keys.user_pk(author_id)},
+                ":sk": {"S": keys.POST_PREFIX},
+            },
+            "ScanIndexForward": False,
+        }
+
     def post_image(self, post_id: str) -> dict[str, Any] | None:
         """The post's current item, read strongly consistent; None when it is gone."""
         response = self.client.get_item(
@@ -152,16 +164,16 @@ class FeedTable:
 
     def live_post_ids(self, post_ids: Iterable[str], excluded: Collection[str]) -> set[str]:
         """Which of ``post_ids`` are live now (strongly consistent)."""
+        return {p for p, image in self.post_images(post_ids).items() if is_live(image, excluded)}
+
+    def post_images(self, post_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The current items of those of ``post_ids`` that exist, by post id (strongly consistent)."""
         found = self._batch_get(
             [{"PK": {"S": keys.post_pk(p)}, "SK": {"S": keys.POST_SK}} for p in set(post_ids)],
             projection=None,
         )
-        live = set()
-        for raw in found:
-            image = from_image(raw)
-            if is_live(image, excluded):
-                live.add(str(image.get("post_id") or keys.strip_prefix(image["PK"], keys.POST_PREFIX)))
-        return live
+        images = (from_image(raw) for raw in found)
+        return {str(i.get("post_id") or keys.strip_prefix(i["PK"], keys.POST_PREFIX)): i for i in images}
 
     def current_followers(self, follower_ids: Iterable[str], followed_id: str) -> set[str]:
         """Which of ``follower_ids`` follow ``followed_id`` now (base table, strongly consistent)."""

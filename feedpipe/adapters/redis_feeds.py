@@ -118,6 +118,15 @@ class FeedCache:
         pipe.delete(keys.following_cache(follower_id))
         pipe.execute()
 
+    def members_with_ttl(self, user_id: str) -> tuple[list[tuple[str, int]], int]:
+        """The whole cached feed, newest first, and its TTL in seconds (-1: none, -2: no key),
+        read in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrevrange(keys.feed_cache(user_id), 0, -1, withscores=True)
+        pipe.ttl(keys.feed_cache(user_id))
+        raw, ttl = pipe.execute()
+        return [(m.decode(), int(s)) for m, s in raw], int(ttl)
+
     def members(self, user_id: str, limit: int | None = None) -> list[tuple[str, int]]:
         """The cached feed (its newest ``limit``, or all), newest first, as (member, score) pairs."""
         raw: list[tuple[bytes, float]] = self.client.zrevrange(  # type: ignore[assignment]
