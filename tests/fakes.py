@@ -127,10 +127,10 @@ class FakeLeaseTable:
         return dict(self.leases)
 
     @_locked
-    def create(self, shard_id: str, parent_ids: tuple[str, ...]) -> bool:
+    def create(self, shard_id: str, parent_ids: tuple[str, ...], checkpoint: str | None = None) -> bool:
         if shard_id in self.leases:
             return False
-        self.leases[shard_id] = Lease(shard_id, parent_ids=tuple(sorted(parent_ids)))
+        self.leases[shard_id] = Lease(shard_id, parent_ids=tuple(sorted(parent_ids)), checkpoint=checkpoint)
         return True
 
     @_locked

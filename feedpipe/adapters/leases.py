@@ -8,6 +8,7 @@ One item per shard, ``lease_key = {stream_id}|{shard_id}``::
     counter           bumped by every renew, take and hand-back; a counter that stops moving
                       for the failover time means its owner is dead (no clock sync needed)
     checkpoint        last sequence number whose work is durably enqueued, or SHARD_END
+                      (LATEST, TRIM_HORIZON: a first start at the newest record, see below)
     last_record_ms    approximate time of that record (for lag)
     updated_at        when the checkpoint last moved
 
@@ -25,6 +26,10 @@ from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
 
 SHARD_END = "SHARD_END"
+# Checkpoints a first start at FEEDPIPE_INITIAL_POSITION=LATEST writes: LATEST until the holder
+# has found the shard's newest record, TRIM_HORIZON when the shard had none (read it all).
+LATEST = "LATEST"
+TRIM_HORIZON = "TRIM_HORIZON"
 
 
 class LeaseLostError(Exception):
@@ -74,9 +79,11 @@ class LeaseTable:
                 return found
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def create(self, shard_id: str, parent_ids: tuple[str, ...]) -> bool:
+    def create(self, shard_id: str, parent_ids: tuple[str, ...], checkpoint: str | None = None) -> bool:
         """A free lease for a newly found shard; False when one exists already."""
         item: dict[str, Any] = {**self._key(shard_id), "shard_id": {"S": shard_id}, "counter": {"N": "0"}}
+        if checkpoint:
+            item["checkpoint"] = {"S": checkpoint}
         if parent_ids:
             item["parent_shard_ids"] = {"SS": list(parent_ids)}
         return self._conditional("put_item", Item=item, ConditionExpression="attribute_not_exists(lease_key)")

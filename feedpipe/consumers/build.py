@@ -12,7 +12,7 @@ from feedpipe.adapters.kinesis import KinesisSource
 from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.redis_feeds import DeadLetters, connect_redis
 from feedpipe.adapters.streams import DynamoDBStreamSource, ShardSource
-from feedpipe.config import ConfigError, Settings, Source
+from feedpipe.config import ConfigError, InitialPosition, Settings, Source
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
@@ -56,7 +56,10 @@ def build_consumer(settings: Settings, metrics: Metrics | None = None) -> Stream
     leases = LeaseTable(dynamodb, settings.lease_table_name, source.stream_id)
     return StreamConsumer(
         source=source,
-        leases=LeaseCoordinator(leases, consumer_id(), settings.lease_failover_seconds),
+        leases=LeaseCoordinator(
+            leases, consumer_id(), settings.lease_failover_seconds,
+            start_at_latest=settings.initial_position is InitialPosition.LATEST,
+        ),
         pipeline=build_pipeline(settings, metrics),
         metrics=metrics,
         source_label=settings.source.value,

@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_random_exponential
 
 from feedpipe.adapters.aws_errors import is_transient_aws_error
-from feedpipe.adapters.leases import SHARD_END, LeaseLostError
+from feedpipe.adapters.leases import LATEST, SHARD_END, TRIM_HORIZON, LeaseLostError
 from feedpipe.adapters.streams import (
     IteratorExpiredError,
     ReadResult,
@@ -32,6 +32,7 @@ from feedpipe.adapters.streams import (
     TrimmedDataError,
     record_time_ms,
 )
+from feedpipe.consumers.initial_position import find_newest
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import BatchOutcome, RecordPipeline
 from feedpipe.core.records import record_sequence
@@ -201,8 +202,11 @@ class StreamConsumer:
 
     def _read_and_publish(self, state: ShardState) -> int:
         try:
+            if state.checkpoint == LATEST:
+                return self._pin_newest(state)
             if state.iterator is None:
-                state.iterator = self.source.iterator(state.shard.shard_id, state.checkpoint)
+                after = None if state.checkpoint == TRIM_HORIZON else state.checkpoint
+                state.iterator = self.source.iterator(state.shard.shard_id, after)
             with self.metrics.stream_read_seconds.time():
                 result = self.source.read(state.iterator, self.records_per_read)
         except IteratorExpiredError:
@@ -230,6 +234,13 @@ class StreamConsumer:
             self._checkpoint(state, SHARD_END)
             log.info("shard %s ended", state.shard.shard_id)
         return len(result.records)
+
+    def _pin_newest(self, state: ShardState) -> int:
+        checkpoint, passed = find_newest(self.source, state.shard.shard_id, self.records_per_read)
+        log.info("shard %s: first start at its newest record (checkpoint %s), %d earlier records passed over",
+                 state.shard.shard_id, checkpoint, passed)
+        self._checkpoint(state, checkpoint)
+        return 0
 
     def _publish(self, state: ShardState, records: list[dict[str, Any]]) -> bool:
         """Publish a batch, then checkpoint it; False when the shard's lease was lost."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from feedpipe.adapters.leases import Lease, LeaseLostError
+from feedpipe.adapters.leases import LATEST, SHARD_END, Lease, LeaseLostError
 from feedpipe.adapters.streams import Shard
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class Leases(Protocol):
     def list(self) -> dict[str, Lease]: ...
-    def create(self, shard_id: str, parent_ids: tuple[str, ...]) -> bool: ...
+    def create(self, shard_id: str, parent_ids: tuple[str, ...], checkpoint: str | None = None) -> bool: ...
     def take(self, lease: Lease, owner: str) -> Lease | None: ...
     def renew(self, lease: Lease, owner: str) -> Lease | None: ...
     def checkpoint(self, lease: Lease, owner: str, checkpoint: str, last_record_ms: int | None) -> Lease: ...
@@ -39,6 +39,7 @@ class LeaseCoordinator:
     leases: Leases
     owner: str
     failover_seconds: float = 10.0
+    start_at_latest: bool = False  # FEEDPIPE_INITIAL_POSITION=LATEST
     clock: Callable[[], float] = time.monotonic
     held: dict[str, Lease] = field(default_factory=dict)
     _seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # shard -> (counter, since)
@@ -49,7 +50,10 @@ class LeaseCoordinator:
     def sync(self, shards: Iterable[Shard]) -> None:
         """Create leases for shards found for the first time; not for ancestors of a shard that
         has a lease (they ended, and their leases were cleaned up: the stream keeps listing
-        closed shards for a day)."""
+        closed shards for a day). On the stream's very first start (no lease at all) with
+        ``start_at_latest``, the shards listed then begin at their newest record, as KCL's
+        initial position: a closed one is done, an open one waits for its holder to find its
+        newest record. Any shard found later (a split's children) starts at TRIM_HORIZON."""
         shards = list(shards)
         known = self.leases.list()
         parents = {shard.shard_id: shard.parent_ids for shard in shards}
@@ -62,9 +66,10 @@ class LeaseCoordinator:
             if ancestor not in ended:
                 ended.add(ancestor)
                 pending.extend(parents.get(ancestor, ()))
+        first_start = self.start_at_latest and not known
         for shard in shards:
             if shard.shard_id not in known and shard.shard_id not in ended:
-                self.leases.create(shard.shard_id, shard.parent_ids)
+                self.leases.create(shard.shard_id, shard.parent_ids, _initial(shard) if first_start else None)
 
     def tick(self) -> set[str]:
         """Renew and take leases when due; returns the shards this consumer lost."""
@@ -170,3 +175,7 @@ class LeaseCoordinator:
             kids = children.get(shard_id, [])
             if lease.finished and kids and all(k.checkpoint for k in kids):
                 self.leases.delete_finished(shard_id)
+
+
+def _initial(shard: Shard) -> str:
+    return SHARD_END if shard.closed else LATEST
