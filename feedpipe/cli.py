@@ -260,9 +260,10 @@ def dlq_purge(ctx: click.Context, yes: bool) -> None:
 
 
 def _add_feed_commands() -> None:
-    from feedpipe.cli_feeds import audit_cmd
+    from feedpipe.cli_feeds import audit_cmd, backfill_cmd
 
     main.add_command(audit_cmd)
+    main.add_command(backfill_cmd)
 
 
 _add_feed_commands()

@@ -82,3 +82,43 @@ def render_audit(summary: AuditSummary, repaired: bool) -> str:
     verdict = f"{found - left_total} repaired, {left_total} left" if repaired else f"{found} not repaired"
     lines.append(f"audited {summary.users} users: {len(summary.drifted)} with drift, {found} drift items ({verdict})")
     return "\n".join(lines if summary.drifted else lines[-1:])
+
+
+@click.command("backfill")
+@click.option("--segments", type=click.IntRange(1, 10_000), default=16, show_default=True,
+              help="Parallel Scan segments, each a task; more segments spread over more workers.")
+@click.option("--fresh", is_flag=True, help="Forget an earlier run's progress and start over.")
+@click.option("--poll-seconds", type=float, default=1.0, show_default=True, help="Progress refresh period.")
+@click.pass_context
+def backfill_cmd(ctx: click.Context, segments: int, fresh: bool, poll_seconds: float) -> None:
+    """Build every user's feed from the table (first deploy); resumes where a run stopped."""
+    from feedpipe.cli import _start
+
+    settings = _start(ctx, broker=True)
+    import time
+
+    from tqdm import tqdm
+
+    from feedpipe.adapters.backfill_progress import BackfillProgress
+    from feedpipe.runtime import runtime
+    from feedpipe.tasks.backfill import send_segment
+
+    progress = BackfillProgress(runtime().stores.table.client, settings.lease_table_name)
+    if fresh:
+        progress.clear(segments)
+    states = progress.start(segments)
+    for state in states:
+        if not state.done:
+            send_segment(segments, state.segment)  # a second copy of a running one just stops
+    started, first = time.monotonic(), sum(s.users for s in states)
+    with tqdm(total=segments, unit="segment", desc="backfilling", file=sys.stderr) as bar:
+        while True:
+            states = progress.all(segments)
+            users = sum(s.users for s in states)
+            bar.update(sum(s.done for s in states) - bar.n)
+            bar.set_postfix(users=users, per_s=f"{(users - first) / max(time.monotonic() - started, 1e-3):.0f}")
+            if all(s.done for s in states):
+                break
+            time.sleep(poll_seconds)
+    elapsed = time.monotonic() - started
+    click.echo(f"backfilled {users} users in {segments} segments ({users - first} in this run, {elapsed:.1f} s)")

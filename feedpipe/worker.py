@@ -38,6 +38,7 @@ TASK_MODULES = [
     "feedpipe.tasks.regen",
     "feedpipe.tasks.maintenance",
     "feedpipe.tasks.audit",
+    "feedpipe.tasks.backfill",
 ]
 
 

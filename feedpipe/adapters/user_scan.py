@@ -19,10 +19,12 @@ MAX_SEGMENTS = 1_000_000  # DynamoDB's limit on TotalSegments
 
 
 def user_pages(
-    client: Any, table: str, segment: int = 0, total_segments: int = 1, start: dict[str, Any] | None = None
+    client: Any, table: str, segment: int = 0, total_segments: int = 1, start: dict[str, Any] | None = None,
+    page_items: int | None = None,
 ) -> Iterator[tuple[list[str], dict[str, Any] | None]]:
-    """The user ids of one Scan segment (all of it by default), a page at a time, each with the
-    key the page ended at (None after the last): a caller can resume from any page."""
+    """The user ids of one Scan segment (all of it by default), a page at a time (of up to
+    ``page_items`` items read, users or not), each with the key the page ended at (None after
+    the last): a caller can resume from any page."""
     request: dict[str, Any] = {
         "TableName": table,
         "FilterExpression": "SK = :profile AND begins_with(PK, :user)",
@@ -33,6 +35,8 @@ def user_pages(
         request.update(Segment=segment, TotalSegments=total_segments)
     if start:
         request["ExclusiveStartKey"] = start
+    if page_items:
+        request["Limit"] = page_items
     while True:
         response = client.scan(**request)
         last = response.get("LastEvaluatedKey") or None

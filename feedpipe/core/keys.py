@@ -15,6 +15,8 @@ written only when it is on) are feedpipe's; the rest is the app's and only read.
 DynamoDB lease table (name is a setting), feedpipe's own::
 
     lease_key = {stream_id}|{shard_id}    checkpoint, owner, counter, parent_shard_ids
+    lease_key = backfill|{total}|{segment}  one segment of ``feedpipe backfill``'s parallel Scan:
+                                            resume_key (where its Scan goes on), users, done
 
 Redis, as the app reads it (no prefix: the app owns these names)::
 
@@ -56,6 +58,7 @@ FEED_MANAGEMENT_PREFIX = "FEED_MANAGEMENT#"
 TIMELINE_PREFIX = "TIMELINE#"
 FANOUT_ON_READ_PK = "FANOUT_ON_READ"
 AUTHOR_PREFIX = "AUTHOR#"
+BACKFILL_PREFIX = "backfill|"
 PROFILE_SK = "PROFILE"
 POST_SK = "METADATA"
 GSI1 = "GSI1"
@@ -125,6 +128,12 @@ def strip_prefix(value: str, prefix: str) -> str | None:
 
 def lease_key(stream_id: str, shard_id: str) -> str:
     return f"{stream_id}|{shard_id}"
+
+
+def backfill_key(total_segments: int, segment: int) -> str:
+    """A backfill segment's progress item in the lease table (never a stream's: no ``|`` in a
+    stream ARN or name comes first as ``backfill``)."""
+    return f"{BACKFILL_PREFIX}{total_segments}|{segment}"
 
 
 def feed_cache(user_id: str) -> str:

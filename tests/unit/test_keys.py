@@ -24,6 +24,7 @@ from feedpipe.core.keys import OwnKeys
         (keys.feed_sk("2024-01-15T10:30:00.123Z", "p1"), "2024-01-15T10:30:00.123Z#p1"),
         (keys.feed_gsi1pk("u1"), "FEED_MANAGEMENT#u1"),
         # Lease table.
+        (keys.backfill_key(16, 3), "backfill|16|3"),
         (keys.lease_key("arn:aws:dynamodb:us-east-1:1:table/T/stream/X", "shardId-1"),
          "arn:aws:dynamodb:us-east-1:1:table/T/stream/X|shardId-1"),
         # Redis, as the app reads it.
