@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.figures import Figure
 
-MODULES = ["bench.cpu", "bench.redis_feeds", "bench.consumer", "bench.fanout", "bench.huge"]
+MODULES = ["bench.cpu", "bench.redis_feeds", "bench.consumer", "bench.fanout", "bench.huge", "bench.backfill"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

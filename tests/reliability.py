@@ -32,12 +32,15 @@ FAULT_NAMES = {
     "redis_restarts": "feed Redis kill -9 and restart", "broker_outages": "broker kill -9 and restart",
     "publish_failures": "publishes refused meanwhile",
 }
-LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000"}
+LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000", "FEEDPIPE_FIRST_DEPLOY_USERS": "200"}
 LONG_SUITES = [
     "tests/unit/test_fuzz.py",
     "tests/adapters/test_races.py",
     "tests/e2e/test_faults.py",
     "tests/e2e/test_chaos.py",
+    "tests/adapters/test_audit.py",
+    "tests/adapters/test_backfill.py",
+    "tests/e2e/test_backfill_e2e.py",
 ]
 
 

@@ -14,6 +14,7 @@ and no consumer; the consumer's first start passes over it.
 from __future__ import annotations
 
 import json
+import os
 import random
 from typing import Any
 
@@ -29,7 +30,8 @@ from tests.e2e.harness import LEASES, TABLE, Processes, World, pipeline_env, wai
 
 pytestmark = pytest.mark.e2e
 
-USERS = [f"u{i:02d}" for i in range(20)]
+# dev.py reliability runs it on a bigger table (tests/reliability.py's LONG_MODE).
+USERS = [f"u{i:03d}" for i in range(int(os.environ.get("FEEDPIPE_FIRST_DEPLOY_USERS", "20")))]
 WARM = USERS[:10]
 SEGMENTS = 6
 Found = set[tuple[str, str, str]]  # (user, store, kind)
@@ -48,10 +50,11 @@ def history(world: World, rng: random.Random) -> None:
     for user in USERS:
         for author in rng.sample([u for u in USERS if u != user], 4):
             world.follow(user, author)
-    for n in range(50):
-        world.post(rng.choice(USERS), f"h{n:03d}", visibility="private" if n % 13 == 5 else "public")
-    for n in range(0, 50, 9):
-        world.delete(f"h{n:03d}")
+    posts = len(USERS) * 5 // 2  # about 2.5 an author: all under the backfill depth
+    for n in range(posts):
+        world.post(rng.choice(USERS), f"h{n:04d}", visibility="private" if n % 13 == 5 else "public")
+    for n in range(0, posts, 9):
+        world.delete(f"h{n:04d}")
     for user in WARM:
         world.redis.zadd(f"feed:{user}", {json.dumps({"postId": "from-before"}): 1})
         world.redis.expire(f"feed:{user}", 3600)
