@@ -36,6 +36,7 @@ from typing import Any
 from feedpipe.core import keys
 from feedpipe.core.events import Post
 from feedpipe.core.records import RecordError, is_live, post_from_feed_item, post_from_image
+from feedpipe.feeds.fanout_on_read import huge_among
 from feedpipe.feeds.stores import Stores
 
 MISSING, EXTRA, STALE, OVER_LONG, MISSING_TTL = "missing", "extra", "stale", "over_long", "missing_ttl"
@@ -81,7 +82,10 @@ def read_snapshot(stores: Stores, user_id: str) -> Snapshot:
     wanted = {str(i.get("post_id")) for i in items if isinstance(i.get("post_id"), str)}
     wanted |= {pid for pid in (_member_post_id(m) for m, _ in cached) if pid}
     images = stores.table.post_images(wanted)
-    required = [p for a in sorted(followees) for p in _window(stores, a)]
+    # A huge author's new posts go to their own list, not to followers' feeds: only what the
+    # follow backfilled is in the feed, so nothing of theirs is judged missing.
+    huge = set(huge_among(stores, followees)) if stores.settings.fanout_on_read_followers else set()
+    required = [p for a in sorted(followees - huge) for p in _window(stores, a)]
     return Snapshot(followees, items, images, _within_item_ttl(stores, required), cached, ttl)
 
 

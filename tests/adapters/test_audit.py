@@ -227,3 +227,12 @@ def test_a_user_audited_without_repair_keeps_the_drift_and_says_so(world: World)
     result = audit_user(world.stores, "r1", repair=False)
     assert [(d.kind, d.store) for d in result.left] == [("missing_ttl", "redis")]
     assert world.redis.ttl("feed:r1") == -1
+
+
+def test_huge_authors_posts_kept_out_of_feeds_are_not_missing(
+    monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]
+) -> None:
+    w = finish(monkeypatch, dynamodb, fanout_on_read_followers="2")
+    assert "a9" not in w.durable("r4"), "served by fan-out-on-read"
+    assert all(find_drift(w.stores, user) == [] for user in FOLLOWS)
+    w.stores.table.close()
