@@ -116,7 +116,7 @@ def backfill_cmd(ctx: click.Context, segments: int, fresh: bool, poll_seconds: f
             states = progress.all(segments)
             users = sum(s.users for s in states)
             bar.update(sum(s.done for s in states) - bar.n)
-            bar.set_postfix(users=users, per_s=f"{(users - first) / max(time.monotonic() - started, 1e-3):.1f}")
+            bar.set_postfix(users=users, per_s=f"{(users - first) / max(time.monotonic() - started, 1e-3):.0f}")
             if all(s.done for s in states):
                 break
             time.sleep(poll_seconds)
