@@ -103,9 +103,11 @@ def repair_drift(stores: Stores, user_id: str, drift: list[Drift]) -> None:
 def _remove_extras(stores: Stores, user_id: str, extras: list[Drift]) -> None:
     followees = set(stores.table.followees(user_id))
     by_author: dict[str, list[Post]] = defaultdict(list)
+    unfollowed = sorted({d.post.author_id for d in extras if d.post is not None} - followees)
+    for author in unfollowed:
+        unmerge(stores, user_id, author)  # every post of theirs, cache too
     for drift in extras:
-        if drift.post is not None and drift.post.author_id not in followees:
-            unmerge(stores, user_id, drift.post.author_id)  # every post of theirs, cache too
+        if drift.post is not None and drift.post.author_id in unfollowed:
             continue
         if drift.key:
             stores.table.delete_keys([drift.key])
