@@ -236,3 +236,23 @@ def test_huge_authors_posts_kept_out_of_feeds_are_not_missing(
     assert "a9" not in w.durable("r4"), "served by fan-out-on-read"
     assert all(find_drift(w.stores, user) == [] for user in FOLLOWS)
     w.stores.table.close()
+
+
+def test_the_sampled_audit_task_repairs_what_it_finds_and_counts_it(world: World) -> None:
+    from feedpipe.runtime import Runtime
+    from feedpipe.tasks.audit import audit_sample
+
+    runtime = Runtime(world.stores.settings, _stores=world.stores)
+    feedpipe.runtime._current = runtime
+    metrics = world.stores.metrics
+    before = (metrics.audit_users._value.get(), metrics.audit_repairs._value.get(),
+              metrics.audit_drift_items.labels("missing_ttl", "redis")._value.get())
+    world.redis.persist("feed:r1")
+
+    outcome = audit_sample.run(len(AUTHORS) + len(FOLLOWS))
+
+    assert outcome == {"audited": len(AUTHORS) + len(FOLLOWS), "drifted": ["r1"], "unrepaired": False}
+    assert world.redis.ttl("feed:r1") > 0
+    after = (metrics.audit_users._value.get(), metrics.audit_repairs._value.get(),
+             metrics.audit_drift_items.labels("missing_ttl", "redis")._value.get())
+    assert [a - b for a, b in zip(after, before, strict=True)] == [len(AUTHORS) + len(FOLLOWS), 1, 1]
