@@ -1,12 +1,14 @@
-"""``feedpipe audit``: the feed commands that check and build feeds for many users at once."""
+"""``feedpipe audit`` and ``feedpipe backfill``: the commands that check and build many users' feeds."""
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
+from feedpipe.config import Settings
 from feedpipe.feeds.repair import AuditSummary
 
 
@@ -103,7 +105,12 @@ def backfill_cmd(ctx: click.Context, segments: int, fresh: bool, poll_seconds: f
     from feedpipe.runtime import runtime
     from feedpipe.tasks.backfill import send_segment
 
-    progress = BackfillProgress(runtime().stores.table.client, settings.lease_table_name)
+    client = runtime().stores.table.client
+    if not _consumer_pinned(settings, client):
+        click.echo("feedpipe: start `feedpipe consume` first and wait until `feedpipe status` shows a checkpoint "
+                   "for every shard: the backfill must read the table after the stream's start is fixed", err=True)
+        ctx.exit(2)
+    progress = BackfillProgress(client, settings.lease_table_name)
     if fresh:
         progress.clear(segments)
     states = progress.start(segments)
@@ -122,3 +129,13 @@ def backfill_cmd(ctx: click.Context, segments: int, fresh: bool, poll_seconds: f
             time.sleep(poll_seconds)
     elapsed = time.monotonic() - started
     click.echo(f"backfilled {users} users in {segments} segments ({users - first} in this run, {elapsed:.1f} s)")
+
+
+def _consumer_pinned(settings: Settings, client: Any) -> bool:
+    """Whether a consumer has started on the stream and fixed where it starts: every record
+    after that reaches feeds through the stream, every one before through the backfill."""
+    from feedpipe.adapters.leases import LATEST, LeaseTable
+    from feedpipe.consumers.build import build_source
+
+    leases = LeaseTable(client, settings.lease_table_name, build_source(settings, client).stream_id).list()
+    return bool(leases) and all(lease.checkpoint != LATEST for lease in leases.values())

@@ -81,6 +81,8 @@ def live_traffic(world: World, rng: random.Random, step: int) -> None:
 def first_deploy(world: World, procs: Processes) -> None:
     rng = random.Random(11)
     history(world, rng)
+    early = procs.run("backfill", "--segments", str(SEGMENTS))
+    assert early.returncode == 2 and "start `feedpipe consume` first" in early.stderr, early.stderr
     procs.consumer()
     worker = procs.worker()
     wait_until(lambda: pinned(world), 60, "the consumer to pin each shard at its newest record")
