@@ -11,12 +11,13 @@ from typing import Any
 from feedpipe import tasks
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
+from feedpipe.adapters.redis_client import SCAN_START
 from feedpipe.adapters.redis_feeds import decode_payload
 from feedpipe.adapters.streams import StreamError
 from feedpipe.config import Settings
 from feedpipe.consumers.build import build_source
 from feedpipe.consumers.pipeline import RecordPipeline
-from feedpipe.core.keys import FEED_CACHE_PREFIX, REGEN_QUEUE, OwnKeys
+from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, RETRACT_QUEUE, app, broker_queue_depths
@@ -138,8 +139,15 @@ def rebuild_users(
     return summary
 
 
+ACTIVE_SCAN_COUNT = 1000
+
+
 def active_users(stores: Stores) -> list[str]:
-    """Users with a warm cached feed (SCAN, never KEYS)."""
-    prefix = FEED_CACHE_PREFIX
-    names = stores.cache.client.scan_iter(match=f"{prefix}*", count=1000, _type="zset")
-    return sorted({(n.decode() if isinstance(n, bytes) else n)[len(prefix) :] for n in names})
+    """Warm users: a cached feed or a warm marker (SCAN, never KEYS)."""
+    users: set[str] = set()
+    cursor = SCAN_START
+    while True:
+        cursor, found = stores.cache.warm_users_page(cursor, ACTIVE_SCAN_COUNT)
+        users.update(found)
+        if cursor == SCAN_START:
+            return sorted(users)

@@ -61,7 +61,7 @@ def build_stores(settings: Settings, dynamodb: Any = None, metrics: Metrics | No
     table.on_unprocessed = metrics.unprocessed_items.inc
     return Stores(
         table=table,
-        cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds),
+        cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds, own),
         dead_letters=DeadLetters(redis_client, own.dead_letters, on_letter=_count_letter(metrics)),
         settings=settings,
         regen_queue=RegenQueue(redis_client, own, settings.regen_lease_seconds),

@@ -36,6 +36,14 @@ Redis, feedpipe's own, all under one prefix (default ``feedpipe:``, no braces in
                                                   the FANOUT_ON_READ items, plus one "" member)
     {prefix}author_posts:{author_id}              sorted set, as feed:{user_id}: a huge author's
                                                   newest posts, which readers merge
+    {prefix}warm:{feed:{user_id}}                 string "1": the user is warm (fan-out writes their
+                                                  feed) even while it is empty; TTL as the feed's
+
+The warm marker's braces hold the whole feed key, so it hashes to ``feed:{user_id}``'s cluster
+slot and one script can test and write both. An id whose feed key has a hash tag of its own
+(``feed:a{b}``) gets that tag and the feed key after it (``{prefix}warm:{b}feed:a{b}``), unique
+and in the same slot; an id no tag can place there (the hashed part holds a ``}``) has none,
+and is warm only while its feed key exists.
 
 ``{rq49450}`` is a cluster hash tag chosen to hash to ``feed_regen_queue``'s slot (11166), so
 LMOVE between the queue and a processing list stays in one slot on a Redis Cluster.
@@ -131,6 +139,16 @@ def feed_cache(user_id: str) -> str:
     return f"{FEED_CACHE_PREFIX}{user_id}"
 
 
+def hashed_part(key: str) -> str:
+    """What Redis Cluster hashes to place ``key``: the first ``{...}`` with something in it, else all."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
 def followers_cache(user_id: str) -> str:
     return f"{FOLLOWERS_CACHE_PREFIX}{user_id}"
 
@@ -178,3 +196,22 @@ class OwnKeys:
 
     def author_posts(self, author_id: str) -> str:
         return f"{self.prefix}author_posts:{author_id}"
+
+    @property
+    def warm_marker_prefix(self) -> str:
+        return f"{self.prefix}warm:"
+
+    def warm_marker(self, user_id: str) -> str | None:
+        """The key keeping ``user_id`` warm, in ``feed:{user_id}``'s slot; None when no key can be."""
+        feed = feed_cache(user_id)
+        tag = hashed_part(feed)
+        if "}" in tag:
+            return None
+        return f"{self.warm_marker_prefix}{{{tag}}}{'' if tag == feed else feed}"
+
+    def user_of_warm_marker(self, name: str) -> str | None:
+        """The user a warm marker keeps warm, or None for a key that is not one."""
+        rest = strip_prefix(name, self.warm_marker_prefix + "{")
+        tag, closed, feed = (rest or "").partition("}")
+        user_id = strip_prefix(feed or tag, FEED_CACHE_PREFIX) if closed else None
+        return user_id if user_id is not None and self.warm_marker(user_id) == name else None

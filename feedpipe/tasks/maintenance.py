@@ -13,8 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from feedpipe import tasks
-from feedpipe.adapters.redis_client import SCAN_START, scan_page
-from feedpipe.core import keys
+from feedpipe.adapters.redis_client import SCAN_START
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds
 from feedpipe.runtime import runtime
@@ -63,10 +62,9 @@ def rebuild_active() -> dict[str, int | str]:
     cursor = stored.decode() if isinstance(stored, bytes) else str(stored or SCAN_START)
     deadline, rebuilt = time.monotonic() + ACTIVE_REBUILD_SLICE_SECONDS, 0
     while time.monotonic() < deadline:
-        cursor, found = scan_page(client, cursor, f"{keys.FEED_CACHE_PREFIX}*", ACTIVE_SCAN_COUNT, "zset")
-        for raw in found:
-            name = raw.decode() if isinstance(raw, bytes) else raw
-            rebuild_cache(stores, name[len(keys.FEED_CACHE_PREFIX) :], keep_ttl=True)
+        cursor, found = stores.cache.warm_users_page(cursor, ACTIVE_SCAN_COUNT)
+        for user_id in found:
+            rebuild_cache(stores, user_id, keep_ttl=True)
             rebuilt += 1
         if cursor == SCAN_START:
             break

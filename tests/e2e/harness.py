@@ -31,6 +31,7 @@ from feedpipe.core.records import post_from_image, record_sequence
 from feedpipe.feeds.delivery import add_post
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.local import LocalBackendError, stop_process, wait_for
+from feedpipe.ops import active_users
 from feedpipe.runtime import build_stores
 from feedpipe.worker import QUEUES
 
@@ -201,8 +202,8 @@ class World:
         author = self.posts[post_id][0]
         add_post(self.stores, post, sorted(self.follows[author]))
         for user in warm:
-            if rebuild_cache(self.stores, user):
-                self.warm.add(user)
+            rebuild_cache(self.stores, user)
+            self.warm.add(user)  # warm from its rebuild on, even with nothing to cache
 
     def mark_history_consumed(self) -> None:
         """Checkpoint the stream at its current end, as if a consumer had processed all that."""
@@ -260,8 +261,13 @@ class World:
             feeds[user] = {json.loads(m)["postId"] for m in self.redis.zrange(key, 0, -1)}
         return feeds
 
+    def warm_now(self) -> set[str]:
+        """Who feedpipe counts as warm (a cached feed or a warm marker), as its scans see it."""
+        return set(active_users(self.stores))
+
     def expected_cached(self) -> dict[str, set[str]]:
-        """Warm users' caches hold their whole (small) feed; cold users have none."""
+        """Warm users' caches hold their whole (small) feed; cold users have none, and neither
+        has a warm user whose feed is empty (Redis keeps no empty sorted set: the marker does)."""
         expected = self.expected_feeds()
         return {u: expected[u] for u in self.warm if expected[u]}
 
