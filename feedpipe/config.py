@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     task_visibility_timeout_seconds: int = Field(600, ge=1)
     lease_failover_seconds: float = Field(10.0, ge=1, le=600)
     task_max_retries: int = Field(20, ge=0)
+    gsi_lag_seconds: float = Field(
+        2.0, ge=0, le=60,
+        description="bound on GSI1's replication lag: each follow is checked again after twice it (0: never)",
+    )
 
     # Regeneration, trimming and the schedule (``feedpipe beat``).
     regen_actions: Annotated[frozenset[str], NoDecode] = frozenset(

@@ -28,7 +28,8 @@ from feedpipe.config import ConfigError
 DYNAMODB_OPERATIONS = ("BatchWriteItem", "BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem", "PutItem")
 TASK_NAMES = (
     "feedpipe.fanout.posts", "feedpipe.fanout.chunk", "feedpipe.retract.posts", "feedpipe.retract.chunk",
-    "feedpipe.follows.apply", "feedpipe.regen.drain", "feedpipe.regen.rebuild", "feedpipe.maintenance.trim_caches",
+    "feedpipe.follows.apply", "feedpipe.follows.recheck", "feedpipe.regen.drain",
+    "feedpipe.regen.rebuild", "feedpipe.maintenance.trim_caches",
     "feedpipe.maintenance.trim_durable", "feedpipe.maintenance.rebuild_active",
 )
 DEAD_LETTER_LABELS = (

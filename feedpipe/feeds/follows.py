@@ -43,6 +43,13 @@ def backfill(stores: Stores, follower_id: str, followed_id: str) -> int:
     return len(posts)
 
 
+def recheck_follow(stores: Stores, follower_id: str, followed_id: str) -> int:
+    """The follow's backfill again, once GSI1 shows everything written before the follow's task
+    ran: a post whose fan-out walk missed the new edge is added, and a post deleted while the
+    retraction's walk missed it is taken out (``backfill`` removes posts no longer live)."""
+    return backfill(stores, follower_id, followed_id)
+
+
 def dead_posts(stores: Stores, follower_id: str, followed_id: str) -> list[Post]:
     """``followed_id``'s posts in ``follower_id``'s durable feed that are no longer live."""
     in_feed = posts_of(stores.table.feed_items_by_author(follower_id, followed_id))
