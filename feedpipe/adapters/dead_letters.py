@@ -182,6 +182,8 @@ class DeadLetters:
     def entries(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` letters, newest first."""
         found: list[dict[str, Any]] = []
+        if limit <= 0:
+            return found
         for page in self.pages(min(limit, PAGE_SIZE), newest_first=True):
             found += page[: limit - len(found)]
             if len(found) >= limit:

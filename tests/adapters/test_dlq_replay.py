@@ -107,3 +107,30 @@ def test_a_letter_cut_for_size_is_reported_and_kept_and_never_blocks(letters, di
     (kept,) = letters.entries()
     assert kept["truncated"] is True
     assert kept["payload"]["dynamodb"]["Keys"] == huge["dynamodb"]["Keys"]
+
+
+def test_dlq_list_and_purge_page_through_every_letter(
+    monkeypatch: pytest.MonkeyPatch, dynamodb: Any, letters: DeadLetters
+) -> None:
+    from click.testing import CliRunner
+
+    import feedpipe.cli
+    from feedpipe.config import load_settings
+    from feedpipe.runtime import install_runtime
+
+    letters.add_many([("regen", f"bad {n:03d}", f"job {n}") for n in range(250)])
+    install_runtime(load_settings({}))._stores = SimpleNamespace(dead_letters=letters)  # type: ignore[assignment]
+    monkeypatch.setattr(feedpipe.cli, "_start", lambda ctx, **_: None)
+    limits: list[int] = []
+    dynamodb.meta.events.register("provide-client-params.dynamodb.Query",
+                                  lambda params, **_: limits.append(params["Limit"]))
+    runner = CliRunner()
+
+    every = runner.invoke(feedpipe.cli.main, ["dlq", "list", "--limit", "0", "--json"])
+    reasons = [json.loads(line)["reason"] for line in every.output.splitlines()]
+    assert len(reasons) == 250 and set(reasons) == {f"bad {n:03d}" for n in range(250)}
+    assert limits and max(limits) <= 100, "read a page at a time"
+    newest = runner.invoke(feedpipe.cli.main, ["dlq", "list"]).output.splitlines()
+    assert len(newest) == 21 and newest[-1] == "250 dead letters in all"
+    assert runner.invoke(feedpipe.cli.main, ["dlq", "purge", "--yes"]).output == "purged 250 dead letters\n"
+    assert letters.count() == 0
