@@ -16,8 +16,10 @@ the first failure.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # letters per Query page: at most 100 x the size bound in memory
 _RESERVE_ATTEMPTS = 20
+UNPROCESSED_BACKOFF_SECONDS = 0.05
 Letter = tuple[str, str, Any]  # (source, reason, payload)
 OnLetter = Callable[[str, str], None]
 
@@ -105,8 +108,11 @@ class DeadLetters:
     def _put(self, items: list[dict[str, Any]]) -> None:
         for start in range(0, len(items), 25):
             requests: Any = {self.table: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]}
-            while requests:
+            for attempt in itertools.count():
                 requests = self.client.batch_write_item(RequestItems=requests).get("UnprocessedItems")
+                if not requests:
+                    break
+                time.sleep(min(UNPROCESSED_BACKOFF_SECONDS * 2**attempt, 1.0))  # the table is busy: back off
 
     def _drop(self, source: str, reason: str, payload: Any) -> None:
         log.error("dead-letter store full (%d letters): dropped a letter from %s: %s; record %s",
@@ -219,7 +225,21 @@ class DeadLetters:
             gone = sum(self._delete(letter) for letter in page)
             self._release(gone)
             removed += gone
+        self._reconcile_empty()
         return removed
+
+    def _reconcile_empty(self) -> None:
+        """Zero a count that an empty store still holds: room a writer reserved and never
+        used (killed between reserving and writing). Conditional on the count read, so a
+        reservation made meanwhile is not wiped."""
+        current = self.count()
+        if current and not any(True for _ in self.pages(page_size=1)):
+            with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+                self.client.update_item(
+                    TableName=self.table, Key=self._key(keys.LETTER_COUNT_SK), UpdateExpression="SET #n = :zero",
+                    ConditionExpression="#n = :current", ExpressionAttributeNames={"#n": "count"},
+                    ExpressionAttributeValues={":zero": {"N": "0"}, ":current": {"N": str(current)}},
+                )
 
     def _key(self, letter: str) -> dict[str, Any]:
         return {"store": {"S": self.store}, "letter": {"S": letter}}

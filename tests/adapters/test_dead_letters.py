@@ -183,3 +183,12 @@ def test_purge_deletes_everything_and_resets_the_count(dynamodb: Any, tables: di
     assert other.count() == 1, "a store sharing the table is left alone"
     letters.add_many([("regen", "after purge", f"job {n}") for n in range(250)])
     assert letters.count() == 250
+
+
+def test_purge_gives_back_room_a_killed_writer_reserved(letters: DeadLetters) -> None:
+    letters.add("regen", "bad", "job")
+    letters._add_count(2)  # what a writer killed between reserving and writing leaves
+
+    assert letters.count() == 3
+    assert letters.purge() == 1
+    assert letters.count() == 0

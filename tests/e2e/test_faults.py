@@ -71,10 +71,13 @@ def _delivered(world: World, post_id: str) -> int:
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _under_way(world: World, procs: Processes, fans: int, warm: int) -> tuple[list[str], Crew]:
+def _under_way(world: World, procs: Processes, fans: int, warm: int, bad_post: str = "") -> tuple[list[str], Crew]:
     """The history, a slice of the app's traffic, the crew started, and the first big fan-out
-    begun: the moment each fault is injected at."""
+    begun: the moment each fault is injected at. A ``bad_post`` comes first in the traffic: it is
+    dead-lettered in the batch that starts the fan-out."""
     fan_ids = build_history(world, fans=fans, warm=warm)
+    if bad_post:
+        _write_post_without_author(world, bad_post)
     steady_traffic(world, fan_ids)
     crew = Crew(procs)
     crew.start()
@@ -147,8 +150,7 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5")
     try:
-        _write_post_without_author(world, "bad1")  # read by the consumer before the fan-out starts
-        fans, crew = _under_way(world, procs, fans=2000, warm=300)
+        fans, crew = _under_way(world, procs, fans=2000, warm=300, bad_post="bad1")
         wait_until(lambda: "bad1" in _letters(world).values(), 60, "the bad post to be dead-lettered")
         letters_before = _letters(world)
         warm_before = sum(1 for _ in world.redis.scan_iter(match=f"{keys.FEED_CACHE_PREFIX}*", count=1000))
