@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # Where things live.
     table_name: str = Field("SocialMediaApp", min_length=3, max_length=255)
     lease_table_name: str = Field("feedpipe-leases", min_length=3, max_length=255)
+    dead_letter_table_name: str = Field("feedpipe-dead-letters", min_length=3, max_length=255)
+    # Well under DynamoDB's 400 KB item limit, room left for the letter's other attributes.
+    dead_letter_max_bytes: int = Field(65_536, ge=1024, le=350_000)
+    dead_letter_max_count: int = Field(100_000, ge=1)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     broker_url: SecretStr | None = None
     allow_volatile_broker: bool = False  # demos and tests only: see adapters/durability.py

@@ -48,6 +48,7 @@ class Metrics:
     events_dispatched: Counter
     messages_published: Counter
     dead_letters: Counter
+    dead_letters_dropped: Counter
     stream_read_seconds: Histogram
     consumer_lag_seconds: Gauge
     checkpoint_age_seconds: Gauge
@@ -83,6 +84,7 @@ class Metrics:
             metrics.feed_items_removed.labels(store)
         for source, reason in DEAD_LETTER_LABELS:
             metrics.dead_letters.labels(source, reason)
+            metrics.dead_letters_dropped.labels(source)
         return metrics
 
     @classmethod
@@ -95,6 +97,9 @@ class Metrics:
             messages_published=Counter("feedpipe_messages_published_total", "Celery messages published", **r),
             dead_letters=Counter("feedpipe_dead_letters_total", "Dead letters written, by where and why",
                                  ["source", "reason"], **r),
+            dead_letters_dropped=Counter("feedpipe_dead_letters_dropped_total",
+                                         "Dead letters refused because the store was full (logged at ERROR)",
+                                         ["source"], **r),
             stream_read_seconds=Histogram("feedpipe_stream_read_seconds", "GetRecords call time",
                                           buckets=LATENCY_BUCKETS, **r),
             consumer_lag_seconds=Gauge("feedpipe_consumer_lag_seconds",

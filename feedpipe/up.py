@@ -75,7 +75,9 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
         from feedpipe.adapters.dynamo import make_client
         from feedpipe.adapters.tables import create_tables
 
-        create_tables(make_client("dynamodb"), settings.table_name, settings.lease_table_name)
+        create_tables(
+            make_client("dynamodb"), settings.table_name, settings.lease_table_name, settings.dead_letter_table_name
+        )
         commands = {
             "worker": ("worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"),
             "consumer": ("consume",),

@@ -35,6 +35,7 @@ JOBS = {"feedpipe-consumer": "consume", "feedpipe-worker": "worker", "feedpipe-b
 ALERT_NAMES = {
     "FeedpipeConsumerLagGrowing",
     "FeedpipeDeadLettersGrowing",
+    "FeedpipeDeadLettersDropped",
     "FeedpipeFanoutP99High",
     "FeedpipeNoConsumerHoldsALease",
     "FeedpipeWorkerDown",

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from feedpipe.adapters.author_posts import AuthorPosts
+from feedpipe.adapters.dead_letters import DeadLetters
 from feedpipe.adapters.dynamo import FeedTable
 from feedpipe.adapters.huge_authors import HugeAuthorTable
-from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache
+from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import Settings
 from feedpipe.core.events import Post

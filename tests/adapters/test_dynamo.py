@@ -52,9 +52,12 @@ def _feed_keys(client: Any) -> list[tuple[str, str]]:
 
 
 def test_create_tables_twice_is_harmless(dynamodb):
-    assert create_tables(dynamodb, APP_TABLE, LEASE_TABLE) == {APP_TABLE: "created", LEASE_TABLE: "created"}
-    assert create_tables(dynamodb, APP_TABLE, LEASE_TABLE) == {APP_TABLE: "exists", LEASE_TABLE: "exists"}
-    assert set(dynamodb.list_tables()["TableNames"]) == {APP_TABLE, LEASE_TABLE}
+    letters = "feedpipe-dead-letters"
+    assert create_tables(dynamodb, APP_TABLE, LEASE_TABLE) == {
+        APP_TABLE: "created", LEASE_TABLE: "created", letters: "created"}
+    assert create_tables(dynamodb, APP_TABLE, LEASE_TABLE) == {
+        APP_TABLE: "exists", LEASE_TABLE: "exists", letters: "exists"}
+    assert set(dynamodb.list_tables()["TableNames"]) == {APP_TABLE, LEASE_TABLE, letters}
 
 
 def test_app_table_is_the_seeds(dynamodb, tables):

@@ -71,10 +71,13 @@ def _delivered(world: World, post_id: str) -> int:
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _under_way(world: World, procs: Processes, fans: int, warm: int) -> tuple[list[str], Crew]:
+def _under_way(world: World, procs: Processes, fans: int, warm: int, bad_post: str = "") -> tuple[list[str], Crew]:
     """The history, a slice of the app's traffic, the crew started, and the first big fan-out
-    begun: the moment each fault is injected at."""
+    begun: the moment each fault is injected at. A ``bad_post`` comes first in the traffic: it is
+    dead-lettered in the batch that starts the fan-out."""
     fan_ids = build_history(world, fans=fans, warm=warm)
+    if bad_post:
+        _write_post_without_author(world, bad_post)
     steady_traffic(world, fan_ids)
     crew = Crew(procs)
     crew.start()
@@ -142,16 +145,20 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
     """The cache keeps nothing on disk: after the restart every feed is cold. The app rebuilds
     the feeds of users who come back (``feed_regen_queue``, drained by beat's schedule); those
     must end exact, every other user must have no cached feed (fan-out never warms a feed), and
-    every durable feed must be exact."""
+    every durable feed must be exact. A dead letter written before the restart is still there
+    after it (they once lived in this Redis)."""
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5")
     try:
-        fans, crew = _under_way(world, procs, fans=2000, warm=300)
+        fans, crew = _under_way(world, procs, fans=2000, warm=300, bad_post="bad1")
+        wait_until(lambda: "bad1" in _letters(world).values(), 60, "the bad post to be dead-lettered")
+        letters_before = _letters(world)
         warm_before = sum(1 for _ in world.redis.scan_iter(match=f"{keys.FEED_CACHE_PREFIX}*", count=1000))
         feed_redis.kill()
         assert _delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
         feed_redis.restart()
         assert world.redis.dbsize() == 0
+        assert _letters(world).items() >= letters_before.items(), "a dead letter was lost with the cache Redis"
         # Users coming back: some were warm, some never were; one more post reaches them.
         back = [*fans[:300:3], *fans[1000:1020], "bob"]
         # Most as the app's follow path pushes them (cache rebuilds), a few asking for the
@@ -167,9 +174,29 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
                    "rewarmed": len(back)}
         finish(world, procs, figures, _report(tmp_path_factory), SETTLE_SECONDS, started=started)
         assert crew.exited() == [], procs.logs()
+        assert _letters(world).items() >= letters_before.items()
     finally:
         procs.stop_all()
     assert warm_before > 50
+
+
+def _write_post_without_author(world: World, post_id: str) -> None:
+    """A post item the consumer cannot read: dead-lettered, never in a feed."""
+    world.dynamodb.put_item(TableName="SocialMediaApp", Item={
+        "PK": {"S": keys.post_pk(post_id)}, "SK": {"S": keys.POST_SK}, "post_id": {"S": post_id},
+        "created_at": {"S": "2026-11-25T10:59:00.000Z"}, "content": {"S": "who wrote this?"},
+    })
+
+
+def _letters(world: World) -> dict[str, str]:
+    """Every dead letter's id, with the post id its record names (reading every page)."""
+    found = {}
+    for page in world.stores.dead_letters.pages():
+        for letter in page:
+            payload = letter["payload"] if isinstance(letter["payload"], dict) else {}
+            pk = payload.get("dynamodb", {}).get("Keys", {}).get("PK", {}).get("S", "")
+            found[letter["id"]] = str(pk).removeprefix(keys.POST_PREFIX)
+    return found
 
 
 def test_broker_unreachable_holds_the_checkpoint_and_loses_nothing(
