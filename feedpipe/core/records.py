@@ -21,7 +21,7 @@ from typing import Any
 from feedpipe.core import keys
 from feedpipe.core.attributes import AttributeValueError, from_image
 from feedpipe.core.events import (
-    CONTENT_PREVIEW_CHARS,
+    CONTENT_PREVIEW_UNITS,
     FollowEnded,
     FollowStarted,
     Ignored,
@@ -189,13 +189,27 @@ def post_from_image(image: Mapping[str, Any]) -> Post:
         post_id=post_id,
         author_id=author_id,
         author_username=_text(image.get("author_username", ""), "author_username"),
-        content_preview=content[:CONTENT_PREVIEW_CHARS],
+        content_preview=cut_preview(content),
         content_type=_text(image.get("content_type", "text"), "content_type"),
         created_at=created_at,
         created_at_ms=parse_timestamp_ms(created_at),
         engagement_score=score,
         is_promoted=image.get("is_promoted") is True,
     )
+
+
+def cut_preview(content: str) -> str:
+    """The app's preview, ``content.substring(0, 200)``: JavaScript counts UTF-16 code units, so
+    a character outside the BMP (an emoji) takes two. A pair unit 200 would split is left out
+    whole rather than halved (a lone surrogate is not valid UTF-8, and DynamoDB rejects it)."""
+    if len(content) <= CONTENT_PREVIEW_UNITS // 2:
+        return content  # short enough whatever it holds
+    units = 0
+    for index, char in enumerate(content):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > CONTENT_PREVIEW_UNITS:
+            return content[:index]
+    return content
 
 
 def post_from_feed_item(item: Mapping[str, Any]) -> Post:
