@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,10 @@ from feedpipe.core.events import (
 )
 
 MAX_ID_LENGTH = 256
+MAX_SEQUENCE_LENGTH = 128
+# DynamoDB allows 32 levels of nesting in an item; its stream records, typed values and Kinesis
+# envelope included, stay under 80 levels of JSON. Deeper is not a DynamoDB change.
+MAX_NESTING = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
@@ -42,9 +47,17 @@ class RecordError(ValueError):
     """A record feedpipe cannot understand; the message is the dead letter's reason."""
 
 
+class NestingError(RecordError):
+    """A record nested deeper than ``MAX_NESTING``: refused before anything recurses into it."""
+
+
 def parse_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
     """What one stream record means for feeds."""
-    record = unwrap_record(record)
+    return parse_change(unwrap_record(record), excluded_visibilities)
+
+
+def parse_change(record: Mapping[str, Any], excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
+    """What one change (a record ``unwrap_record`` gave) means for feeds."""
     name = record.get("eventName")
     if name not in _EVENT_NAMES:
         raise RecordError(f"unknown eventName {name!r}")
@@ -76,6 +89,7 @@ def unwrap_record(record: Any) -> Mapping[str, Any]:
     number becomes the change's ``SequenceNumber``."""
     if not isinstance(record, Mapping):
         raise RecordError("record is not an object")
+    check_depth(record, "record")
     kinesis = record.get("kinesis")
     if kinesis is None:
         return record
@@ -85,36 +99,87 @@ def unwrap_record(record: Any) -> Mapping[str, Any]:
     try:
         raw = data if isinstance(data, bytes) else base64.b64decode(str(data), validate=True)
         inner = json.loads(raw)
+    except RecursionError:
+        raise NestingError(f"Kinesis data nests deeper than {MAX_NESTING} levels") from None
     except (ValueError, TypeError) as exc:
         raise RecordError(f"Kinesis data is not base64 JSON: {exc}") from exc
+    check_depth(inner, "Kinesis data")
     if not isinstance(inner, dict) or not isinstance(inner.get("dynamodb"), dict):
         raise RecordError("Kinesis data is not a DynamoDB change record")
-    inner["dynamodb"] = {**inner["dynamodb"], "SequenceNumber": str(kinesis.get("sequenceNumber", ""))}
+    inner["dynamodb"] = {**inner["dynamodb"], "SequenceNumber": _position(kinesis.get("sequenceNumber"))}
     return inner
+
+
+def check_depth(value: Any, what: str, limit: int = MAX_NESTING) -> None:
+    """NestingError when ``value`` nests objects and lists deeper than ``limit``. Walked with
+    a stack of its own, not recursion, so no depth can exhaust Python's."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            raise NestingError(f"{what} nests deeper than {limit} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def clip_depth(value: Any, limit: int = MAX_NESTING) -> Any:
+    """``value`` itself, or, when it nests deeper than ``limit``, a copy with what lies deeper
+    replaced by a note: what a dead letter can keep of a record too deep to serialize."""
+    try:
+        check_depth(value, "value", limit)
+    except NestingError:
+        return _clipped(value, limit)
+    return value
+
+
+def _clipped(value: Any, limit: int) -> Any:
+    """Recursion stops at ``limit``, well inside Python's own."""
+    if not isinstance(value, Mapping | list):
+        return value
+    if limit <= 0:
+        return f"(cut: nested deeper than {MAX_NESTING} levels)"
+    if isinstance(value, Mapping):
+        return {str(k): _clipped(v, limit - 1) for k, v in value.items()}
+    return [_clipped(v, limit - 1) for v in value]
 
 
 def record_sequence(record: Mapping[str, Any]) -> str:
     """A record's position in its shard, whichever shape it has."""
     kinesis = record.get("kinesis")
     if isinstance(kinesis, Mapping):
-        return str(kinesis.get("sequenceNumber", ""))
+        return _position(kinesis.get("sequenceNumber"))
     body = record.get("dynamodb")
-    return str(body.get("SequenceNumber", "")) if isinstance(body, Mapping) else ""
+    return _position(body.get("SequenceNumber")) if isinstance(body, Mapping) else ""
+
+
+def _position(value: Any) -> str:
+    """A sequence number as text; anything but a string or an integer is no position at all
+    (``str`` of a deeply nested value would itself overflow the stack)."""
+    if isinstance(value, str):
+        return value[:MAX_SEQUENCE_LENGTH]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)[:MAX_SEQUENCE_LENGTH]
+    return ""
 
 
 def _meta(record: Mapping[str, Any], body: Mapping[str, Any]) -> RecordMeta:
-    created = body.get("ApproximateCreationDateTime")
-    approximate_ms: int | None = None
-    if isinstance(created, datetime):
-        approximate_ms = _epoch_ms(created)
-    elif isinstance(created, int | float) and not isinstance(created, bool):
-        # Streams give seconds; DynamoDB-to-Kinesis gives milliseconds.
-        approximate_ms = int(created * 1000) if created < 1e11 else int(created)
     return RecordMeta(
         event_id=str(record.get("eventID", ""))[:128],
-        sequence_number=str(body.get("SequenceNumber", ""))[:128],
-        approximate_ms=approximate_ms,
+        sequence_number=_position(body.get("SequenceNumber")),
+        approximate_ms=moment_ms(body.get("ApproximateCreationDateTime")),
     )
+
+
+def moment_ms(value: Any) -> int | None:
+    """A record's approximate time in epoch ms, or None when it holds no usable moment.
+    Streams give seconds (a ``datetime`` through boto3); DynamoDB-to-Kinesis gives milliseconds."""
+    if isinstance(value, datetime):
+        return _epoch_ms(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return int(value * 1000) if value < 1e11 else int(value)
 
 
 def _image(body: Mapping[str, Any], which: str) -> dict[str, Any] | None:
