@@ -3,6 +3,7 @@ the rest of the batch, and nothing dropped once retries run out."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -45,6 +46,16 @@ class Letters:
 
     def add_many(self, letters: list) -> None:
         self.letters.extend(letters)
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoffs a requeue waits out, recorded instead of slept."""
+    import feedpipe.tasks.base as base
+
+    waited: list[float] = []
+    monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=time.monotonic, sleep=waited.append))
+    return waited
 
 
 @pytest.fixture
@@ -215,7 +226,7 @@ def test_a_batch_that_cannot_hand_its_rest_on_puts_the_message_back(letters: Let
     install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4"}))._stores = (
         SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
     clock = [0.0]
-    monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=lambda _: None))
 
     class BrokerDown(FakeTask):
         def apply_async(self, **kwargs: Any) -> None:
@@ -239,3 +250,76 @@ def test_a_dead_letter_that_cannot_be_written_puts_the_message_back(letters: Let
     with pytest.raises(Reject) as rejected:
         run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
     assert rejected.value.requeue is True
+
+
+@pytest.mark.parametrize(("visibility", "longest"), [("8", 2), ("60", 15), ("600", 120)])
+def test_a_retry_countdown_never_outlives_a_quarter_of_the_visibility_timeout(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch, visibility: str, longest: int
+) -> None:
+    """A countdown retry sits unacknowledged in a Redis worker: one longer than the visibility
+    timeout (up to 120 s, against 5 s) was delivered again while it waited, and ran 4 times."""
+    import random
+
+    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": visibility}))._stores = (
+        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    monkeypatch.setattr(random, "randrange", lambda stop: stop - 1)  # the jitter's longest draw
+
+    def down(event: Any, _: Any) -> None:
+        raise redis.ConnectionError("Redis down")
+
+    countdowns = []
+    for retries in range(12):
+        task = FakeTask(retries=retries)
+        with pytest.raises(Retry):
+            run_events(task, [_follow(1)], down)
+        countdowns.append(task.retried[0]["countdown"])
+
+    assert max(countdowns) == longest
+    assert countdowns[0] == 1  # the first retry still waits its second
+
+
+def test_a_message_whose_dead_letter_cannot_be_written_backs_off_before_it_comes_back(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    """It used to be put back at once, and taken again at once: a tight loop against a store
+    that is down. Each requeue in a row now waits twice as long (capped at the task budget)."""
+    import random
+
+    from celery.exceptions import Reject
+
+    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "40"}))._stores = (
+        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    monkeypatch.setattr(random, "randrange", lambda stop: stop - 1)  # the jitter's longest draw
+    store_down = [True]
+
+    def add(*letter: Any) -> None:
+        if store_down[0]:
+            raise redis.ConnectionError("Redis down")
+        letters.letters.append(letter)  # type: ignore[arg-type]
+
+    letters.add = add  # type: ignore[method-assign]
+    for _ in range(6):
+        with pytest.raises(Reject):
+            run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    assert sleeps == [1, 2, 4, 8, 10, 10]  # capped at the budget: a quarter of 40 s
+
+    store_down[0] = False
+    run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    store_down[0] = True
+    with pytest.raises(Reject):
+        run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    assert sleeps[-1] == 1  # a write that worked ends the streak
+    assert len(letters.letters) == 1
+
+
+def test_the_backoff_is_full_jitter(letters: Letters, sleeps: list[float]) -> None:
+    from celery.exceptions import Reject
+
+    def broken_store(*_: Any) -> None:
+        raise redis.ConnectionError("Redis down")
+
+    letters.add = broken_store  # type: ignore[method-assign]
+    for _ in range(60):
+        with pytest.raises(Reject):
+            run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    assert all(0 <= wait <= 120 for wait in sleeps) and len(set(sleeps[10:])) > 5
