@@ -189,7 +189,7 @@ def test_transient_failures_are_retried_up_to_our_limit_not_celerys_default_of_t
     monkeypatch.setattr("feedpipe.tasks.base.get_exponential_backoff_interval", lambda *a, **k: 0)
     calls: list[str] = []
 
-    def flaky(stores: Any, user_id: str, durable: bool) -> None:
+    def flaky(stores: Any, user_id: str, durable: bool, *_: Any) -> None:
         calls.append(user_id)
         if len(calls) <= 5:
             raise redis.ConnectionError("Redis restarting")
@@ -323,3 +323,48 @@ def test_the_backoff_is_full_jitter(letters: Letters, sleeps: list[float]) -> No
         with pytest.raises(Reject):
             run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
     assert all(0 <= wait <= 120 for wait in sleeps) and len(set(sleeps[10:])) > 5
+
+
+def test_a_durable_rebuild_handed_on_goes_on_in_a_fresh_rebuild_message(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message a rebuild over budget sends is one the rebuild task reads back, resuming
+    where it stopped."""
+    import feedpipe.tasks.regen as regen_tasks
+    from feedpipe.feeds.rebuild import RebuildResume
+    from feedpipe.metrics import noop_metrics
+
+    install_runtime(load_settings({}))._stores = SimpleNamespace(  # type: ignore[assignment]
+        dead_letters=letters, metrics=noop_metrics())
+    seen: list[RebuildResume | None] = []
+    sent: list[dict[str, Any]] = []
+
+    def rebuild(stores: Any, user_id: str, durable: bool, resume: Any, hand_on: Any) -> bool:
+        seen.append(resume)
+        if resume is None:
+            hand_on(RebuildResume(1, "carol"))
+            return False
+        return True
+
+    monkeypatch.setattr(regen_tasks, "rebuild_user", rebuild)
+    monkeypatch.setattr(regen_tasks.app, "send_task", lambda name, args, queue: sent.append(
+        {"name": name, "args": args, "queue": queue}))
+
+    regen_tasks.rebuild_feeds.apply(args=[[{"user_id": "bob", "durable": True}]])
+    [message] = sent
+    assert (message["name"], message["queue"]) == ("feedpipe.regen.rebuild", "regen")
+    regen_tasks.rebuild_feeds.apply(args=message["args"])
+
+    assert seen == [None, RebuildResume(1, "carol")] and letters.letters == []
+
+
+@pytest.mark.parametrize("resume", ["step 1", {"step": 3, "after": "a"}, {"step": True, "after": "a"},
+                                    {"step": 1, "after": 7}])
+def test_a_rebuild_resume_that_cannot_be_read_is_dead_lettered(letters: Letters, resume: Any) -> None:
+    from feedpipe.tasks.regen import rebuild_feeds
+
+    payload = {"user_id": "bob", "durable": True, "resume": resume}
+    rebuild_feeds.apply(args=[[payload]])
+
+    assert [(s, p) for s, _, p in letters.letters] == [("task:feedpipe.regen.rebuild", payload)]
+    assert "resume needs a step" in letters.letters[0][1]
