@@ -197,11 +197,12 @@ class FakeDeadLetters:
 
 
 def nested_change(depth: int, seq: int = 1) -> bytes:
-    """A post INSERT as DynamoDB streams it into Kinesis, its content ``depth`` maps deep."""
+    """A post INSERT as DynamoDB streams it into Kinesis, with an attribute ``depth`` maps deep."""
     value = '{"S": "bottom"}'
     for _ in range(depth):
         value = '{"M": {"a": ' + value + "}}"
-    image = '{"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}, "content": ' + value + "}"
+    image = ('{"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}, "post_id": {"S": "p1"}, "author_id": {"S": "a"}, '
+             '"created_at": {"S": "2026-01-01T00:00:00.000Z"}, "content": {"S": "hi"}, "extra": ' + value + "}")
     return ('{"eventName": "INSERT", "dynamodb": {"Keys": {"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}}, '
             f'"SequenceNumber": "{seq}", "NewImage": {image}}}}}').encode()
 

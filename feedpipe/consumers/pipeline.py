@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from feedpipe.core.events import Event, Ignored
-from feedpipe.core.records import NestingError, RecordError, clip_depth, parse_change, unwrap_record
+from feedpipe.core.records import RecordError, clip_depth, parse_change, unwrap_record
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,8 @@ class RecordPipeline:
             reason = str(exc) if isinstance(exc, RecordError) else f"unexpected {type(exc).__name__}: {exc}"
             if not isinstance(exc, RecordError):
                 log.exception("unexpected error parsing a record from %s", prepared.source)
-            # A record too deep to parse is too deep to serialize: the letter keeps what it can.
-            kept = clip_depth(record) if isinstance(exc, NestingError | RecursionError) else record
-            prepared.letters.append((prepared.source, reason, kept))
+            # A record too deep to parse may be too deep to serialize: the letter keeps what it can.
+            prepared.letters.append((prepared.source, reason, clip_depth(record)))
             outcome.by_record[(name, "unparseable")] += 1
             return
         if isinstance(parsed, Ignored):

@@ -35,8 +35,8 @@ from feedpipe.core.events import (
 
 MAX_ID_LENGTH = 256
 MAX_SEQUENCE_LENGTH = 128
-# DynamoDB allows 32 levels of nesting in an item; its stream records, typed values and Kinesis
-# envelope included, stay under 80 levels of JSON. Deeper is not a DynamoDB change.
+# JSON levels a dead letter or a regen job may hold: DynamoDB allows 32 levels of nesting in an
+# item, and its stream records (typed values, envelope) stay under 80 levels of JSON.
 MAX_NESTING = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -48,7 +48,7 @@ class RecordError(ValueError):
 
 
 class NestingError(RecordError):
-    """A record nested deeper than ``MAX_NESTING``: refused before anything recurses into it."""
+    """Data nested deeper than can be followed: refused before anything recurses into it."""
 
 
 def parse_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
@@ -89,7 +89,6 @@ def unwrap_record(record: Any) -> Mapping[str, Any]:
     number becomes the change's ``SequenceNumber``."""
     if not isinstance(record, Mapping):
         raise RecordError("record is not an object")
-    check_depth(record, "record")
     kinesis = record.get("kinesis")
     if kinesis is None:
         return record
@@ -100,28 +99,28 @@ def unwrap_record(record: Any) -> Mapping[str, Any]:
         raw = data if isinstance(data, bytes) else base64.b64decode(str(data), validate=True)
         inner = json.loads(raw)
     except RecursionError:
-        raise NestingError(f"Kinesis data nests deeper than {MAX_NESTING} levels") from None
+        raise NestingError("Kinesis data nests too deep to parse") from None
     except (ValueError, TypeError) as exc:
         raise RecordError(f"Kinesis data is not base64 JSON: {exc}") from exc
-    check_depth(inner, "Kinesis data")
     if not isinstance(inner, dict) or not isinstance(inner.get("dynamodb"), dict):
         raise RecordError("Kinesis data is not a DynamoDB change record")
-    inner["dynamodb"] = {**inner["dynamodb"], "SequenceNumber": _position(kinesis.get("sequenceNumber"))}
+    inner["dynamodb"] = {**inner["dynamodb"], "SequenceNumber": _short_text(kinesis.get("sequenceNumber"))}
     return inner
 
 
 def check_depth(value: Any, what: str, limit: int = MAX_NESTING) -> None:
-    """NestingError when ``value`` nests objects and lists deeper than ``limit``. Walked with
-    a stack of its own, not recursion, so no depth can exhaust Python's."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else None
-        if children is None:
-            continue
+    """NestingError when ``value`` nests objects and lists deeper than ``limit``. Walked a level
+    at a time, not by recursion, so no depth can exhaust Python's stack."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
         if depth > limit:
             raise NestingError(f"{what} nests deeper than {limit} levels")
-        stack.extend((child, depth + 1) for child in children)
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+            below.extend(child for child in children if isinstance(child, dict | list))
+        level = below
 
 
 def clip_depth(value: Any, limit: int = MAX_NESTING) -> Any:
@@ -149,14 +148,14 @@ def record_sequence(record: Mapping[str, Any]) -> str:
     """A record's position in its shard, whichever shape it has."""
     kinesis = record.get("kinesis")
     if isinstance(kinesis, Mapping):
-        return _position(kinesis.get("sequenceNumber"))
+        return _short_text(kinesis.get("sequenceNumber"))
     body = record.get("dynamodb")
-    return _position(body.get("SequenceNumber")) if isinstance(body, Mapping) else ""
+    return _short_text(body.get("SequenceNumber")) if isinstance(body, Mapping) else ""
 
 
-def _position(value: Any) -> str:
-    """A sequence number as text; anything but a string or an integer is no position at all
-    (``str`` of a deeply nested value would itself overflow the stack)."""
+def _short_text(value: Any) -> str:
+    """A sequence number or event id as bounded text; anything but a string or an integer is
+    none at all (``str`` of a deeply nested value would itself overflow the stack)."""
     if isinstance(value, str):
         return value[:MAX_SEQUENCE_LENGTH]
     if isinstance(value, int) and not isinstance(value, bool):
@@ -166,8 +165,8 @@ def _position(value: Any) -> str:
 
 def _meta(record: Mapping[str, Any], body: Mapping[str, Any]) -> RecordMeta:
     return RecordMeta(
-        event_id=str(record.get("eventID", ""))[:128],
-        sequence_number=_position(body.get("SequenceNumber")),
+        event_id=_short_text(record.get("eventID")),
+        sequence_number=_short_text(body.get("SequenceNumber")),
         approximate_ms=moment_ms(body.get("ApproximateCreationDateTime")),
     )
 
@@ -267,8 +266,9 @@ def cut_preview(content: str) -> str:
     """The app's preview, ``content.substring(0, 200)``: JavaScript counts UTF-16 code units, so
     a character outside the BMP (an emoji) takes two. A pair unit 200 would split is left out
     whole rather than halved (a lone surrogate is not valid UTF-8, and DynamoDB rejects it)."""
-    if len(content) <= CONTENT_PREVIEW_UNITS // 2:
-        return content  # short enough whatever it holds
+    head = content[:CONTENT_PREVIEW_UNITS]
+    if head.isascii() or len(head.encode("utf-16-le", "surrogatepass")) == 2 * len(head):
+        return head  # every character of it one unit: the common case, without a loop
     units = 0
     for index, char in enumerate(content):
         units += 2 if ord(char) > 0xFFFF else 1

@@ -298,9 +298,12 @@ def test_a_parent_gone_from_the_stream_is_a_loud_gap_and_its_children_go_on():
     assert [reason.split(":")[0] for _, reason, _ in letters.letters] == ["gap"]
 
 
-@pytest.mark.parametrize("data", [brackets(200_000), brackets(500), nested_change(400)],
-                         ids=["beyond-json-recursion", "deep-lists", "deep-maps"])
-def test_deeply_nested_kinesis_data_is_dead_lettered_and_the_shard_moves_on(data):
+@pytest.mark.parametrize(("data", "reason"), [
+    (brackets(200_000), "Kinesis data nests too deep to parse"),
+    (brackets(500), "Kinesis data is not a DynamoDB change record"),
+    (nested_change(400), "bad NewImage: attributes nest deeper than 50 levels"),
+], ids=["beyond-json-recursion", "deep-lists", "deep-maps"])
+def test_deeply_nested_kinesis_data_is_dead_lettered_and_the_shard_moves_on(data, reason):
     """Nesting ``json.loads`` cannot recurse through, or that a parser walking it could not:
     either used to escape the record's error handling and crash the consumer before its
     checkpoint, over and over."""
@@ -311,17 +314,25 @@ def test_deeply_nested_kinesis_data_is_dead_lettered_and_the_shard_moves_on(data
     _consumer(source, checkpoints, dispatcher, letters, per_read=10).run(stop_when_idle=True)
 
     assert _followed(dispatcher) == ["u1", "u3"]
-    [(_, reason, record)] = letters.letters
-    assert "nests deeper than 100 levels" in reason
-    assert record["kinesis"]["data"] == data  # the letter keeps the record as it came
+    assert [(r, record["kinesis"]["data"]) for _, r, record in letters.letters] == [(reason, data)]
     assert checkpoints.saved["s"] == f"{3:021d}"
+
+
+def test_nesting_as_deep_as_dynamodb_allows_is_read():
+    source = FakeShardSource()
+    source.add_shard("s", [kinesis_record(1, nested_change(32))])
+    dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
+
+    _consumer(source, dispatcher=dispatcher, letters=letters, per_read=10).run(stop_when_idle=True)
+
+    assert [e.kind for e in dispatcher.events] == ["post_published"] and letters.letters == []
 
 
 def test_a_record_too_deep_to_serialize_is_dead_lettered_with_what_can_be_kept():
     deep: list[object] = []
     for _ in range(5000):
         deep = [deep]
-    bad = {"eventName": "INSERT", "dynamodb": {"Keys": deep, "SequenceNumber": f"{2:021d}"}}
+    bad = {"eventName": "INSERT", "eventID": deep, "dynamodb": {"Keys": deep, "SequenceNumber": f"{2:021d}"}}
     source = FakeShardSource()
     source.add_shard("s", [bad, follow_record(3, "a", "u3")])
     dispatcher, letters, checkpoints = FakeDispatcher(), FakeDeadLetters(), FakeLeaseTable()
@@ -329,8 +340,8 @@ def test_a_record_too_deep_to_serialize_is_dead_lettered_with_what_can_be_kept()
     _consumer(source, checkpoints, dispatcher, letters, per_read=10).run(stop_when_idle=True)
 
     [(_, reason, record)] = letters.letters
-    assert reason == "record nests deeper than 100 levels"
-    json.dumps(record)  # the store can write it
+    assert reason == "bad Keys: an item image must be a map"
+    json.dumps(record)  # the store can write it: what lies deeper than 100 levels is cut
     assert record["dynamodb"]["SequenceNumber"] == f"{2:021d}"
     assert _followed(dispatcher) == ["u3"] and checkpoints.saved["s"] == f"{3:021d}"
 
