@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from feedpipe.core.events import Event, Ignored
-from feedpipe.core.records import RecordError, clip_depth, parse_change, unwrap_record
+from feedpipe.core.nesting import clip_depth
+from feedpipe.core.records import RecordError, parse_change, unwrap_record
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,6 @@ from feedpipe.core.events import (
 
 MAX_ID_LENGTH = 256
 MAX_SEQUENCE_LENGTH = 128
-# JSON levels a dead letter or a regen job may hold: DynamoDB allows 32 levels of nesting in an
-# item, and its stream records (typed values, envelope) stay under 80 levels of JSON.
-MAX_NESTING = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
@@ -45,10 +42,6 @@ _EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
 
 class RecordError(ValueError):
     """A record feedpipe cannot understand; the message is the dead letter's reason."""
-
-
-class NestingError(RecordError):
-    """Data nested deeper than can be followed: refused before anything recurses into it."""
 
 
 def parse_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
@@ -99,49 +92,13 @@ def unwrap_record(record: Any) -> Mapping[str, Any]:
         raw = data if isinstance(data, bytes) else base64.b64decode(str(data), validate=True)
         inner = json.loads(raw)
     except RecursionError:
-        raise NestingError("Kinesis data nests too deep to parse") from None
+        raise RecordError("Kinesis data nests too deep to parse") from None
     except (ValueError, TypeError) as exc:
         raise RecordError(f"Kinesis data is not base64 JSON: {exc}") from exc
     if not isinstance(inner, dict) or not isinstance(inner.get("dynamodb"), dict):
         raise RecordError("Kinesis data is not a DynamoDB change record")
     inner["dynamodb"] = {**inner["dynamodb"], "SequenceNumber": _short_text(kinesis.get("sequenceNumber"))}
     return inner
-
-
-def check_depth(value: Any, what: str, limit: int = MAX_NESTING) -> None:
-    """NestingError when ``value`` nests objects and lists deeper than ``limit``. Walked a level
-    at a time, not by recursion, so no depth can exhaust Python's stack."""
-    level, depth = [value], 0
-    while level:
-        depth += 1
-        if depth > limit:
-            raise NestingError(f"{what} nests deeper than {limit} levels")
-        below: list[Any] = []
-        for node in level:
-            children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-            below.extend(child for child in children if isinstance(child, dict | list))
-        level = below
-
-
-def clip_depth(value: Any, limit: int = MAX_NESTING) -> Any:
-    """``value`` itself, or, when it nests deeper than ``limit``, a copy with what lies deeper
-    replaced by a note: what a dead letter can keep of a record too deep to serialize."""
-    try:
-        check_depth(value, "value", limit)
-    except NestingError:
-        return _clipped(value, limit)
-    return value
-
-
-def _clipped(value: Any, limit: int) -> Any:
-    """Recursion stops at ``limit``, well inside Python's own."""
-    if not isinstance(value, Mapping | list):
-        return value
-    if limit <= 0:
-        return f"(cut: nested deeper than {MAX_NESTING} levels)"
-    if isinstance(value, Mapping):
-        return {str(k): _clipped(v, limit - 1) for k, v in value.items()}
-    return [_clipped(v, limit - 1) for v in value]
 
 
 def record_sequence(record: Mapping[str, Any]) -> str:

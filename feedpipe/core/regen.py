@@ -10,7 +10,8 @@ import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from feedpipe.core.records import MAX_NESTING, RecordError, check_depth, validate_id
+from feedpipe.core.nesting import MAX_NESTING, NestingError, check_depth
+from feedpipe.core.records import RecordError, validate_id
 
 MAX_JOB_BYTES = 16_384
 
@@ -41,8 +42,10 @@ def parse_job(raw: bytes | str, actions: Collection[str]) -> RegenJob:
         check_depth(body, "job")
     except RecursionError:
         raise JobError(f"job nests deeper than {MAX_NESTING} levels") from None
-    except ValueError as exc:  # NestingError included
-        raise JobError(f"job is not JSON: {exc}" if not isinstance(exc, RecordError) else str(exc)) from exc
+    except NestingError as exc:
+        raise JobError(str(exc)) from exc
+    except ValueError as exc:
+        raise JobError(f"job is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise JobError("job is not a JSON object")
     try:
