@@ -19,6 +19,9 @@ from feedpipe.core.keys import DEFAULT_PREFIX
 from feedpipe.core.members import MemberFormat
 
 ENV_PREFIX = "FEEDPIPE_"
+# Tasks retry, back off and hand their work on within a quarter of the visibility timeout (the
+# task budget); under 4 s that quarter would be shorter than the first retry's 1 s backoff.
+MIN_VISIBILITY_TIMEOUT_SECONDS = 4
 
 
 class ConfigError(Exception):
@@ -177,6 +180,16 @@ class Settings(BaseSettings):
             _check_url(value.get_secret_value(), BROKER_SCHEMES)
         return value
 
+    @field_validator("task_visibility_timeout_seconds")
+    @classmethod
+    def _check_visibility(cls, value: int) -> int:
+        if value < MIN_VISIBILITY_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"must be at least {MIN_VISIBILITY_TIMEOUT_SECONDS} (seconds): tasks retry and hand their work "
+                "on within a quarter of it, and a retry waits at least 1 s"
+            )
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_level(cls, value: str) -> str:
@@ -221,8 +234,10 @@ class Settings(BaseSettings):
     @property
     def task_budget_seconds(self) -> float:
         """How long a task works before handing the rest of its work to a fresh message: well
-        inside the visibility timeout, after which a Redis broker delivers a message again."""
-        return max(1.0, self.task_visibility_timeout_seconds / 4)
+        inside the visibility timeout, after which a Redis broker delivers a message again. Retry
+        countdowns and backoffs are bounded by it too: a Redis worker holds a message unacknowledged
+        while its countdown runs. At least 1 s (the visibility timeout's minimum is 4 s)."""
+        return self.task_visibility_timeout_seconds / 4
 
     def describe(self) -> dict[str, Any]:
         """Every setting with secrets redacted, for start-up logs and ``feedpipe status``."""

@@ -24,6 +24,7 @@ from feedpipe.metrics import Metrics, count_throttles, dead_letter_labels, in_mu
 class Runtime:
     settings: Settings
     pid: int = field(default_factory=os.getpid)
+    requeue_streak: int = 0  # messages put back in a row (``tasks.base``): how long the next one waits
     _stores: Stores | None = None
     _metrics: Metrics | None = None
 

@@ -139,7 +139,12 @@ class LeaseCoordinator:
             log.info("took lease of shard %s (%s), checkpoint %s", lease.shard_id, why, lease.checkpoint)
 
     def _observe(self, known: dict[str, Lease]) -> None:
+        """Note when each lease's counter last moved; forget leases no longer in the table
+        (finished parents cleaned up), or a long-lived consumer on a stream that reshards
+        keeps one entry for every shard it ever saw."""
         now = self.clock()
+        for shard_id in self._seen.keys() - known.keys():
+            del self._seen[shard_id]
         for shard_id, lease in known.items():
             counter, _ = self._seen.get(shard_id, (None, now))
             if counter != lease.counter:

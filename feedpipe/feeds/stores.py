@@ -17,6 +17,7 @@ from feedpipe.core.events import Post
 from feedpipe.core.items import Item, feed_item_template
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.members import encode_member
+from feedpipe.core.timestamps import format_timestamp
 from feedpipe.metrics import Metrics
 
 
@@ -51,4 +52,4 @@ class Stores:
         ttl = None
         if self.settings.durable_feed_ttl_days:
             ttl = int((now + timedelta(days=self.settings.durable_feed_ttl_days)).timestamp())
-        return feed_item_template(post, now.isoformat(timespec="milliseconds"), ttl)
+        return feed_item_template(post, format_timestamp(now), ttl)

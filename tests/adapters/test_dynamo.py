@@ -34,7 +34,7 @@ def _post(post_id: str = "p1", created_at: str = "2024-01-15T10:30:00.123Z") -> 
 
 
 def _items_for(users: list[str], post: Post) -> list[dict[str, Any]]:
-    return list(feed_items(users, post, feed_item_template(post, "2024-01-15T10:30:01.000+00:00")))
+    return list(feed_items(users, post, feed_item_template(post, "2024-01-15T10:30:01.000Z")))
 
 
 def _feed_keys(client: Any) -> list[tuple[str, str]]:

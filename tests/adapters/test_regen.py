@@ -727,3 +727,38 @@ def test_any_rebuild_job_for_a_user_repairs_even_when_coalesced_with_follows(wor
     assert stats.rebuilds == 1 and stats.jobs == 3
     assert world.durable("bob") == backfilled(made)
     world.assert_cache_matches_durable("bob")
+
+
+def test_a_durable_rebuild_over_budget_hands_on_and_ends_as_one_run_would(world, bob_follows, monkeypatch):
+    """A user who follows thousands used to be rebuilt in one task, however long it took.
+    Here every author's repair outlasts the budget: each task hands the rest on, and the
+    chain ends with the same durable feed (and cache) as one unbudgeted run."""
+    import feedpipe.feeds.rebuild as rebuild_module
+    from feedpipe.feeds.rebuild import RebuildResume
+    from feedpipe.feeds.regen import rebuild_user
+
+    made = bob_follows
+    world.put_durable(made["zed"] + made["carol"], ["bob"])  # zed is not followed: unmerged
+    world.delete_durable_by_hand("bob", author="alice")  # alice's posts: backfilled
+    world.app.delete_post("c1")  # its retraction never ran: retracted
+    budget = world.stores.settings.task_budget_seconds
+    clock = [0.0]
+
+    def look() -> float:
+        clock[0] += budget + 1  # each look is over a budget later: every repair spends it
+        return clock[0]
+
+    monkeypatch.setattr(rebuild_module, "time", SimpleNamespace(monotonic=look))
+    handed: list[RebuildResume] = []
+    tasks = 1
+    finished = rebuild_user(world.stores, "bob", True, None, handed.append)
+    while handed:
+        assert not finished and world.cached("bob") is None  # the cache waits for the last piece
+        tasks += 1
+        finished = rebuild_user(world.stores, "bob", True, handed.pop(), handed.append)
+
+    assert finished
+    assert tasks == 5  # alice, carol (backfill), zed (unmerge), carol (retract), then the cache
+    expected = ids(made["alice"][-BACKFILL:] + made["carol"][1:])
+    assert world.durable("bob") == expected
+    world.assert_cache_matches_durable("bob")
