@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from feedpipe import tasks
-from feedpipe.adapters.dead_letters import letter_time
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.streams import StreamError
@@ -18,6 +17,7 @@ from feedpipe.consumers.build import build_source
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.keys import FEED_CACHE_PREFIX, REGEN_QUEUE, OwnKeys
 from feedpipe.core.letters import decode_payload
+from feedpipe.core.timestamps import now_timestamp
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, RETRACT_QUEUE, app, broker_queue_depths
@@ -99,7 +99,7 @@ def replay_dead_letters(stores: Stores, pipeline: RecordPipeline, limit: int = 0
     markers, unknown sources, cut payloads) never block the ones after them, and letters
     written while it runs (a task failing again) wait for the next replay."""
     result = Replay()
-    for page in stores.dead_letters.pages(until=letter_time()):
+    for page in stores.dead_letters.pages(until=now_timestamp()):
         for letter in page:
             if limit and result.replayed + result.failed_again >= limit:
                 return result

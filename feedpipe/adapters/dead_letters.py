@@ -23,12 +23,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
 from feedpipe.core.letters import bound_payload, bound_reason, identify
+from feedpipe.core.timestamps import now_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,6 @@ _RESERVE_ATTEMPTS = 20
 UNPROCESSED_BACKOFF_SECONDS = 0.05
 Letter = tuple[str, str, Any]  # (source, reason, payload)
 OnLetter = Callable[[str, str], None]
-
-
-def letter_time(now: datetime | None = None) -> str:
-    """The app's timestamp form (``toISOString()``): sorts as text in time order."""
-    now = now or datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +87,7 @@ class DeadLetters:
         return [item["id"]["S"] for item in items]
 
     def _item(self, source: str, reason: str, payload: Any) -> dict[str, Any]:
-        at, letter_id = letter_time(), uuid.uuid4().hex
+        at, letter_id = now_timestamp(), uuid.uuid4().hex
         stored = bound_payload(payload, self.limits.max_bytes)
         item: dict[str, Any] = {
             **self._key(keys.letter_sk(at, letter_id)),
