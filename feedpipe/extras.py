@@ -10,7 +10,6 @@ from feedpipe.config import ConfigError
 # What each extra brings that a command imports (moto's server runs on flask).
 EXTRA_MODULES = {
     "local": ("moto", "flask"),
-    "flower": ("flower",),
 }
 
 
@@ -22,6 +21,5 @@ def require_extra(extra: str, purpose: str, modules: tuple[str, ...] | None = No
     """MissingExtraError unless every module of ``extra`` (or ``modules``) can be imported."""
     missing = [m for m in modules or EXTRA_MODULES[extra] if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingExtraError(
-            f"{purpose} needs {', '.join(missing)}, which is not installed: pip install 'feedpipe[{extra}]'"
-        )
+        names, verb = " and ".join(missing), "are" if len(missing) > 1 else "is"
+        raise MissingExtraError(f"{purpose} needs {names}, which {verb} not installed: pip install 'feedpipe[{extra}]'")
