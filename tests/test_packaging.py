@@ -114,3 +114,14 @@ def test_up_without_the_local_extra_names_it_at_once(tmp_path):
         "feedpipe: feedpipe up with no AWS endpoint or credentials (embedded DynamoDB) needs moto and flask, "
         "which are not installed: pip install 'feedpipe[local]'"
     ]
+
+
+def test_the_image_installs_only_what_the_lock_pins():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "COPY requirements.lock" in text
+    installs = re.findall(r"pip install ([^&\n]*)", text)
+    for args in installs:
+        if "--upgrade" in args:
+            continue
+        assert "--no-deps" in args, f"an install that resolves on its own: pip install {args}"
+    assert any("--require-hashes" in args and "-r /tmp/requirements.lock" in args for args in installs)
