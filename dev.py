@@ -29,6 +29,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 # image installs requirements.lock, the same pins without the extras.
 TEST_LOCK = ROOT / "requirements-test.lock"
 IMAGE_LOCK = ROOT / "requirements.lock"
+FLOWER_LOCK = ROOT / "requirements-flower.lock"  # the image's flower stage
 UV = "uv==0.13.9"  # only `dev.py lock` uses it
 LOCK_OPTIONS = ["--universal", "--python-version", "3.11", "--generate-hashes", "--quiet",
                 "--custom-compile-command", "python3 dev.py lock"]
@@ -55,12 +56,13 @@ def ensure_env(extra: str) -> None:
 
 
 def lock() -> int:
-    """Pin again: the test lock first, then the image's, held to the same versions."""
+    """Pin again: the test lock first, then the image's two, held to the same versions."""
     ensure_env("test")
     subprocess.run([str(BIN / "python"), "-m", "pip", "install", "-q", UV], check=True)
     compile_ = [str(BIN / "uv"), "pip", "compile", "pyproject.toml", *LOCK_OPTIONS]
     subprocess.run([*compile_, "--extra", "test", "-o", TEST_LOCK.name], cwd=ROOT, check=True)
     subprocess.run([*compile_, "-c", TEST_LOCK.name, "-o", IMAGE_LOCK.name], cwd=ROOT, check=True)
+    subprocess.run([*compile_, "--extra", "flower", "-c", TEST_LOCK.name, "-o", FLOWER_LOCK.name], cwd=ROOT, check=True)
     return 0
 
 

@@ -1,8 +1,9 @@
 """The lock files still match pyproject.toml (offline: they are read, never resolved again).
 
 ``requirements-test.lock`` is what CI and ``dev.py`` install; ``requirements.lock`` is what the
-image installs. A dependency added, dropped or narrowed in pyproject.toml without
-``python3 dev.py lock`` fails here, and so does an image pinned apart from what was tested.
+image installs (``requirements-flower.lock``, its flower stage). A dependency added, dropped or
+narrowed in pyproject.toml without ``python3 dev.py lock`` fails here, and so does an image
+pinned apart from what was tested.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCKS = {"requirements.lock": (), "requirements-test.lock": ("test",)}
+LOCKS = {"requirements.lock": (), "requirements-flower.lock": ("flower",), "requirements-test.lock": ("test",)}
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)(?:\s*;\s*([^\\]+?))?\s*\\?$")
 
 
@@ -77,11 +78,12 @@ def test_the_lock_asks_for_nothing_pyproject_dropped(lock):
     assert _direct(lock) == wanted, f"{lock} is stale: run python3 dev.py lock"
 
 
-def test_the_image_runs_the_versions_the_tests_ran():
-    image, tested = _pins("requirements.lock"), _pins("requirements-test.lock")
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-flower.lock"])
+def test_the_image_runs_the_versions_the_tests_ran(lock):
+    image, tested = _pins(lock), _pins("requirements-test.lock")
     assert image
     for name, versions in image.items():
-        assert versions <= tested.get(name, set()), f"{name}: image {versions}, tests {tested.get(name)}"
+        assert versions <= tested.get(name, set()), f"{name}: {lock} {versions}, tests {tested.get(name)}"
 
 
 def test_every_pin_carries_hashes():

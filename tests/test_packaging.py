@@ -118,7 +118,8 @@ def test_up_without_the_local_extra_names_it_at_once(tmp_path):
 
 def test_the_image_installs_only_what_the_lock_pins():
     text = (ROOT / "Dockerfile").read_text()
-    assert "COPY requirements.lock" in text
+    assert "COPY requirements.lock" in text and "COPY requirements-flower.lock" in text
+    assert re.findall(r"^FROM (\S+)(?: AS (\S+))?", text, re.M)[-1][1] == "feedpipe"  # the default target
     installs = re.findall(r"pip install ([^&\n]*)", text)
     for args in installs:
         if "--upgrade" in args:
