@@ -63,6 +63,10 @@ def test_each_process_says_it_is_ready_and_a_worker_without_its_broker_says_why_
         "ok": True, "reason": "holds 1 leases (fair share 1); rounds progressing", "leases_held": 1, "fair_share": 1,
     }
     assert _get(ports["beat"], "/readyz")[1]["role"] == "leader"
+    _, standby = _start(procs, "beat")
+    wait_until(lambda: _get(standby, "/readyz")[0] == 200, 60, "a second beat to be ready as a standby")
+    assert _get(standby, "/readyz")[1] == {"ok": True, "reason": "waiting for the beat lock as a standby",
+                                           "role": "standby"}
     assert _get(ports["worker"], "/readyz")[1] == {"ok": True, "reason": "consuming; broker answers"}
 
     own_broker.stop()

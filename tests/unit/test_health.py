@@ -10,14 +10,17 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+import fakeredis
 import pytest
 from celery import Celery
 from prometheus_client import CollectorRegistry, Counter
 
+from feedpipe.beat import _ticking_scheduler, run_beat
 from feedpipe.config import load_settings
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
+from feedpipe.core.keys import OwnKeys
 from feedpipe.endpoints import serve
 from feedpipe.health import (
     BeatProbe,
@@ -265,3 +268,37 @@ def test_a_failing_check_answers_503_with_its_reason(server):
 
 def test_port_zero_serves_nothing():
     assert serve(CollectorRegistry(), 0, "127.0.0.1", SwitchProbe()) is None
+
+
+def test_the_beat_scheduler_beats_the_heartbeat_on_every_tick(tmp_path):
+    clock = FakeClock()
+    heartbeat = Heartbeat(clock)
+    scheduler = _ticking_scheduler(heartbeat)(app=Celery("tick-test", broker="memory://"),
+                                               schedule_filename=str(tmp_path / "schedule"))
+    try:
+        clock.now += 500
+        assert heartbeat.age() == 500
+        scheduler.tick()
+        assert heartbeat.age() == 0
+    finally:
+        scheduler.close()
+
+
+def test_a_beat_waiting_for_the_lock_is_a_live_and_ready_standby(monkeypatch):
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr("feedpipe.beat.connect_redis", lambda _: fakeredis.FakeStrictRedis(server=server))
+    settings = load_settings({})
+    holder = fakeredis.FakeStrictRedis(server=server).lock(OwnKeys(settings.key_prefix).beat_lock, timeout=60)
+    assert holder.acquire()
+    probe, stop = BeatProbe(Heartbeat(), stall_seconds=3), threading.Event()
+    thread = threading.Thread(target=run_beat, args=(settings, stop, probe), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: probe.role == "standby", 10, "beat to wait as a standby")
+        first = probe.heartbeat.at
+        wait_for(lambda: probe.heartbeat.at > first, 10, "the standby's loop to come around")
+        assert probe.ready() == Verdict(True, "waiting for the beat lock as a standby", {"role": "standby"})
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
