@@ -302,3 +302,20 @@ def test_a_beat_waiting_for_the_lock_is_a_live_and_ready_standby(monkeypatch):
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_running_tasks_are_read_from_what_celery_tracks_in_the_main_process(monkeypatch):
+    from celery.worker import state
+
+    from feedpipe.worker_probe import running_tasks
+
+    @dataclass(frozen=True)
+    class Accepted:
+        name: str
+        time_start: float | None
+
+    now = 1_000_000.0
+    monkeypatch.setattr("feedpipe.worker_probe.time.time", lambda: now)
+    requests = {Accepted("feedpipe.fanout.chunk", now - 700), Accepted("feedpipe.regen.drain", None)}
+    monkeypatch.setattr(state, "active_requests", requests)
+    assert running_tasks() == [("feedpipe.fanout.chunk", 700.0)]  # one not yet started in a child is not counted
