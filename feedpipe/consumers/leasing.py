@@ -129,9 +129,9 @@ class LeaseCoordinator:
         self.balanced = self._is_balanced(ready, free, share)
 
     def _is_balanced(self, ready: list[Lease], free: list[Lease], share: int) -> bool:
-        """What readiness asks: at its share, or short of it only because the others hold no
-        more than theirs and no lease is left to take (4 shards, 3 consumers: 2, 2, 1 — or 2, 2, 0
-        until a lease frees up, which the balancer does not force)."""
+        """What readiness asks: at its share, or short of it only because no lease is left to
+        take and nobody holds more than the share (4 shards over 3 consumers settle at 2, 2, 0:
+        the balancer steals only from a consumer above the share)."""
         if len(self.held) >= share:
             return True
         if any(lease.shard_id not in self.held for lease in free):
