@@ -121,21 +121,29 @@ class BeatProbe:
 @dataclass
 class WorkerProbe:
     """A prefork worker's main process. Ready once it consumes and its broker answers. Live
-    while no child has run a task past the visibility timeout: by then the broker has handed
-    the message to another worker, and the child is stuck (a hung socket, a deadlock)."""
+    while its event loop comes around and no child has run a task past the visibility timeout:
+    by then the broker has handed the message to another worker, and the child is stuck (a hung
+    socket, a deadlock)."""
 
+    loop_stall: Callable[[], float | None]  # seconds since the event loop came around; None: not running
+    loop_stall_seconds: float
     stuck_after_seconds: float
     running: Callable[[], Iterable[tuple[str, float]]]  # (task name, seconds running) of each child's task
     broker_error: Callable[[], str | None]  # None when the broker answers
     consuming: Callable[[], bool]
 
     def live(self) -> Verdict:
+        stalled = self.loop_stall()
+        if stalled is not None and stalled > self.loop_stall_seconds:
+            return Verdict(False, f"worker event loop stalled: no progress for {stalled:.1f}s "
+                                  f"(bound {self.loop_stall_seconds:.0f}s)", {"stalled_seconds": round(stalled, 1)})
         stuck = sorted((round(age, 1), name) for name, age in self.running() if age > self.stuck_after_seconds)
         if stuck:
             age, name = stuck[-1]
             return Verdict(False, f"{len(stuck)} task(s) stuck: {name} running for {age}s "
                                   f"(visibility timeout {self.stuck_after_seconds:.0f}s)", {"stuck_tasks": len(stuck)})
-        return Verdict(True, "no task past the visibility timeout")
+        loop = {} if stalled is None else {"last_progress_seconds": round(stalled, 1)}
+        return Verdict(True, "event loop running; no task past the visibility timeout", loop)
 
     def ready(self) -> Verdict:
         if not self.consuming():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,6 +50,17 @@ def _start(procs, role: str) -> tuple[subprocess.Popen, int]:
     return getattr(procs, role)(), port
 
 
+def _beats_again(port: int) -> Callable[[], bool]:
+    """True once the worker's loop heartbeat is seen to grow, then to be beaten back."""
+    seen: list[float] = []
+
+    def check() -> bool:
+        seen.append(_get(port, "/healthz")[1]["last_progress_seconds"])
+        return max(seen) >= 1 and seen[-1] < max(seen)
+
+    return check
+
+
 def test_each_process_says_it_is_ready_and_a_worker_without_its_broker_says_why_not(env, world, procs, own_broker):
     world.user("ana")
     started = {role: _start(procs, role) for role in ("consumer", "worker", "beat")}
@@ -68,6 +80,7 @@ def test_each_process_says_it_is_ready_and_a_worker_without_its_broker_says_why_
     assert _get(standby, "/readyz")[1] == {"ok": True, "reason": "waiting for the beat lock as a standby",
                                            "role": "standby"}
     assert _get(ports["worker"], "/readyz")[1] == {"ok": True, "reason": "consuming; broker answers"}
+    wait_until(_beats_again(ports["worker"]), 30, "the prefork worker's event loop to beat its heartbeat again")
 
     own_broker.stop()
     wait_until(lambda: _get(ports["worker"], "/readyz")[0] == 503, 30, "the worker to stop being ready")

@@ -171,7 +171,8 @@ def test_beat_is_ready_as_leader_or_standby_and_not_live_when_stalled():
 
 def _worker_probe(**overrides: Any) -> WorkerProbe:
     values: dict[str, Any] = {
-        "stuck_after_seconds": 600.0, "running": list, "broker_error": lambda: None, "consuming": lambda: True,
+        "loop_stall": lambda: 1.0, "loop_stall_seconds": 60.0, "stuck_after_seconds": 600.0, "running": list,
+        "broker_error": lambda: None, "consuming": lambda: True,
     }
     return WorkerProbe(**{**values, **overrides})
 
@@ -181,6 +182,42 @@ def test_a_worker_with_a_task_past_the_visibility_timeout_is_not_live():
     stuck = _worker_probe(running=lambda: [("feedpipe.fanout.chunk", 30.0), ("feedpipe.regen.rebuild", 601.0)]).live()
     assert not stuck.ok
     assert stuck.reason == "1 task(s) stuck: feedpipe.regen.rebuild running for 601.0s (visibility timeout 600s)"
+
+
+def test_a_worker_whose_event_loop_stalls_is_not_live_unless_it_is_reconnecting():
+    assert _worker_probe().live().details == {"last_progress_seconds": 1.0}
+    stalled = _worker_probe(loop_stall=lambda: 61.0).live()
+    assert not stalled.ok and stalled.reason == "worker event loop stalled: no progress for 61.0s (bound 60s)"
+    assert _worker_probe(loop_stall=lambda: None).live().ok  # not consuming: a reconnect or a shutdown
+
+
+def test_a_real_worker_loop_blocked_by_a_task_stops_its_heartbeat(monkeypatch, broker_server):
+    """On a real Redis broker the worker runs kombu's event loop, which fires the heartbeat's
+    timer; the solo pool runs a task on that loop itself, so a task that does not return blocks
+    it, as a hung prefork event loop would."""
+    from celery.contrib.testing.worker import start_worker
+
+    from feedpipe import worker_probe
+
+    monkeypatch.setattr(worker_probe.LoopHeartbeat, "interval", 0.05)
+    app = Celery("loop-test", broker=broker_server.broker_url)
+    app.conf.broker_transport_options = {"global_keyprefix": "loop-test:"}
+    release = threading.Event()
+
+    @app.task(name="block")
+    def block() -> None:
+        release.wait(30)
+
+    worker_probe.watch_event_loop(app)
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        wait_for(lambda: (worker_probe.loop_stall() or 0) < 0.5, 10, "the loop heartbeat")
+        block.delay()
+        try:
+            wait_for(lambda: (worker_probe.loop_stall() or 0) > 0.5, 10, "the blocked loop to go stale")
+        finally:
+            release.set()
+        wait_for(lambda: (worker_probe.loop_stall() or 0) < 0.5, 10, "the loop to come around again")
+    assert worker_probe.loop_stall() is None  # stopped: no longer judged
 
 
 def test_a_worker_is_ready_only_consuming_with_its_broker_answering():
