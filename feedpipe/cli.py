@@ -76,8 +76,13 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     """Run the stream consumer."""
     settings = _start(ctx, broker=True)
     from feedpipe.consumers.build import build_consumer
+    from feedpipe.health import ConsumerProbe, consumer_stall_seconds
 
-    consumer = build_consumer(settings, _served_metrics(settings, "consume"))
+    registry, metrics = _process_metrics()
+    consumer = build_consumer(settings, metrics)
+    probe = ConsumerProbe(consumer.loop_heartbeat, consumer.round_heartbeat, consumer.leases,
+                          consumer_stall_seconds(settings))
+    _serve(settings, "consume", registry, probe)
 
     def stop(signum: int, _: Any) -> None:
         log.info("signal %s: finishing the batch in hand, then stopping", signum)
@@ -90,19 +95,25 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     click.echo(json.dumps({"consumed": totals.__dict__}))
 
 
-def _served_metrics(settings: Settings, role: str) -> Any:
-    """This process's metrics, served on ``/metrics`` (consumer and beat; the worker serves the
-    sum of its children itself)."""
+def _process_metrics() -> tuple[Any, Any]:
+    """This process's metrics, on a registry of its own (consumer and beat; the worker serves
+    the sum of its children itself)."""
     from prometheus_client import CollectorRegistry
 
-    from feedpipe.metrics import Metrics, serve
+    from feedpipe.metrics import Metrics
     from feedpipe.runtime import runtime
 
     registry = CollectorRegistry()
     metrics = Metrics.create(registry)
-    serve(registry, settings.metrics_port_for(role), settings.metrics_addr)
     runtime().install_metrics(metrics)
-    return metrics
+    return registry, metrics
+
+
+def _serve(settings: Settings, role: str, registry: Any, probe: Any) -> None:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on the role's port."""
+    from feedpipe.endpoints import serve
+
+    serve(registry, settings.metrics_port_for(role), settings.metrics_addr, probe)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -137,12 +148,15 @@ def beat(ctx: click.Context) -> None:
     import threading
 
     from feedpipe.beat import run_beat
+    from feedpipe.health import BeatProbe, Heartbeat, beat_stall_seconds
 
-    _served_metrics(settings, "beat")
+    registry, _ = _process_metrics()
+    probe = BeatProbe(Heartbeat(), beat_stall_seconds(settings))
+    _serve(settings, "beat", registry, probe)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sys.exit(run_beat(settings, stop))
+    sys.exit(run_beat(settings, stop, probe))
 
 
 @main.command()

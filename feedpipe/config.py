@@ -159,6 +159,7 @@ class Settings(BaseSettings):
     metrics_addr: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
+    task_events: bool = False  # workers send task events, for Flower
 
     @field_validator("excluded_visibilities", "regen_actions", mode="before")
     @classmethod

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from feedpipe.config import ConfigError
 
 DYNAMODB_OPERATIONS = ("BatchWriteItem", "BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem", "PutItem")
 TASK_NAMES = (
@@ -161,15 +159,6 @@ def noop_metrics() -> Metrics:
     if _NOOP is None:
         _NOOP = Metrics.create(CollectorRegistry())
     return _NOOP
-
-
-def serve(registry: CollectorRegistry, port: int, addr: str) -> None:
-    """``/metrics`` on ``addr:port`` (0 disables), in a daemon thread."""
-    if port:
-        try:
-            start_http_server(port, addr=addr, registry=registry)
-        except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {addr}:{port} (FEEDPIPE_METRICS_PORT): {exc}") from None
 
 
 def prepare_multiprocess_dir(path: Path) -> None:

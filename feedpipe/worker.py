@@ -22,8 +22,10 @@ from prometheus_client import multiprocess
 from feedpipe.adapters.redis_client import check_redis, connect_broker, tls_options
 from feedpipe.config import ConfigError, Settings
 from feedpipe.core.keys import OwnKeys
-from feedpipe.metrics import QueueDepths, in_multiprocess_mode, multiprocess_registry, prepare_multiprocess_dir, serve
+from feedpipe.endpoints import serve
+from feedpipe.metrics import QueueDepths, in_multiprocess_mode, multiprocess_registry, prepare_multiprocess_dir
 from feedpipe.runtime import install_runtime, runtime
+from feedpipe.worker_probe import build_worker_probe
 
 FANOUT_QUEUE = "fanout"
 RETRACT_QUEUE = "retract"
@@ -103,23 +105,26 @@ class _LazyConfig(Mapping[str, Any]):
 app = Celery("feedpipe", include=TASK_MODULES)
 app.config_from_object(_LazyConfig())
 
-# -- metrics: prefork children write multiprocess files; the main process serves the sum ----
+# -- metrics and health: prefork children write multiprocess files; the main process serves
+#    the sum, with /healthz and /readyz (feedpipe/worker_probe.py) -------------------------
 
 _started: dict[str, float] = {}
 
 
 @signals.celeryd_init.connect
-def _prepare_metrics(**_: Any) -> None:
+def _prepare_metrics(conf: Any = None, **_: Any) -> None:
     """Before any task module (and any metric) exists: a fresh multiprocess directory."""
     try:  # ``celery -A feedpipe.worker worker`` starts here; children inherit the resolved settings
         settings = install_runtime(check_redis(runtime().settings, broker=True)).settings
     except ConfigError as exc:
         raise SystemExit(f"feedpipe: {exc}") from None
+    if settings.task_events and conf is not None:  # for Flower; `-E` on the command line does the same
+        conf.worker_send_task_events = True
     prepare_multiprocess_dir(Path(tempfile.gettempdir()) / f"feedpipe-metrics-{os.getpid()}")
     registry = multiprocess_registry()
     registry.register(QueueDepths(lambda: queue_depths(runtime().stores, settings)))
     try:
-        serve(registry, settings.metrics_port_for("worker"), settings.metrics_addr)
+        serve(registry, settings.metrics_port_for("worker"), settings.metrics_addr, build_worker_probe(app, settings))
     except ConfigError as exc:
         raise SystemExit(f"feedpipe: {exc}") from None
 

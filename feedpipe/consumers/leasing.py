@@ -43,6 +43,8 @@ class LeaseCoordinator:
     held: dict[str, Lease] = field(default_factory=dict)
     _seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # shard -> (counter, since)
     unheld_ready: int = 0  # ready shards another consumer (alive or not yet known dead) holds
+    fair_share: int | None = None  # ready shards / live consumers, rounded up; None before the first look
+    balanced: bool = False  # holds its share, or nothing is left for it to take or steal
     _next_renew: float = float("-inf")
     _next_take: float = float("-inf")
 
@@ -123,6 +125,19 @@ class LeaseCoordinator:
         if wanted > 0 and not free:
             self._steal(ready, share)
         self.unheld_ready = sum(1 for lease in ready if lease.shard_id not in self.held)
+        self.fair_share = share
+        self.balanced = self._is_balanced(ready, free, share)
+
+    def _is_balanced(self, ready: list[Lease], free: list[Lease], share: int) -> bool:
+        """What readiness asks: at its share, or short of it only because no lease is left to
+        take and nobody holds more than the share (4 shards over 3 consumers settle at 2, 2, 0:
+        the balancer steals only from a consumer above the share)."""
+        if len(self.held) >= share:
+            return True
+        if any(lease.shard_id not in self.held for lease in free):
+            return False
+        load = Counter(lease.owner for lease in ready if lease.shard_id not in self.held and lease.owner)
+        return max(load.values(), default=0) <= share
 
     def _steal(self, ready: list[Lease], share: int) -> None:
         load = Counter(lease.owner for lease in ready if lease.owner and lease.owner != self.owner)
