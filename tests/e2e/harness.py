@@ -140,6 +140,8 @@ class World:
     warm: set[str] = field(default_factory=set)
     clock: int = 0
     _broker: redis.Redis | None = field(default=None, repr=False)
+    # How a broker other than Redis answers ``broker_busy`` (e.g. ``RabbitNode.busy`` bound to a vhost).
+    broker_probe: Callable[[], bool] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.dynamodb = make_client("dynamodb")
@@ -272,7 +274,9 @@ class World:
         """Tasks queued or running: a Redis broker keeps every delivered message in its
         ``unacked`` hash until the task ends (acks are late), retries waiting their countdown
         included. One cheap call, where ``feeds_right`` scans the whole table on moto, which
-        the workers need too."""
+        the workers need too. Another broker answers through ``broker_probe``."""
+        if self.broker_probe is not None:
+            return self.broker_probe()
         if self._broker is None:
             self._broker = connect_broker(self.settings)
         if self._broker is None:
