@@ -3,8 +3,8 @@
 Everything lives in a directory of its own: the config file (the machine's ``rabbitmq.conf``
 pins port 5672, so the node gets one naming its own listener), the Erlang cookie, the message
 store, the logs. The node runs as the current user (the Debian ``/usr/sbin`` wrapper would
-switch to ``rabbitmq``), with the management plugin: its HTTP API creates a vhost per test and
-reports ready and unacknowledged messages, which a passive declare does not.
+switch to ``rabbitmq``), with the management plugin: its HTTP API creates a vhost per test, sets
+policies and describes queues.
 """
 
 from __future__ import annotations
@@ -35,11 +35,7 @@ listeners.tcp.1 = 127.0.0.1:{port}
 loopback_users = none
 management.tcp.ip = 127.0.0.1
 management.tcp.port = {http_port}
-collect_statistics_interval = 500
 """
-# Quorum queues report their lengths on this tick (5 s by default); a new queue's statistics
-# then show up after ~5 s rather than ~10 s, and changes lag ~5 s (measured here).
-ADVANCED = "[{rabbit, [{quorum_tick_interval, 500}]}].\n"
 
 
 @dataclass
@@ -63,7 +59,6 @@ class RabbitNode:
         if not SERVER.exists():
             pytest.skip(f"needs Debian's rabbitmq-server ({SERVER})")
         (self._dir / "rabbitmq.conf").write_text(CONFIG.format(port=self.port, http_port=self.http_port))
-        (self._dir / "advanced.config").write_text(ADVANCED)
         (self._dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
         log = open(self._dir / f"node-{self.restarts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([str(SERVER)], cwd=self._dir, env=self._env(), stdout=log,
@@ -83,7 +78,6 @@ class RabbitNode:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
             "RABBITMQ_FEATURE_FLAGS_FILE": str(d / "feature_flags"),
             "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
         }
 
     def _answers(self) -> bool:
@@ -113,17 +107,6 @@ class RabbitNode:
     def queues(self, vhost: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("GET", f"/queues/{quote(vhost, safe='')}")
         return rows
-
-    def busy(self, vhost: str) -> bool:
-        """Any message ready or unacknowledged in the vhost, retries waiting their countdown in
-        Celery's delayed-delivery queues included. The statistics lag a few seconds, so this
-        turns false late, never early for long; a queue without statistics yet, or an
-        unreachable node (its queues are still on disk), counts as busy."""
-        try:
-            queues = self.queues(vhost)
-        except OSError:
-            return True
-        return any(q.get("messages") is None or q["messages"] or q.get("messages_unacknowledged") for q in queues)
 
     def set_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any]) -> None:
         self._call("PUT", f"/policies/{quote(vhost, safe='')}/{name}",
