@@ -108,6 +108,16 @@ class RabbitNode:
         rows: list[dict[str, Any]] = self._call("GET", f"/queues/{quote(vhost, safe='')}")
         return rows
 
+    def bound_from(self, vhost: str, exchange: str) -> set[str]:
+        """Names of what ``exchange`` routes to (exchanges and queues); empty while it is missing."""
+        try:
+            rows = self._call("GET", f"/exchanges/{quote(vhost, safe='')}/{exchange}/bindings/source")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return set()
+            raise
+        return {row["destination"] for row in rows}
+
     def set_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any]) -> None:
         self._call("PUT", f"/policies/{quote(vhost, safe='')}/{name}",
                    {"pattern": pattern, "definition": definition, "apply-to": "queues"})

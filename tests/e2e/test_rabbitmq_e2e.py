@@ -15,12 +15,15 @@ import pytest
 from amqp.exceptions import MessageNacked
 from celery import Celery
 from kombu.exceptions import OperationalError
+from kombu.transport.native_delayed_delivery import CELERY_DELAYED_DELIVERY_EXCHANGE as DELAYED_DELIVERY_EXCHANGE
+from kombu.transport.native_delayed_delivery import level_name
 
+from feedpipe import tasks
 from feedpipe.adapters.dispatch import TaskDispatcher
-from feedpipe.adapters.rabbitmq import DEPTH_TIMEOUT_SECONDS
+from feedpipe.adapters.rabbitmq import DEPTH_TIMEOUT_SECONDS, read_queue_depths
 from feedpipe.config import Settings, load_settings
 from feedpipe.core import keys
-from feedpipe.core.events import FollowStarted
+from feedpipe.core.events import FollowStarted, to_payload
 from feedpipe.worker import FOLLOWS_QUEUE, QUEUES, broker_queue_depths, celery_config
 from tests.chaos.rabbit import RabbitNode
 from tests.chaos.scenario import Crew, build_history, finish, steady_traffic, stream_checkpoint
@@ -92,6 +95,31 @@ def test_queue_depths_never_hang_on_a_broker_that_does_not_answer() -> None:
         started = time.monotonic()
         assert broker_queue_depths(settings) == {}
         assert time.monotonic() - started < DEPTH_TIMEOUT_SECONDS + 2
+
+
+def test_a_countdown_waits_in_the_broker_not_in_a_worker(aws_env, redis_urls, real_redis, rabbit, tmp_path) -> None:
+    """A retry's countdown on quorum queues: the message waits in Celery's delayed-delivery
+    queues (declared and bound by the worker at start), then reaches its queue and runs."""
+    env = pipeline_env(aws_env, (redis_urls[0], rabbit.add_vhost("delays")))
+    world = make_world(env, real_redis)
+    world.user("star", "fan")
+    world.bulk_follow(["fan"], "star")
+    world.post("star", "s1")
+    procs = Processes(env, tmp_path)
+    try:
+        procs.worker(1)
+        wait_until(lambda: FOLLOWS_QUEUE in rabbit.bound_from("delays", DELAYED_DELIVERY_EXCHANGE), 90,
+                   "the worker to bind its queues for delayed delivery")
+        app = Celery("publisher")
+        app.config_from_object(celery_config(world.settings))
+        app.send_task(tasks.APPLY_FOLLOWS, args=[[to_payload(FollowStarted("fan", "star"))]], queue=FOLLOWS_QUEUE,
+                      countdown=3)
+        # 3 s is 0b11: the message sits in the 2 s and then the 1 s delay queue, not with the worker.
+        waiting = read_queue_depths(world.settings.broker, [FOLLOWS_QUEUE, level_name(1), level_name(0)])
+        assert waiting[FOLLOWS_QUEUE] == 0 and waiting[level_name(1)] + waiting[level_name(0)] == 1, waiting
+        wait_until(lambda: world.durable_feeds().get("fan") == {"s1"}, 60, "the delayed task to run")
+    finally:
+        procs.stop_all()
 
 
 # -- the pipeline on RabbitMQ, faults injected ---------------------------------------------
