@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from kombu.transport.native_delayed_delivery import CELERY_DELAYED_DELIVERY_EXCHANGE as DELAYED_DELIVERY_EXCHANGE
 from kombu.transport.native_delayed_delivery import level_name
+from prometheus_client import CollectorRegistry
 
 from feedpipe import tasks
 from feedpipe.adapters.dispatch import TaskDispatcher
@@ -24,7 +26,8 @@ from feedpipe.adapters.rabbitmq import DEPTH_TIMEOUT_SECONDS, read_queue_depths
 from feedpipe.config import Settings, load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import FollowStarted, to_payload
-from feedpipe.worker import FOLLOWS_QUEUE, QUEUES, broker_queue_depths, celery_config
+from feedpipe.metrics import QueueDepths
+from feedpipe.worker import FOLLOWS_QUEUE, QUEUES, broker_queue_depths, celery_config, queue_depths
 from tests.chaos.rabbit import RabbitNode
 from tests.chaos.scenario import Crew, build_history, finish, steady_traffic, stream_checkpoint
 from tests.chaos.servers import RedisServer
@@ -64,6 +67,8 @@ def test_publishes_are_confirmed_into_quorum_queues_whose_depths_are_read(rabbit
     queue = next(q for q in rabbit.queues("confirms") if q["name"] == FOLLOWS_QUEUE)
     assert (queue["type"], queue["durable"]) == ("quorum", True)
     assert broker_queue_depths(settings) == {name: 3 if name == FOLLOWS_QUEUE else 0 for name in QUEUES}
+    scraped = _scrape_depths(settings)  # what feedpipe_queue_depth exports
+    assert (scraped["celery_follows"], scraped["celery_fanout"]) == (3, 0)
 
     # A full queue refuses more: the broker nacks, and the publish must raise (the consumer then
     # keeps its checkpoint and publishes again later). Every publish that returned is stored.
@@ -85,6 +90,15 @@ def test_publishes_are_confirmed_into_quorum_queues_whose_depths_are_read(rabbit
     unconfirmed = {**config, "broker_transport_options": {}}
     assert _publisher(unconfirmed).dispatch(_follows(1, "c")) == 1
     assert broker_queue_depths(settings)[FOLLOWS_QUEUE] == 3 + len(accepted)
+
+
+def _scrape_depths(settings: Settings) -> dict[str, float]:
+    """``feedpipe_queue_depth`` as a worker's /metrics would serve it (the app's lists stubbed)."""
+    lists = SimpleNamespace(depth=lambda: 0, processing_depth=lambda: 0, count=lambda: 0)
+    stores = SimpleNamespace(regen_queue=lists, dead_letters=lists)
+    registry = CollectorRegistry()
+    registry.register(QueueDepths(lambda: queue_depths(stores, settings)))
+    return {s.labels["queue"]: s.value for m in registry.collect() for s in m.samples}
 
 
 def test_queue_depths_never_hang_on_a_broker_that_does_not_answer() -> None:
