@@ -4,7 +4,7 @@ Everything lives in a directory of its own: the config file (the machine's ``rab
 pins port 5672, so the node gets one naming its own listener), the Erlang cookie, the message
 store, the logs. The node runs as the current user (the Debian ``/usr/sbin`` wrapper would
 switch to ``rabbitmq``), with the management plugin: its HTTP API creates a vhost per test, sets
-policies and describes queues.
+policies, describes queues and counts unacknowledged messages (which a passive declare does not).
 """
 
 from __future__ import annotations
@@ -107,6 +107,14 @@ class RabbitNode:
     def queues(self, vhost: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("GET", f"/queues/{quote(vhost, safe='')}")
         return rows
+
+    def unacked(self, vhost: str) -> int:
+        """Messages delivered and not yet acknowledged in the vhost (tasks running), from the
+        statistics (they lag ~5 s here); an unreachable node counts one, as still busy."""
+        try:
+            return sum(q.get("messages_unacknowledged") or 0 for q in self.queues(vhost))
+        except OSError:
+            return 1
 
     def bound_from(self, vhost: str, exchange: str) -> set[str]:
         """Names of what ``exchange`` routes to (exchanges and queues); empty while it is missing."""

@@ -143,6 +143,7 @@ class World:
     warm: set[str] = field(default_factory=set)
     clock: int = 0
     _broker: redis.Redis | None = field(default=None, repr=False)
+    amqp_unacked: Callable[[], int] | None = field(default=None, repr=False)  # e.g. RabbitNode.unacked
 
     def __post_init__(self) -> None:
         self.dynamodb = make_client("dynamodb")
@@ -278,13 +279,14 @@ class World:
         the workers need too.
 
         On RabbitMQ: messages ready in feedpipe's queues or waiting out a retry countdown in
-        Celery's delayed-delivery queues, by passive declares (instant, where the management
-        statistics lag ~5 s). A task running is not seen there (the unacknowledged count is only
-        in those statistics), so near the end ``feeds_right`` is asked while the last tasks run:
-        by the contract, tasks never take a right final state away."""
+        Celery's delayed-delivery queues, by passive declares (instant), plus the unacknowledged
+        ones (tasks running) from ``amqp_unacked``: only the management statistics know those,
+        and they lag ~5 s, so a wait ends up to that much late, never early."""
         if is_amqp(self.settings.broker):
             depths = read_queue_depths(self.settings.broker, AMQP_WAITING_QUEUES)
-            return not depths or any(depths.values())  # an unreachable broker still holds its queues
+            if not depths or any(depths.values()):  # an unreachable broker still holds its queues
+                return True
+            return self.amqp_unacked is not None and self.amqp_unacked() > 0
         if self._broker is None:
             self._broker = connect_broker(self.settings)
         if self._broker is None:

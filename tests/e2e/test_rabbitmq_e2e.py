@@ -149,7 +149,9 @@ def feed_redis() -> Iterator[RedisServer]:
 def _pipeline(aws_env: dict[str, str], rabbit: RabbitNode, vhost: str, feed_redis: RedisServer,
               tmp_path: Path, **settings: str) -> tuple[World, Processes]:
     env = pipeline_env(aws_env, (feed_redis.url, rabbit.add_vhost(vhost)), **settings)
-    return make_world(env, feed_redis.client()), Processes(env, tmp_path)
+    world = make_world(env, feed_redis.client())
+    world.amqp_unacked = lambda: rabbit.unacked(vhost)
+    return world, Processes(env, tmp_path)
 
 
 def _delivered(world: World, post_id: str) -> int:
