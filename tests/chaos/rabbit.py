@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import urllib.error
@@ -26,6 +25,7 @@ from urllib.parse import quote
 import pytest
 
 from feedpipe.local import free_port, wait_for
+from tests.chaos.servers import Killable
 
 START_SECONDS = 90.0  # 3-13 s seen on a busy 2-core machine; recovering quorum queues adds more
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")  # Debian's, without the user switch
@@ -39,7 +39,7 @@ management.tcp.port = {http_port}
 
 
 @dataclass
-class RabbitNode:
+class RabbitNode(Killable):
     name: str = field(default_factory=lambda: f"feedpipe-test-{os.getpid()}-{free_port()}")
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
@@ -129,16 +129,6 @@ class RabbitNode:
     def set_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any]) -> None:
         self._call("PUT", f"/policies/{quote(vhost, safe='')}/{name}",
                    {"pattern": pattern, "definition": definition, "apply-to": "queues"})
-
-    def kill(self) -> None:
-        """``kill -9`` of the whole node: no shutdown; clients see their connections drop."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.restarts += 1
-        self.start()
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self._dir.glob("node-*.log")))

@@ -12,7 +12,6 @@ The DynamoDB faults are injected inside the processes by botocore event hooks (`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,16 @@ from pathlib import Path
 import pytest
 
 from feedpipe.core import keys
-from tests.chaos.scenario import Crew, build_history, finish, steady_traffic, stream_checkpoint
+from tests.chaos.scenario import (
+    Crew,
+    build_history,
+    delivered,
+    finish,
+    regen_jobs,
+    steady_traffic,
+    stream_checkpoint,
+    under_way,
+)
 from tests.chaos.servers import RedisServer
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 from tests.faults import ENTRY, FaultPlan, injected_counts
@@ -57,39 +65,6 @@ def _run(aws_env: dict[str, str], feed_redis: RedisServer, broker: RedisServer, 
     return make_world(env, feed_redis.client()), procs
 
 
-def _delivered(world: World, post_id: str) -> int:
-    """How many durable feeds hold ``post_id``."""
-    request = {"TableName": "SocialMediaApp", "Select": "COUNT",
-               "FilterExpression": "begins_with(PK, :f) AND post_id = :p",
-               "ExpressionAttributeValues": {":f": {"S": keys.FEED_PREFIX}, ":p": {"S": post_id}}}
-    total = 0
-    while True:
-        page = world.dynamodb.scan(**request)
-        total += page["Count"]
-        if "LastEvaluatedKey" not in page:
-            return total
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def _under_way(world: World, procs: Processes, fans: int, warm: int, bad_post: str = "") -> tuple[list[str], Crew]:
-    """The history, a slice of the app's traffic, the crew started, and the first big fan-out
-    begun: the moment each fault is injected at. A ``bad_post`` comes first in the traffic: it is
-    dead-lettered in the batch that starts the fan-out."""
-    fan_ids = build_history(world, fans=fans, warm=warm)
-    if bad_post:
-        _write_post_without_author(world, bad_post)
-    steady_traffic(world, fan_ids)
-    crew = Crew(procs)
-    crew.start()
-    wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
-    return fan_ids, crew
-
-
-def _started(world: World, post_id: str) -> bool:
-    """Some durable feed holds ``post_id``: its fan-out is under way."""
-    return _delivered(world, post_id) > 0
-
-
 def _report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return report_path(tmp_path_factory.getbasetemp())
 
@@ -123,7 +98,7 @@ def test_moto_answering_500_for_seconds_mid_run(aws_env, feed_redis, broker, tmp
     plan = FaultPlan(seed=8, outage_file=str(down), counts_dir=str(tmp_path))
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, plan)
     try:
-        fans, crew = _under_way(world, procs, fans=1500, warm=60)
+        fans, crew = under_way(world, procs, fans=1500, warm=60)
         down.touch()
         outage_began = time.monotonic()
         steady_traffic(world, fans, tag="b")  # the app goes on writing meanwhile
@@ -150,12 +125,13 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5")
     try:
-        fans, crew = _under_way(world, procs, fans=2000, warm=300, bad_post="bad1")
+        bad_post = lambda: _write_post_without_author(world, "bad1")  # noqa: E731 - dead-lettered first
+        fans, crew = under_way(world, procs, fans=2000, warm=300, first=bad_post)
         wait_until(lambda: "bad1" in _letters(world).values(), 60, "the bad post to be dead-lettered")
         letters_before = _letters(world)
         warm_before = sum(1 for _ in world.redis.scan_iter(match=f"{keys.FEED_CACHE_PREFIX}*", count=1000))
         feed_redis.kill()
-        assert _delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
+        assert delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
         feed_redis.restart()
         assert world.redis.dbsize() == 0
         assert _letters(world).items() >= letters_before.items(), "a dead letter was lost with the cache Redis"
@@ -163,9 +139,7 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
         back = [*fans[:300:3], *fans[1000:1020], "bob"]
         # Most as the app's follow path pushes them (cache rebuilds), a few asking for the
         # durable feed's repair too (which a Redis restart never damages).
-        jobs = [json.dumps({"user_id": u, "action": "regenerate" if n % 10 == 0 else "follow", "target_user": u,
-                            "timestamp": "2026-11-25T11:00:00.000Z"}) for n, u in enumerate(back)]
-        world.redis.lpush(keys.REGEN_QUEUE, *jobs)
+        world.redis.lpush(keys.REGEN_QUEUE, *regen_jobs(back))
         world.warm = set(back)
         procs.beat()
         world.post("star", "s4")
@@ -205,7 +179,7 @@ def test_broker_unreachable_holds_the_checkpoint_and_loses_nothing(
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path)
     try:
-        fans, crew = _under_way(world, procs, fans=1500, warm=60)
+        fans, crew = under_way(world, procs, fans=1500, warm=60)
         broker.kill()
         steady_traffic(world, fans, tag="b")  # records the consumer reads but cannot publish
         wait_until(lambda: _publish_failures(procs) >= 1, 60, "the consumer to find the broker gone")

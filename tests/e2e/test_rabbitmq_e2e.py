@@ -29,7 +29,14 @@ from feedpipe.core.events import FollowStarted, to_payload
 from feedpipe.metrics import QueueDepths
 from feedpipe.worker import FOLLOWS_QUEUE, QUEUES, broker_queue_depths, celery_config, queue_depths
 from tests.chaos.rabbit import RabbitNode
-from tests.chaos.scenario import Crew, build_history, finish, steady_traffic, stream_checkpoint
+from tests.chaos.scenario import (
+    delivered,
+    finish,
+    regen_jobs,
+    steady_traffic,
+    stream_checkpoint,
+    under_way,
+)
 from tests.chaos.servers import RedisServer
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 from tests.reliability import report_path
@@ -154,21 +161,6 @@ def _pipeline(aws_env: dict[str, str], rabbit: RabbitNode, vhost: str, feed_redi
     return world, Processes(env, tmp_path)
 
 
-def _delivered(world: World, post_id: str) -> int:
-    """How many durable feeds hold ``post_id``."""
-    return sum(post_id in feed for feed in world.durable_feeds().values())
-
-
-def _under_way(world: World, procs: Processes, fans: int, warm: int) -> tuple[list[str], Crew]:
-    """History, a slice of the app's traffic, the crew started, and the first big fan-out begun."""
-    fan_ids = build_history(world, fans=fans, warm=warm)
-    steady_traffic(world, fan_ids)
-    crew = Crew(procs)
-    crew.start()
-    wait_until(lambda: _delivered(world, "s1") > 0, 90, "the first fan-out to start")
-    return fan_ids, crew
-
-
 def _publish_failures(procs: Processes) -> int:
     return procs.logs(tail=10**8).count("cannot publish")
 
@@ -183,9 +175,9 @@ def test_a_worker_killed_and_the_broker_killed_mid_run_lose_nothing(
     started = time.monotonic()
     world, procs = _pipeline(aws_env, rabbit, "faults", feed_redis, tmp_path, FEEDPIPE_FANOUT_CHUNK_SIZE="100")
     try:
-        fans, crew = _under_way(world, procs, fans=600, warm=60)
+        fans, crew = under_way(world, procs, fans=600, warm=60)
         crew.kill9("worker0")
-        assert _delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the worker was killed"
+        assert delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the worker was killed"
         # No worker now: the rest of the fan-out waits, ready in its queue, and status says so.
         status = procs.run("status", "--json")
         assert status.returncode == 0, status.stderr
@@ -222,15 +214,13 @@ def test_the_cache_redis_restarted_empty_mid_fanout_with_rabbitmq(
     world, procs = _pipeline(aws_env, rabbit, "cache-restart", feed_redis, tmp_path,
                              FEEDPIPE_FANOUT_CHUNK_SIZE="100", FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="1")
     try:
-        fans, crew = _under_way(world, procs, fans=600, warm=80)
+        fans, crew = under_way(world, procs, fans=600, warm=80)
         feed_redis.kill()
-        assert _delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
+        assert delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
         feed_redis.restart()
         assert world.redis.dbsize() == 0
         back = [*fans[:80:8], *fans[400:402], "bob"]  # some were warm, some never were
-        jobs = [json.dumps({"user_id": u, "action": "regenerate" if n % 10 == 0 else "follow", "target_user": u,
-                            "timestamp": "2026-11-25T11:00:00.000Z"}) for n, u in enumerate(back)]
-        world.redis.lpush(keys.REGEN_QUEUE, *jobs)
+        world.redis.lpush(keys.REGEN_QUEUE, *regen_jobs(back))
         world.warm = set(back)
         procs.beat()
         world.post("star", "s4")
