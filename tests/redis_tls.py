@@ -105,7 +105,7 @@ class TlsRedis:
                  "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
                  "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", "yes",
                  "--user", "default", "off", "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all",
-                 "--save", "", "--appendonly", "no", "--dir", self._dir],
+                 "--save", "", "--appendonly", "yes", "--dir", self._dir],  # the broker too: durable
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self._wait_ready()

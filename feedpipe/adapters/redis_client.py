@@ -190,7 +190,24 @@ def check_redis(settings: Settings, broker: bool = False) -> Settings:
             raise
         except (redis.RedisError, RedisClusterException, OSError) as exc:
             _explain(name, url, settings, _reason(exc))
+    if broker:
+        check_durable_broker(settings)
     return settings
+
+
+def check_durable_broker(settings: Settings) -> None:
+    """The broker must keep checkpointed work through a restart (``adapters/durability.py``)."""
+    from feedpipe.adapters.durability import check_broker
+
+    client = connect_broker(settings)
+    try:
+        check_broker(settings, client)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        log.warning("cannot check that the broker %s is durable yet (%s); carrying on",
+                    redact_url(settings.broker), _reason(exc))
+    finally:
+        if client is not None:
+            client.close()
 
 
 def _explain(name: str, url: str, settings: Settings, reason: str) -> None:

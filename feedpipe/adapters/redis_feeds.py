@@ -1,4 +1,4 @@
-"""Redis: the app's cached feeds (``feed:{user}``), its follow caches, and feedpipe's dead letters.
+"""Redis: the app's cached feeds (``feed:{user}``) and its follow caches.
 
 Every script touches exactly one key, so each call lives in one cluster slot; many calls go
 out in one pipeline (one round trip per chunk of followers and node, not per follower).
@@ -6,12 +6,7 @@ out in one pipeline (one round trip per chunk of followers and node, not per fol
 
 from __future__ import annotations
 
-import base64
-import json
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from feedpipe.adapters.redis_client import SCAN_START, RedisClient, eval_many, scan_page
@@ -182,76 +177,3 @@ def _text(name: bytes | str) -> str:
 def flat_entries(entries: Iterable[tuple[int, str]]) -> list[Any]:
     """(score, member) pairs as a script's ARGV tail: score, member, score, member, ..."""
     return [part for pair in entries for part in pair]
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return {"__bytes_b64__": base64.b64encode(value).decode()}
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal | set | frozenset):
-        return str(value) if isinstance(value, Decimal) else sorted(value, key=str)
-    return repr(value)
-
-
-def decode_payload(payload: Any) -> Any:
-    """A dead letter's payload as it was received (bytes come back from their base64 form)."""
-    if isinstance(payload, dict) and set(payload) == {"__bytes_b64__"}:
-        return base64.b64decode(payload["__bytes_b64__"])
-    return payload
-
-
-def _letter(source: str, reason: str, payload: Any) -> tuple[str, str]:
-    letter_id = uuid.uuid4().hex
-    entry = {
-        "id": letter_id,
-        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "source": source,
-        "reason": reason,
-        "payload": payload,
-    }
-    return letter_id, json.dumps(entry, default=_json_default)
-
-
-class DeadLetters:
-    """A Redis list of what feedpipe could not handle, each with its reason; newest first."""
-
-    def __init__(
-        self, client: RedisClient, key: str, on_letter: Callable[[str, str], None] = lambda source, reason: None
-    ) -> None:
-        self.client = client
-        self.key = key
-        self.on_letter = on_letter
-
-    def add(self, source: str, reason: str, payload: Any) -> str:
-        letter_id, encoded = _letter(source, reason, payload)
-        self.client.lpush(self.key, encoded)
-        self.on_letter(source, reason)
-        return letter_id
-
-    def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None:
-        """Dead-letter (source, reason, payload) triples in one round trip."""
-        if letters:
-            self.client.lpush(self.key, *(_letter(*letter)[1] for letter in letters))
-            for source, reason, _ in letters:
-                self.on_letter(source, reason)
-
-    def entries(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest ``limit`` dead letters, newest first."""
-        return [json.loads(raw) for raw in self.client.lrange(self.key, 0, limit - 1)]
-
-    def oldest(self, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
-        """The oldest ``limit`` dead letters, oldest first, each with its stored bytes."""
-        raw: list[bytes] = self.client.lrange(self.key, -limit, -1)  # type: ignore[assignment]
-        return [(r, json.loads(r)) for r in reversed(raw)]
-
-    def remove(self, stored: bytes) -> None:
-        self.client.lrem(self.key, 1, stored)  # type: ignore[arg-type]
-
-    def count(self) -> int:
-        return int(self.client.llen(self.key))
-
-    def purge(self) -> int:
-        count = self.count()
-        self.client.delete(self.key)
-        return count

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from feedpipe.config import load_settings
-from feedpipe.consumers.build import build_pipeline
+from feedpipe.config import Settings, load_settings
+from feedpipe.consumers import build
 from feedpipe.consumers.pipeline import BatchOutcome, DeadLetterSink, RecordPipeline
 from feedpipe.core.records import record_sequence
 from feedpipe.runtime import install_runtime
@@ -159,6 +159,14 @@ def container_pipeline() -> RecordPipeline:
         logging.getLogger("feedpipe").setLevel(settings.log_level)
         _pipeline = build_pipeline(settings)
     return _pipeline
+
+
+def build_pipeline(settings: Settings) -> RecordPipeline:
+    """The pipeline, once the broker it publishes to is known to keep what it is given."""
+    from feedpipe.adapters.redis_client import check_durable_broker
+
+    check_durable_broker(settings)
+    return build.build_pipeline(settings)
 
 
 def reset_pipeline() -> None:

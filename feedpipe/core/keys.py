@@ -16,6 +16,14 @@ DynamoDB lease table (name is a setting), feedpipe's own::
 
     lease_key = {stream_id}|{shard_id}    checkpoint, owner, counter, parent_shard_ids
 
+DynamoDB dead-letter table (name is a setting), feedpipe's own; one partition per store (the
+key prefix names it, so deployments may share a table)::
+
+    store          letter                   attributes
+    {prefix}dlq    LETTER#{at}#{letter_id}  id, at, source, reason, payload (JSON text), truncated,
+                                            original_bytes, sha256, replay_reason
+    {prefix}dlq    COUNT                    count: letters stored (the bound is checked on it)
+
 Redis, as the app reads it (no prefix: the app owns these names)::
 
     feed:{user_id}          sorted set, score = created_at in epoch ms, member = canonical JSON
@@ -25,7 +33,6 @@ Redis, as the app reads it (no prefix: the app owns these names)::
 
 Redis, feedpipe's own, all under one prefix (default ``feedpipe:``, no braces in it)::
 
-    {prefix}dlq                                   list of dead letters (JSON: id, at, source, reason, payload)
     {prefix}regen:{rq49450}:processing:{drain}    list: regen jobs a drain has taken and not finished
     {prefix}regen:{rq49450}:drains                zset: drain id -> lease deadline (epoch seconds)
     {prefix}beat:lock                             string: the one beat allowed to schedule
@@ -135,6 +142,20 @@ def lease_key(stream_id: str, shard_id: str) -> str:
     return f"{stream_id}|{shard_id}"
 
 
+LETTER_PREFIX = "LETTER#"
+LETTER_COUNT_SK = "COUNT"
+
+
+def letter_sk(at: str, letter_id: str) -> str:
+    """Sorts by time: a Query reads a store's letters oldest first (or newest first)."""
+    return f"{LETTER_PREFIX}{at}#{letter_id}"
+
+
+def letters_until(at: str) -> str:
+    """The highest letter key of time ``at``: ids are hex, and "~" sorts after every hex digit."""
+    return f"{LETTER_PREFIX}{at}#~"
+
+
 def feed_cache(user_id: str) -> str:
     return f"{FEED_CACHE_PREFIX}{user_id}"
 
@@ -159,7 +180,8 @@ def following_cache(user_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class OwnKeys:
-    """Redis keys feedpipe adds for itself, all under one configurable prefix."""
+    """Keys feedpipe adds for itself, all under one configurable prefix (Redis keys, and the
+    dead-letter store's partition)."""
 
     prefix: str = DEFAULT_PREFIX
 

@@ -13,7 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from feedpipe.adapters.redis_client import SCAN_START, check_redis, connect_redis, scan_page
-from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache
+from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode, Settings, load_settings
 from feedpipe.core import keys
@@ -131,19 +131,6 @@ def test_follow_caches_in_different_slots_are_both_dropped(client: RedisCluster)
     for follower, followed in pairs:
         cache.drop_follow_caches(follower, followed)
     assert not client.keys("follow*")
-
-
-def test_dead_letters_on_the_cluster(client: RedisCluster) -> None:
-    letters = DeadLetters(client, OwnKeys().dead_letters)
-    letters.add("stream:shard-1", "missing author_id", {"PK": "POST#x"})
-    letters.add_many([("regen", "job is not JSON", "nope"), ("task:fanout", "bad event", b"\xff")])
-
-    assert letters.count() == 3
-    assert [e["reason"] for e in letters.entries()] == ["bad event", "job is not JSON", "missing author_id"]
-    stored, oldest = letters.oldest(1)[0]
-    assert oldest["source"] == "stream:shard-1"
-    letters.remove(stored)
-    assert letters.purge() == 2 and letters.count() == 0
 
 
 def test_regen_queue_take_ack_and_recover_with_leases(client: RedisCluster) -> None:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 from redis.cluster import RedisCluster
 
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
+from feedpipe.adapters.rabbitmq import is_amqp, read_queue_depths
 from feedpipe.adapters.redis_client import connect_broker
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.adapters.tables import create_tables
@@ -37,6 +39,7 @@ from feedpipe.worker import QUEUES
 
 TABLE = "SocialMediaApp"
 LEASES = "feedpipe-leases"
+AMQP_WAITING_QUEUES = (*QUEUES, *(level_name(level) for level in range(MAX_LEVEL + 1)))
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -141,6 +144,7 @@ class World:
     warm: set[str] = field(default_factory=set)
     clock: int = 0
     _broker: redis.Redis | None = field(default=None, repr=False)
+    amqp_unacked: Callable[[], int] | None = field(default=None, repr=False)  # e.g. RabbitNode.unacked
 
     def __post_init__(self) -> None:
         self.dynamodb = make_client("dynamodb")
@@ -278,7 +282,17 @@ class World:
         """Tasks queued or running: a Redis broker keeps every delivered message in its
         ``unacked`` hash until the task ends (acks are late), retries waiting their countdown
         included. One cheap call, where ``feeds_right`` scans the whole table on moto, which
-        the workers need too."""
+        the workers need too.
+
+        On RabbitMQ: messages ready in feedpipe's queues or waiting out a retry countdown in
+        Celery's delayed-delivery queues, by passive declares (instant), plus the unacknowledged
+        ones (tasks running) from ``amqp_unacked``: only the management statistics know those,
+        and they lag ~5 s, so a wait ends up to that much late, never early."""
+        if is_amqp(self.settings.broker):
+            depths = read_queue_depths(self.settings.broker, AMQP_WAITING_QUEUES)
+            if not depths or any(depths.values()):  # an unreachable broker still holds its queues
+                return True
+            return self.amqp_unacked is not None and self.amqp_unacked() > 0
         if self._broker is None:
             self._broker = connect_broker(self.settings)
         if self._broker is None:

@@ -26,7 +26,10 @@ def test_defaults_follow_the_contract():
     assert settings.backfill_posts == 20
     assert settings.excluded_visibilities == frozenset({"private"})
     assert settings.member_format is MemberFormat.FULL
-    assert settings.metrics_port == 9464
+    assert settings.metrics_port is None
+    # Each role has its own port, so consume, worker and beat run side by side on one host.
+    ports = [settings.metrics_port_for(role) for role in ("consume", "worker", "beat")]
+    assert ports == [9464, 9465, 9466]
 
 
 def test_values_come_from_feedpipe_variables():
@@ -52,6 +55,7 @@ def test_values_come_from_feedpipe_variables():
     assert settings.feed_max_length == 250
     assert settings.excluded_visibilities == frozenset({"private", "friends"})
     assert settings.metrics_port == 9100
+    assert settings.metrics_port_for("worker") == 9100
 
 
 def test_a_given_mapping_is_the_only_source(monkeypatch):
@@ -95,6 +99,21 @@ def test_kinesis_without_a_stream_names_the_missing_variable():
     message = str(caught.value)
     assert "FEEDPIPE_KINESIS_STREAM" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("value", ["1", "3"])
+def test_a_visibility_timeout_shorter_than_retries_need_is_refused_in_one_line(value):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": value})
+
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"bad setting FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS='{value}': must be at least 4")
+
+
+def test_the_shortest_visibility_timeout_leaves_a_budget_of_a_quarter():
+    assert load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4"}).task_budget_seconds == 1.0
+    assert load_settings({}).task_budget_seconds == 150.0
 
 
 @pytest.mark.parametrize("value", ["localhost:6379", "redis:6379", "redis:///0", "http://cache:6379"])
@@ -147,3 +166,13 @@ def test_describe_keeps_the_url_usable_for_an_operator():
     assert described["redis_url"] == "redis://feedpipe:***@cache.internal:6379/0"
     assert described["broker_url"] == "redis://feedpipe:***@cache.internal:6379/0"
     assert settings.redis.endswith(f"{SECRET}@cache.internal:6379/0")  # the client still gets it
+
+
+def test_up_gives_each_of_its_processes_a_port_of_its_own():
+    from feedpipe.up import _metrics_ports
+
+    names = ["worker", "consumer", "beat"]
+    assert _metrics_ports(load_settings({}), names) == {"worker": 9465, "consumer": 9464, "beat": 9466}
+    assert _metrics_ports(load_settings({"FEEDPIPE_METRICS_PORT": "9100"}), names) == {
+        "worker": 9100, "consumer": 9101, "beat": 9102}
+    assert set(_metrics_ports(load_settings({"FEEDPIPE_METRICS_PORT": "0"}), names).values()) == {0}

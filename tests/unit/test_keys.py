@@ -26,13 +26,17 @@ from feedpipe.core.keys import OwnKeys
         # Lease table.
         (keys.lease_key("arn:aws:dynamodb:us-east-1:1:table/T/stream/X", "shardId-1"),
          "arn:aws:dynamodb:us-east-1:1:table/T/stream/X|shardId-1"),
+        # Dead-letter table: the store's partition, its letters in time order, the counter.
+        (OwnKeys().dead_letters, "feedpipe:dlq"),
+        (OwnKeys("staging:fp:").dead_letters, "staging:fp:dlq"),
+        (keys.letter_sk("2026-11-29T14:00:00.000Z", "ab12"), "LETTER#2026-11-29T14:00:00.000Z#ab12"),
+        (keys.letters_until("2026-11-29T14:00:00.000Z"), "LETTER#2026-11-29T14:00:00.000Z#~"),
+        (keys.LETTER_COUNT_SK, "COUNT"),
         # Redis, as the app reads it.
         (keys.feed_cache("u1"), "feed:u1"),
         (keys.followers_cache("u1"), "followers:u1"),
         (keys.following_cache("u1"), "following:u1"),
         # Redis, feedpipe's own.
-        (OwnKeys().dead_letters, "feedpipe:dlq"),
-        (OwnKeys("staging:fp:").dead_letters, "staging:fp:dlq"),
         (OwnKeys().warm_marker("u1"), "feedpipe:warm:{feed:u1}"),
         (OwnKeys("staging:fp:").warm_marker("u1"), "staging:fp:warm:{feed:u1}"),
         (OwnKeys().warm_marker("a{b}"), "feedpipe:warm:{b}feed:a{b}"),
