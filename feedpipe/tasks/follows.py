@@ -3,6 +3,7 @@ again once GSI1 has caught up with it (``gsi_lag_seconds``; see README "Guarante
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from celery import Task
@@ -31,7 +32,9 @@ def _schedule_recheck(payload: dict[str, Any]) -> None:
     showed the follow, and GSI1 shows that post one bound later still."""
     lag = runtime().settings.gsi_lag_seconds
     if lag:  # a broker that refuses it fails this event, which is retried: backfills are idempotent
-        app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], queue=FOLLOWS_QUEUE, countdown=2 * lag)
+        # Whole seconds: Celery's native delayed delivery on RabbitMQ refuses a fraction under 1.
+        countdown = math.ceil(2 * lag)
+        app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], queue=FOLLOWS_QUEUE, countdown=countdown)
 
 
 def _recheck(event: Event, _: dict[str, Any]) -> None:

@@ -127,7 +127,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-@pytest.mark.parametrize(("lag", "countdown"), [("2", 4.0), ("0.5", 1.0), ("0", None)])
+@pytest.mark.parametrize(("lag", "countdown"), [("2", 4), ("0.5", 1), ("0.3", 1), ("0", None)])  # whole seconds
 def test_a_follow_task_schedules_its_recheck_after_twice_the_lag(sent, lag: str, countdown: float | None) -> None:
     runtime = install_runtime(load_settings({"FEEDPIPE_GSI_LAG_SECONDS": lag}))
     runtime._stores = SimpleNamespace()  # type: ignore[assignment]
