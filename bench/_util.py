@@ -12,7 +12,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from feedpipe.core.events import CONTENT_PREVIEW_CHARS, Post
+from feedpipe.core.events import Post
+from feedpipe.core.records import cut_preview
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = ROOT / "tests" / "events"
@@ -51,7 +52,7 @@ def make_post(n: int = 1, author: str = "u_alice") -> Post:
         post_id=f"post_{created_ms}_{author}",
         author_id=author,
         author_username=author.removeprefix("u_"),
-        content_preview=sample_content()[:CONTENT_PREVIEW_CHARS],
+        content_preview=cut_preview(sample_content()),
         content_type="text",
         created_at=created_at,
         created_at_ms=created_ms,

@@ -15,6 +15,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeSerializer
 
 from feedpipe.core import keys
+from feedpipe.core.timestamps import now_timestamp
 
 _serializer = TypeSerializer()
 _sequence = itertools.count()
@@ -22,7 +23,7 @@ _sequence = itertools.count()
 
 def iso_now() -> str:
     """``new Date().toISOString()``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return now_timestamp()
 
 
 def _typed(item: dict[str, Any]) -> dict[str, Any]:

@@ -57,12 +57,14 @@ def main() -> None:
 @main.command("create-tables")
 @click.pass_context
 def create_tables_cmd(ctx: click.Context) -> None:
-    """Create the app table (as the seed does) and feedpipe's lease table, idempotently."""
+    """Create the app table (as the seed does) and feedpipe's lease and dead-letter tables, idempotently."""
     settings = _start(ctx, redis=False)
     from feedpipe.adapters.dynamo import make_client
     from feedpipe.adapters.tables import create_tables
 
-    outcome = create_tables(make_client("dynamodb"), settings.table_name, settings.lease_table_name)
+    outcome = create_tables(
+        make_client("dynamodb"), settings.table_name, settings.lease_table_name, settings.dead_letter_table_name
+    )
     for name, what in outcome.items():
         click.echo(f"{name}: {what}")
 
@@ -74,8 +76,13 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     """Run the stream consumer."""
     settings = _start(ctx, broker=True)
     from feedpipe.consumers.build import build_consumer
+    from feedpipe.health import ConsumerProbe, consumer_stall_seconds
 
-    consumer = build_consumer(settings, _served_metrics(settings, "consume"))
+    registry, metrics = _process_metrics()
+    consumer = build_consumer(settings, metrics)
+    probe = ConsumerProbe(consumer.loop_heartbeat, consumer.round_heartbeat, consumer.leases,
+                          consumer_stall_seconds(settings))
+    _serve(settings, "consume", registry, probe)
 
     def stop(signum: int, _: Any) -> None:
         log.info("signal %s: finishing the batch in hand, then stopping", signum)
@@ -88,19 +95,25 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     click.echo(json.dumps({"consumed": totals.__dict__}))
 
 
-def _served_metrics(settings: Settings, role: str) -> Any:
-    """This process's metrics, served on ``/metrics`` (consumer and beat; the worker serves the
-    sum of its children itself)."""
+def _process_metrics() -> tuple[Any, Any]:
+    """This process's metrics, on a registry of its own (consumer and beat; the worker serves
+    the sum of its children itself)."""
     from prometheus_client import CollectorRegistry
 
-    from feedpipe.metrics import Metrics, serve
+    from feedpipe.metrics import Metrics
     from feedpipe.runtime import runtime
 
     registry = CollectorRegistry()
     metrics = Metrics.create(registry)
-    serve(registry, settings.metrics_port_for(role), settings.metrics_addr)
     runtime().install_metrics(metrics)
-    return metrics
+    return registry, metrics
+
+
+def _serve(settings: Settings, role: str, registry: Any, probe: Any) -> None:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on the role's port."""
+    from feedpipe.endpoints import serve
+
+    serve(registry, settings.metrics_port_for(role), settings.metrics_addr, probe)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -135,12 +148,15 @@ def beat(ctx: click.Context) -> None:
     import threading
 
     from feedpipe.beat import run_beat
+    from feedpipe.health import BeatProbe, Heartbeat, beat_stall_seconds
 
-    _served_metrics(settings, "beat")
+    registry, _ = _process_metrics()
+    probe = BeatProbe(Heartbeat(), beat_stall_seconds(settings))
+    _serve(settings, "beat", registry, probe)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sys.exit(run_beat(settings, stop))
+    sys.exit(run_beat(settings, stop, probe))
 
 
 @main.command()
@@ -213,27 +229,37 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=int, default=20, show_default=True, help="Newest first; 0 lists every letter.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
 @click.pass_context
 def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
-    """Show the newest dead letters with their reasons."""
+    """Show the newest dead letters with their reasons, a page at a time."""
     _start(ctx)
     from feedpipe.runtime import runtime
 
     letters = runtime().stores.dead_letters
-    entries = letters.entries(limit)
-    for entry in entries:
-        if as_json:
-            click.echo(json.dumps(entry))
-        else:
-            click.echo(f"{entry['at']}  {entry['source']:<28} {entry['reason']}")
+    shown = 0
+    for page in letters.pages(newest_first=True):
+        for entry in page[: limit - shown if limit else None]:
+            click.echo(json.dumps(entry) if as_json else _render_letter(entry))
+            shown += 1
+        if limit and shown >= limit:
+            break
     if not as_json:
         click.echo(f"{letters.count()} dead letters in all")
 
 
+def _render_letter(entry: dict[str, Any]) -> str:
+    line = f"{entry['at']}  {entry['source']:<28} {entry['reason']}"
+    if entry.get("truncated"):
+        line += f"  [cut: {entry['original_bytes']} bytes, sha256 {entry['sha256'][:12]}]"
+    if entry.get("replay_reason"):
+        line += f"  [replay failed: {entry['replay_reason']}]"
+    return line
+
+
 @dlq.command("replay")
-@click.option("--limit", type=int, default=1000, show_default=True, help="Oldest letters first.")
+@click.option("--limit", type=int, default=0, show_default=True, help="Oldest letters first; 0 replays all.")
 @click.pass_context
 def dlq_replay(ctx: click.Context, limit: int) -> None:
     """Send dead letters back through the normal path (once the cause is fixed)."""
@@ -244,7 +270,9 @@ def dlq_replay(ctx: click.Context, limit: int) -> None:
 
     result = replay_dead_letters(runtime().stores, build_pipeline(settings), limit)
     by_source = ", ".join(f"{n} {kind}" for kind, n in sorted(result.sources.items())) or "nothing"
-    click.echo(f"replayed {result.replayed} dead letters ({by_source}); {result.failed_again} failed again")
+    click.echo(f"replayed {result.replayed} dead letters ({by_source}); {result.failed_again} failed again; "
+               f"{result.kept} kept (gap markers, unknown sources); "
+               f"{result.truncated} cut when stored (too large to resend; kept)")
 
 
 @dlq.command("purge")

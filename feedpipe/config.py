@@ -19,6 +19,9 @@ from feedpipe.core.keys import DEFAULT_PREFIX
 from feedpipe.core.members import MemberFormat
 
 ENV_PREFIX = "FEEDPIPE_"
+# Tasks retry, back off and hand their work on within a quarter of the visibility timeout (the
+# task budget); under 4 s that quarter would be shorter than the first retry's 1 s backoff.
+MIN_VISIBILITY_TIMEOUT_SECONDS = 4
 
 
 class ConfigError(Exception):
@@ -105,6 +108,10 @@ class Settings(BaseSettings):
     # Where things live.
     table_name: str = Field("SocialMediaApp", min_length=3, max_length=255)
     lease_table_name: str = Field("feedpipe-leases", min_length=3, max_length=255)
+    dead_letter_table_name: str = Field("feedpipe-dead-letters", min_length=3, max_length=255)
+    # Well under DynamoDB's 400 KB item limit, room left for the letter's other attributes.
+    dead_letter_max_bytes: int = Field(65_536, ge=1024, le=350_000)
+    dead_letter_max_count: int = Field(100_000, ge=1)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     broker_url: SecretStr | None = None
     allow_volatile_broker: bool = False  # demos and tests only: see adapters/durability.py
@@ -139,6 +146,10 @@ class Settings(BaseSettings):
     task_visibility_timeout_seconds: int = Field(600, ge=1)
     lease_failover_seconds: float = Field(10.0, ge=1, le=600)
     task_max_retries: int = Field(20, ge=0)
+    gsi_lag_seconds: float = Field(
+        2.0, ge=0, le=60,
+        description="bound on GSI1's replication lag: each follow is checked again after twice it (0: never)",
+    )
 
     # Regeneration, trimming and the schedule (``feedpipe beat``).
     regen_actions: Annotated[frozenset[str], NoDecode] = frozenset(
@@ -164,6 +175,7 @@ class Settings(BaseSettings):
     metrics_addr: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
+    task_events: bool = False  # workers send task events, for Flower
 
     @field_validator("excluded_visibilities", "regen_actions", mode="before")
     @classmethod
@@ -183,6 +195,16 @@ class Settings(BaseSettings):
     def _check_broker_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _check_url(value.get_secret_value(), BROKER_SCHEMES)
+        return value
+
+    @field_validator("task_visibility_timeout_seconds")
+    @classmethod
+    def _check_visibility(cls, value: int) -> int:
+        if value < MIN_VISIBILITY_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"must be at least {MIN_VISIBILITY_TIMEOUT_SECONDS} (seconds): tasks retry and hand their work "
+                "on within a quarter of it, and a retry waits at least 1 s"
+            )
         return value
 
     @field_validator("log_level")
@@ -229,8 +251,10 @@ class Settings(BaseSettings):
     @property
     def task_budget_seconds(self) -> float:
         """How long a task works before handing the rest of its work to a fresh message: well
-        inside the visibility timeout, after which a Redis broker delivers a message again."""
-        return max(1.0, self.task_visibility_timeout_seconds / 4)
+        inside the visibility timeout, after which a Redis broker delivers a message again. Retry
+        countdowns and backoffs are bounded by it too: a Redis worker holds a message unacknowledged
+        while its countdown runs. At least 1 s (the visibility timeout's minimum is 4 s)."""
+        return self.task_visibility_timeout_seconds / 4
 
     def describe(self) -> dict[str, Any]:
         """Every setting with secrets redacted, for start-up logs and ``feedpipe status``."""

@@ -16,7 +16,6 @@ from typing import Any
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.appsim import AppWriter
 from feedpipe.config import Settings
-from feedpipe.core import keys
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.runtime import build_stores
 from feedpipe.worker import QUEUES
@@ -84,7 +83,7 @@ class Demo:
     def _open_app(self) -> None:
         """Active users without a cached feed open the app: their cache is built."""
         for user in ACTIVE:
-            if not self.stores.cache.client.exists(keys.feed_cache(user)):
+            if not self.stores.cache.is_warm(user):
                 rebuild_cache(self.stores, user)
 
 
@@ -112,7 +111,8 @@ class Dashboard:
             for user in USERS:
                 durable = len(self.stores.table.feed_items(user))
                 members = cache.members(user)
-                newest = json.loads(members[0][0]).get("contentPreview", "")[:50] if members else "(cold)"
+                empty = "(warm, empty)" if cache.is_warm(user) else "(cold)"
+                newest = json.loads(members[0][0]).get("contentPreview", "")[:50] if members else empty
                 cached = str(len(members)) if members else "-"
                 lines.append(f"   {user:<6}{durable:>8}{cached:>8}  {newest}")
         return "\n".join(lines)

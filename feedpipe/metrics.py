@@ -19,16 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from feedpipe.config import ConfigError
 
 DYNAMODB_OPERATIONS = ("BatchWriteItem", "BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem", "PutItem")
 TASK_NAMES = (
     "feedpipe.fanout.posts", "feedpipe.fanout.chunk", "feedpipe.retract.posts", "feedpipe.retract.chunk",
-    "feedpipe.follows.apply", "feedpipe.regen.drain", "feedpipe.regen.rebuild", "feedpipe.maintenance.trim_caches",
+    "feedpipe.follows.apply", "feedpipe.follows.recheck", "feedpipe.regen.drain",
+    "feedpipe.regen.rebuild", "feedpipe.maintenance.trim_caches",
     "feedpipe.maintenance.trim_durable", "feedpipe.maintenance.rebuild_active", "feedpipe.audit.sample",
     "feedpipe.backfill.segment",
 )
@@ -51,6 +50,7 @@ class Metrics:
     events_dispatched: Counter
     messages_published: Counter
     dead_letters: Counter
+    dead_letters_dropped: Counter
     stream_read_seconds: Histogram
     consumer_lag_seconds: Gauge
     checkpoint_age_seconds: Gauge
@@ -90,6 +90,7 @@ class Metrics:
             metrics.feed_items_removed.labels(store)
         for source, reason in DEAD_LETTER_LABELS:
             metrics.dead_letters.labels(source, reason)
+            metrics.dead_letters_dropped.labels(source)
         for kind in AUDIT_KINDS:
             for store in AUDIT_STORES:
                 metrics.audit_drift_items.labels(kind, store)
@@ -105,6 +106,9 @@ class Metrics:
             messages_published=Counter("feedpipe_messages_published_total", "Celery messages published", **r),
             dead_letters=Counter("feedpipe_dead_letters_total", "Dead letters written, by where and why",
                                  ["source", "reason"], **r),
+            dead_letters_dropped=Counter("feedpipe_dead_letters_dropped_total",
+                                         "Dead letters refused because the store was full (logged at ERROR)",
+                                         ["source"], **r),
             stream_read_seconds=Histogram("feedpipe_stream_read_seconds", "GetRecords call time",
                                           buckets=LATENCY_BUCKETS, **r),
             consumer_lag_seconds=Gauge("feedpipe_consumer_lag_seconds",
@@ -172,15 +176,6 @@ def noop_metrics() -> Metrics:
     if _NOOP is None:
         _NOOP = Metrics.create(CollectorRegistry())
     return _NOOP
-
-
-def serve(registry: CollectorRegistry, port: int, addr: str) -> None:
-    """``/metrics`` on ``addr:port`` (0 disables), in a daemon thread."""
-    if port:
-        try:
-            start_http_server(port, addr=addr, registry=registry)
-        except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {addr}:{port} (FEEDPIPE_METRICS_PORT): {exc}") from None
 
 
 def prepare_multiprocess_dir(path: Path) -> None:

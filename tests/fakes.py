@@ -3,6 +3,7 @@ close, iterators that expire, throttling, and a broker that goes away."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -193,3 +194,26 @@ class FakeDeadLetters:
 
     def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None:
         self.letters.extend(letters)
+
+
+def nested_change(depth: int, seq: int = 1) -> bytes:
+    """A post INSERT as DynamoDB streams it into Kinesis, with an attribute ``depth`` maps deep."""
+    value = '{"S": "bottom"}'
+    for _ in range(depth):
+        value = '{"M": {"a": ' + value + "}}"
+    image = ('{"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}, "post_id": {"S": "p1"}, "author_id": {"S": "a"}, '
+             '"created_at": {"S": "2026-01-01T00:00:00.000Z"}, "content": {"S": "hi"}, "extra": ' + value + "}")
+    return ('{"eventName": "INSERT", "dynamodb": {"Keys": {"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}}, '
+            f'"SequenceNumber": "{seq}", "NewImage": {image}}}}}').encode()
+
+
+def brackets(depth: int) -> bytes:
+    """JSON nested ``depth`` lists deep: deeper than ``json.loads`` can recurse for big depths."""
+    return b"[" * depth + b"]" * depth
+
+
+def kinesis_record(seq: int, data: bytes, as_text: bool = False) -> dict[str, Any]:
+    """A Kinesis record as GetRecords gives it (data bytes) or as a Lambda event does (base64)."""
+    return {"eventSource": "aws:kinesis", "eventSourceARN": "arn:aws:kinesis:us-east-1:1:stream/s",
+            "kinesis": {"data": base64.b64encode(data).decode() if as_text else data,
+                        "sequenceNumber": f"{seq:021d}"}}

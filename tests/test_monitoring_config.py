@@ -35,6 +35,7 @@ JOBS = {"feedpipe-consumer": "consume", "feedpipe-worker": "worker", "feedpipe-b
 ALERT_NAMES = {
     "FeedpipeConsumerLagGrowing",
     "FeedpipeDeadLettersGrowing",
+    "FeedpipeDeadLettersDropped",
     "FeedpipeFanoutP99High",
     "FeedpipeNoConsumerHoldsALease",
     "FeedpipeWorkerDown",
@@ -217,12 +218,17 @@ def _compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def _feedpipe_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Services that run the image built from the repository's Dockerfile."""
+def _built_here(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services that run an image built from the repository's Dockerfile."""
     return {
         name: service for name, service in compose["services"].items()
         if isinstance(service.get("build"), dict) and (COMPOSE.parent / service["build"]["context"]).resolve() == ROOT
     }
+
+
+def _feedpipe_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services that run the Dockerfile's default target: the feedpipe CLI."""
+    return {name: service for name, service in _built_here(compose).items() if "target" not in service["build"]}
 
 
 def _command(service: dict[str, Any]) -> list[str]:
@@ -232,7 +238,8 @@ def _command(service: dict[str, Any]) -> list[str]:
 
 def test_the_compose_file_has_the_whole_stack():
     services = _compose()["services"]
-    assert {"redis", "moto", "create-tables", "consumer", "worker", "beat", "prometheus", "grafana"} <= set(services)
+    assert {"redis", "moto", "create-tables", "consumer", "worker", "beat", "prometheus", "grafana",
+            "flower"} <= set(services)
     assert services["redis"]["image"].startswith("redis:7")
     assert services["moto"]["image"].startswith("motoserver/moto")
     assert (ROOT / "Dockerfile").is_file()
@@ -256,6 +263,23 @@ def test_every_feedpipe_service_is_configured_for_the_stack():
         assert env["AWS_DEFAULT_REGION"] and env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"], name
         assert env["FEEDPIPE_METRICS_ADDR"] == "0.0.0.0", name
         assert str(env["FEEDPIPE_METRICS_PORT"]) == "9464", name
+
+
+def test_every_feedpipe_service_is_health_checked_on_healthz():
+    for name, service in _feedpipe_services(_compose()).items():
+        if name == "create-tables":
+            continue
+        port = service["environment"]["FEEDPIPE_METRICS_PORT"]
+        assert f"http://127.0.0.1:{port}/healthz" in " ".join(service["healthcheck"]["test"]), name
+
+
+def test_flower_runs_the_dockerfiles_flower_stage_against_workers_that_send_events():
+    compose = _compose()
+    flower = _built_here(compose)["flower"]
+    assert re.search(rf"^FROM \S+ AS {flower['build']['target']}$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert flower["environment"] == compose["services"]["worker"]["environment"]  # the same broker and prefix
+    assert compose["services"]["worker"]["environment"]["FEEDPIPE_TASK_EVENTS"] == "true"
+    assert "5555:5555" in flower["ports"]
 
 
 def test_the_compose_broker_is_durable_and_apart_from_the_cache():

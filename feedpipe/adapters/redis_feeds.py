@@ -1,4 +1,4 @@
-"""Redis: the app's cached feeds (``feed:{user}``), its follow caches, and feedpipe's dead letters.
+"""Redis: the app's cached feeds (``feed:{user}``) and its follow caches.
 
 Every script touches exactly one key, so each call lives in one cluster slot; many calls go
 out in one pipeline (one round trip per chunk of followers and node, not per follower).
@@ -6,65 +6,78 @@ out in one pipeline (one round trip per chunk of followers and node, not per fol
 
 from __future__ import annotations
 
-import base64
-import json
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from feedpipe.adapters.redis_client import RedisClient, eval_many
+from feedpipe.adapters.redis_client import SCAN_START, RedisClient, eval_many, scan_page
 from feedpipe.adapters.redis_client import connect_redis as connect_redis  # where callers find it
 from feedpipe.core import keys
+from feedpipe.core.keys import OwnKeys
 
-# KEYS[1] feed; ARGV[1] max length, ARGV[2] ttl seconds, ARGV[3..] score/member pairs.
-# Only a warm feed (the key exists) is written: fan-out never recreates an inactive user's feed.
+FEEDS_PHASE = "feeds|"  # a warm-user walk's cursor once the markers are done
+
+# Every script takes KEYS[1] the feed and, when the user has one, KEYS[2] their warm marker (in
+# the feed's slot, see keys.py): a user is warm while either exists, so an empty feed (Redis
+# keeps no empty sorted set) still gets fan-out's writes.
+
+# ARGV[1] max length, ARGV[2] ttl seconds, ARGV[3..] score/member pairs. Only a warm feed is
+# written (fan-out never recreates an inactive user's feed); both TTLs are refreshed.
 ADD_IF_WARM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 and (not KEYS[2] or redis.call('EXISTS', KEYS[2]) == 0) then
+  return 0
+end
 for i = 3, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[1]) - 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if KEYS[2] then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
 return 1
 """
 
-# KEYS[1] feed; ARGV[1] score, ARGV[2] post id. Matches on the decoded postId, not the exact
-# member bytes, so a member written under another member format still leaves.
+# Run after a removal: a feed it emptied leaves a marker for the rest of the feed's TTL.
+KEEP_WARM = """
+if removed > 0 and KEYS[2] and ttl > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[2], '1', 'PX', ttl, 'NX')
+end
+return removed
+"""
+
+# ARGV[1] score, ARGV[2] post id. Matches on the decoded postId, not the exact member bytes, so
+# a member written under another member format still leaves.
 REMOVE_POST = """
-local removed = 0
+local removed, ttl = 0, redis.call('PTTL', KEYS[1])
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])) do
   local ok, doc = pcall(cjson.decode, m)
   if ok and type(doc) == 'table' and doc['postId'] == ARGV[2] then
     removed = removed + redis.call('ZREM', KEYS[1], m)
   end
 end
-return removed
-"""
+""" + KEEP_WARM
 
-# KEYS[1] feed; ARGV[1] author id.
+# ARGV[1] author id.
 REMOVE_AUTHOR = """
-local removed = 0
+local removed, ttl = 0, redis.call('PTTL', KEYS[1])
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local ok, doc = pcall(cjson.decode, m)
   if ok and type(doc) == 'table' and doc['authorId'] == ARGV[1] then
     removed = removed + redis.call('ZREM', KEYS[1], m)
   end
 end
-return removed
-"""
+""" + KEEP_WARM
 
-# KEYS[1] feed; ARGV[1] ttl seconds, ARGV[2] keep the remaining TTL (1/0), ARGV[3..] pairs.
-# One atomic swap: a reader sees the old feed or the new one, never an empty or half-built one.
+# ARGV[1] ttl seconds, ARGV[2] keep the remaining TTL (1/0), ARGV[3..] pairs. One atomic swap: a
+# reader sees the old feed or the new one, never an empty or half-built one. The user is warm
+# afterwards, even with nothing to cache: the marker is set.
 REPLACE_FEED = """
 local remaining = redis.call('PTTL', KEYS[1])
+if KEYS[2] then remaining = math.max(remaining, redis.call('PTTL', KEYS[2])) end
+local keep = ARGV[2] == '1' and remaining > 0
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if #ARGV >= 4 then
-  if ARGV[2] == '1' and remaining > 0 then
-    redis.call('PEXPIRE', KEYS[1], remaining)
-  else
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
-  end
+  if keep then redis.call('PEXPIRE', KEYS[1], remaining) else redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+end
+if KEYS[2] then
+  if keep then redis.call('SET', KEYS[2], '1', 'PX', remaining) else redis.call('SET', KEYS[2], '1', 'EX', ARGV[1]) end
 end
 return (#ARGV - 2) / 2
 """
@@ -73,43 +86,74 @@ return (#ARGV - 2) / 2
 class FeedCache:
     """The app's Redis feeds, written only where warm, trimmed and TTL-refreshed on write."""
 
-    def __init__(self, client: RedisClient, max_length: int, ttl_seconds: int) -> None:
+    def __init__(self, client: RedisClient, max_length: int, ttl_seconds: int, own_keys: OwnKeys | None = None) -> None:
         self.client = client
         self.max_length = max_length
         self.ttl_seconds = ttl_seconds
+        self.own_keys = own_keys or OwnKeys()
         self._add = client.register_script(ADD_IF_WARM)
         self._remove_post = client.register_script(REMOVE_POST)
         self._remove_author = client.register_script(REMOVE_AUTHOR)
         self._replace = client.register_script(REPLACE_FEED)
 
+    def feed_keys(self, user_id: str) -> list[str]:
+        """The keys every script takes for ``user_id``: the feed, and the warm marker if any."""
+        marker = self.own_keys.warm_marker(user_id)
+        return [keys.feed_cache(user_id)] + ([marker] if marker else [])
+
     def add_to_warm_feeds(self, user_ids: Iterable[str], score: int, member: str) -> int:
         """Add one member to each warm feed; returns how many feeds were warm."""
         args = [self.max_length, self.ttl_seconds, score, member]
-        calls = [(keys.feed_cache(user_id), args) for user_id in user_ids]
+        calls = [(self.feed_keys(user_id), args) for user_id in user_ids]
         return sum(int(r) for r in eval_many(self.client, self._add, calls))
 
     def add_many_if_warm(self, user_id: str, entries: Sequence[tuple[int, str]]) -> bool:
         if not entries:
             return False
         args = [self.max_length, self.ttl_seconds, *flat_entries(entries)]
-        return bool(self._add(keys=[keys.feed_cache(user_id)], args=args))
+        return bool(self._add(keys=self.feed_keys(user_id), args=args))
 
     def remove_post(self, user_ids: Iterable[str], score: int, post_id: str) -> int:
         return self.remove_entries((u, score, post_id) for u in user_ids)
 
     def remove_entries(self, entries: Iterable[tuple[str, int, str]]) -> int:
         """Remove each (user_id, score, post_id) from that user's cached feed, in one round trip."""
-        calls = [(keys.feed_cache(user_id), [score, post_id]) for user_id, score, post_id in entries]
+        calls = [(self.feed_keys(user_id), [score, post_id]) for user_id, score, post_id in entries]
         return sum(int(r) for r in eval_many(self.client, self._remove_post, calls))
 
     def remove_author(self, user_id: str, author_id: str) -> int:
-        return int(self._remove_author(keys=[keys.feed_cache(user_id)], args=[author_id]))
+        return int(self._remove_author(keys=self.feed_keys(user_id), args=[author_id]))
 
     def replace_feed(self, user_id: str, entries: Sequence[tuple[int, str]], keep_ttl: bool = False) -> int:
-        """Swap the whole feed for ``entries`` (newest first) in one atomic call."""
+        """Swap the whole feed for ``entries`` (newest first) in one atomic call; the user is
+        warm afterwards, even with no entries."""
         args = [self.ttl_seconds, int(keep_ttl), *flat_entries(entries[: self.max_length])]
-        return int(self._replace(keys=[keys.feed_cache(user_id)], args=args))
+        return int(self._replace(keys=self.feed_keys(user_id), args=args))
 
+    def is_warm(self, user_id: str) -> bool:
+        return bool(self.client.exists(*self.feed_keys(user_id)))
+
+    def warm_users_page(self, cursor: str, count: int) -> tuple[str, list[str]]:
+        """One step of a walk over every warm user (SCAN, never KEYS): first the warm markers,
+        then the feeds that have none (written before markers existed, or by the app itself).
+        Start with ``SCAN_START``; the walk is over when it comes back. A user may repeat."""
+        if not cursor.startswith(FEEDS_PHASE):
+            at, found = scan_page(self.client, cursor, self.own_keys.warm_marker_prefix + "*", count, "string")
+            users = [u for u in (self.own_keys.user_of_warm_marker(_text(n)) for n in found) if u is not None]
+            return (FEEDS_PHASE + SCAN_START if at == SCAN_START else at), users
+        feeds = keys.FEED_CACHE_PREFIX + "*"
+        at, found = scan_page(self.client, cursor.removeprefix(FEEDS_PHASE), feeds, count, "zset")
+        users = [_text(n).removeprefix(keys.FEED_CACHE_PREFIX) for n in found]
+        return (SCAN_START if at == SCAN_START else FEEDS_PHASE + at), self._unmarked(users)
+
+    def _unmarked(self, user_ids: list[str]) -> list[str]:
+        markers = [self.own_keys.warm_marker(u) for u in user_ids]
+        pipe = self.client.pipeline(transaction=False)
+        for marker in markers:
+            if marker:
+                pipe.exists(marker)
+        found = iter(pipe.execute() if any(markers) else [])
+        return [u for u, marker in zip(user_ids, markers, strict=True) if not (marker and next(found))]
 
     def drop_follow_caches(self, follower_id: str, followed_id: str) -> None:
         # Two DELs, not one: the keys may live in different cluster slots.
@@ -118,14 +162,17 @@ class FeedCache:
         pipe.delete(keys.following_cache(follower_id))
         pipe.execute()
 
-    def members_with_ttl(self, user_id: str) -> tuple[list[tuple[str, int]], int]:
-        """The whole cached feed, newest first, and its TTL in seconds (-1: none, -2: no key),
-        read in one round trip."""
+    def members_with_ttl(self, user_id: str) -> tuple[list[tuple[str, int]], int, int]:
+        """The whole cached feed, newest first, with the TTLs in seconds of the feed and of the
+        warm marker (-1: none, -2: no key), read in one round trip."""
+        feed, marker = keys.feed_cache(user_id), self.own_keys.warm_marker(user_id)
         pipe = self.client.pipeline(transaction=False)
-        pipe.zrevrange(keys.feed_cache(user_id), 0, -1, withscores=True)
-        pipe.ttl(keys.feed_cache(user_id))
-        raw, ttl = pipe.execute()
-        return [(m.decode(), int(s)) for m, s in raw], int(ttl)
+        pipe.zrevrange(feed, 0, -1, withscores=True)
+        pipe.ttl(feed)
+        if marker:
+            pipe.ttl(marker)
+        raw, ttl, *marked = pipe.execute()
+        return [(m.decode(), int(s)) for m, s in raw], int(ttl), int(marked[0]) if marked else -2
 
     def members(self, user_id: str, limit: int | None = None) -> list[tuple[str, int]]:
         """The cached feed (its newest ``limit``, or all), newest first, as (member, score) pairs."""
@@ -135,79 +182,10 @@ class FeedCache:
         return [(m.decode(), int(s)) for m, s in raw]
 
 
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name
+
+
 def flat_entries(entries: Iterable[tuple[int, str]]) -> list[Any]:
     """(score, member) pairs as a script's ARGV tail: score, member, score, member, ..."""
     return [part for pair in entries for part in pair]
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return {"__bytes_b64__": base64.b64encode(value).decode()}
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal | set | frozenset):
-        return str(value) if isinstance(value, Decimal) else sorted(value, key=str)
-    return repr(value)
-
-
-def decode_payload(payload: Any) -> Any:
-    """A dead letter's payload as it was received (bytes come back from their base64 form)."""
-    if isinstance(payload, dict) and set(payload) == {"__bytes_b64__"}:
-        return base64.b64decode(payload["__bytes_b64__"])
-    return payload
-
-
-def _letter(source: str, reason: str, payload: Any) -> tuple[str, str]:
-    letter_id = uuid.uuid4().hex
-    entry = {
-        "id": letter_id,
-        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "source": source,
-        "reason": reason,
-        "payload": payload,
-    }
-    return letter_id, json.dumps(entry, default=_json_default)
-
-
-class DeadLetters:
-    """A Redis list of what feedpipe could not handle, each with its reason; newest first."""
-
-    def __init__(
-        self, client: RedisClient, key: str, on_letter: Callable[[str, str], None] = lambda source, reason: None
-    ) -> None:
-        self.client = client
-        self.key = key
-        self.on_letter = on_letter
-
-    def add(self, source: str, reason: str, payload: Any) -> str:
-        letter_id, encoded = _letter(source, reason, payload)
-        self.client.lpush(self.key, encoded)
-        self.on_letter(source, reason)
-        return letter_id
-
-    def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None:
-        """Dead-letter (source, reason, payload) triples in one round trip."""
-        if letters:
-            self.client.lpush(self.key, *(_letter(*letter)[1] for letter in letters))
-            for source, reason, _ in letters:
-                self.on_letter(source, reason)
-
-    def entries(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest ``limit`` dead letters, newest first."""
-        return [json.loads(raw) for raw in self.client.lrange(self.key, 0, limit - 1)]
-
-    def oldest(self, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
-        """The oldest ``limit`` dead letters, oldest first, each with its stored bytes."""
-        raw: list[bytes] = self.client.lrange(self.key, -limit, -1)  # type: ignore[assignment]
-        return [(r, json.loads(r)) for r in reversed(raw)]
-
-    def remove(self, stored: bytes) -> None:
-        self.client.lrem(self.key, 1, stored)  # type: ignore[arg-type]
-
-    def count(self) -> int:
-        return int(self.client.llen(self.key))
-
-    def purge(self) -> int:
-        count = self.count()
-        self.client.delete(self.key)
-        return count

@@ -1,4 +1,5 @@
-"""``feedpipe create-tables``: the app table exactly as the seed creates it, and the lease table.
+"""``feedpipe create-tables``: the app table exactly as the seed creates it, the lease table and
+the dead-letter table.
 
 Creating a table that exists is a no-op, so running it twice is harmless.
 """
@@ -11,6 +12,7 @@ from typing import Any
 from feedpipe.core import keys
 
 _GSI_NAMES = (keys.GSI1, keys.GSI2, keys.GSI3)
+DEFAULT_DEAD_LETTER_TABLE = "feedpipe-dead-letters"  # the setting's default
 
 
 def app_table_spec(name: str) -> dict[str, Any]:
@@ -52,10 +54,29 @@ def lease_table_spec(name: str) -> dict[str, Any]:
     }
 
 
-def create_tables(client: Any, app_table: str, lease_table: str) -> dict[str, str]:
-    """Create both tables where missing; returns each table's outcome ('created' or 'exists')."""
+def dead_letter_table_spec(name: str) -> dict[str, Any]:
+    """One partition per store (``store``), letters sorted by time under it (``letter``)."""
+    return {
+        "TableName": name,
+        "KeySchema": [
+            {"AttributeName": "store", "KeyType": "HASH"},
+            {"AttributeName": "letter", "KeyType": "RANGE"},
+        ],
+        "AttributeDefinitions": [
+            {"AttributeName": "store", "AttributeType": "S"},
+            {"AttributeName": "letter", "AttributeType": "S"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+def create_tables(
+    client: Any, app_table: str, lease_table: str, dead_letter_table: str = DEFAULT_DEAD_LETTER_TABLE
+) -> dict[str, str]:
+    """Create the tables where missing; returns each table's outcome ('created' or 'exists')."""
     outcome = {}
-    for spec in (app_table_spec(app_table), lease_table_spec(lease_table)):
+    specs = (app_table_spec(app_table), lease_table_spec(lease_table), dead_letter_table_spec(dead_letter_table))
+    for spec in specs:
         name = spec["TableName"]
         try:
             client.create_table(**spec)

@@ -10,14 +10,13 @@ from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.kinesis import KinesisSource
 from feedpipe.adapters.leases import LeaseTable
-from feedpipe.adapters.redis_feeds import DeadLetters, connect_redis
 from feedpipe.adapters.streams import DynamoDBStreamSource, ShardSource
 from feedpipe.config import ConfigError, InitialPosition, Settings, Source
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
-from feedpipe.core.keys import OwnKeys
-from feedpipe.metrics import Metrics, dead_letter_labels, noop_metrics
+from feedpipe.metrics import Metrics, noop_metrics
+from feedpipe.runtime import build_dead_letters
 
 
 def build_source(settings: Settings, dynamodb: object) -> ShardSource:
@@ -31,15 +30,9 @@ def build_source(settings: Settings, dynamodb: object) -> ShardSource:
 def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> RecordPipeline:
     from feedpipe.worker import app
 
-    metrics = metrics or noop_metrics()
-    dead_letters = DeadLetters(
-        connect_redis(settings),
-        OwnKeys(settings.key_prefix).dead_letters,
-        on_letter=lambda source, reason: metrics.dead_letters.labels(*dead_letter_labels(source, reason)).inc(),
-    )
     return RecordPipeline(
         TaskDispatcher(app, settings.events_per_message),
-        dead_letters,
+        build_dead_letters(settings, make_client("dynamodb"), metrics),
         settings.excluded_visibilities,
     )
 

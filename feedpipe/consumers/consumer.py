@@ -36,6 +36,7 @@ from feedpipe.consumers.initial_position import find_newest
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import BatchOutcome, RecordPipeline
 from feedpipe.core.records import record_sequence
+from feedpipe.health import Heartbeat
 from feedpipe.metrics import Metrics, noop_metrics
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class StreamConsumer:
     source_label: str = "dynamodb-streams"
     stop_event: threading.Event = field(default_factory=threading.Event)
     totals: ConsumerTotals = field(default_factory=ConsumerTotals)
+    loop_heartbeat: Heartbeat = field(default_factory=Heartbeat)  # each pass, backoff waits too
+    round_heartbeat: Heartbeat = field(default_factory=Heartbeat)  # each round that went through
     shards: dict[str, ShardState] = field(default_factory=dict)
     _refreshed_at: float = float("-inf")
     _known: dict[str, Shard] = field(default_factory=dict)
@@ -110,6 +113,7 @@ class StreamConsumer:
         idle_rounds = 0
         try:
             while not self.stop_event.is_set():
+                self.loop_heartbeat.beat()
                 try:
                     self._maybe_refresh_shards()
                     polls = [self._poll(state) for state in self._owned_shards()]
@@ -123,6 +127,7 @@ class StreamConsumer:
                     continue
                 self._aws_failures = 0
                 self.totals.rounds += 1
+                self.round_heartbeat.beat()
                 read = sum(n for n in polls if n > 0)
                 # Idle: every unfinished shard is ours, and each was read and had nothing new.
                 busy = read or NOT_READ in polls or self.leases.unheld_ready or self._behind
@@ -326,6 +331,7 @@ class StreamConsumer:
                 gauge.remove(shard_id)
 
     def _pause(self, seconds: float) -> None:
+        self.loop_heartbeat.beat()  # retrying a publish through a broker outage: alive, not ready
         self.stop_event.wait(seconds)
 
     def _back_off(self) -> None:

@@ -44,6 +44,8 @@ class LeaseCoordinator:
     held: dict[str, Lease] = field(default_factory=dict)
     _seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # shard -> (counter, since)
     unheld_ready: int = 0  # ready shards another consumer (alive or not yet known dead) holds
+    fair_share: int | None = None  # ready shards / live consumers, rounded up; None before the first look
+    balanced: bool = False  # holds its share, or nothing is left for it to take or steal
     _next_renew: float = float("-inf")
     _next_take: float = float("-inf")
 
@@ -128,6 +130,19 @@ class LeaseCoordinator:
         if wanted > 0 and not free:
             self._steal(ready, share)
         self.unheld_ready = sum(1 for lease in ready if lease.shard_id not in self.held)
+        self.fair_share = share
+        self.balanced = self._is_balanced(ready, free, share)
+
+    def _is_balanced(self, ready: list[Lease], free: list[Lease], share: int) -> bool:
+        """What readiness asks: at its share, or short of it only because no lease is left to
+        take and nobody holds more than the share (4 shards over 3 consumers settle at 2, 2, 0:
+        the balancer steals only from a consumer above the share)."""
+        if len(self.held) >= share:
+            return True
+        if any(lease.shard_id not in self.held for lease in free):
+            return False
+        load = Counter(lease.owner for lease in ready if lease.shard_id not in self.held and lease.owner)
+        return max(load.values(), default=0) <= share
 
     def _steal(self, ready: list[Lease], share: int) -> None:
         load = Counter(lease.owner for lease in ready if lease.owner and lease.owner != self.owner)
@@ -144,7 +159,12 @@ class LeaseCoordinator:
             log.info("took lease of shard %s (%s), checkpoint %s", lease.shard_id, why, lease.checkpoint)
 
     def _observe(self, known: dict[str, Lease]) -> None:
+        """Note when each lease's counter last moved; forget leases no longer in the table
+        (finished parents cleaned up), or a long-lived consumer on a stream that reshards
+        keeps one entry for every shard it ever saw."""
         now = self.clock()
+        for shard_id in self._seen.keys() - known.keys():
+            del self._seen[shard_id]
         for shard_id, lease in known.items():
             counter, _ = self._seen.get(shard_id, (None, now))
             if counter != lease.counter:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from feedpipe.core.events import Event, Ignored
-from feedpipe.core.records import RecordError, parse_record, unwrap_record
+from feedpipe.core.nesting import clip_depth
+from feedpipe.core.records import RecordError, parse_change, unwrap_record
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,9 @@ class BatchOutcome:
     by_event: Counter[str] = field(default_factory=Counter)  # dispatched event kinds
 
 
-def _event_name(record: Any) -> str:
-    """INSERT, MODIFY, REMOVE, or "unknown": a bounded label whatever the record holds."""
-    try:
-        name = unwrap_record(record).get("eventName")
-    except RecordError:
-        return "unknown"
+def _event_name(change: Mapping[str, Any]) -> str:
+    """INSERT, MODIFY, REMOVE, or "unknown": a bounded label whatever the change holds."""
+    name = change.get("eventName")
     return name if name in ("INSERT", "MODIFY", "REMOVE") else "unknown"
 
 
@@ -80,14 +78,17 @@ class RecordPipeline:
         return prepared
 
     def _prepare_one(self, record: Any, prepared: Prepared) -> None:
-        outcome, name = prepared.outcome, _event_name(record)
-        try:
-            parsed = parse_record(record, self.excluded_visibilities)
+        outcome, name = prepared.outcome, "unknown"
+        try:  # from the first read of the record on: nothing it holds may escape this
+            change = unwrap_record(record)
+            name = _event_name(change)
+            parsed = parse_change(change, self.excluded_visibilities)
         except Exception as exc:  # RecordError, or a parser bug: either way the shard moves on
             reason = str(exc) if isinstance(exc, RecordError) else f"unexpected {type(exc).__name__}: {exc}"
             if not isinstance(exc, RecordError):
                 log.exception("unexpected error parsing a record from %s", prepared.source)
-            prepared.letters.append((prepared.source, reason, record))
+            # A record too deep to parse may be too deep to serialize: the letter keeps what it can.
+            prepared.letters.append((prepared.source, reason, clip_depth(record)))
             outcome.by_record[(name, "unparseable")] += 1
             return
         if isinstance(parsed, Ignored):

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+# DynamoDB itself allows 32 levels of nested maps and lists in an item.
+MAX_ATTRIBUTE_DEPTH = 50
+
 
 class AttributeValueError(ValueError):
     """A DynamoDB attribute value that does not follow the wire format."""
@@ -25,8 +28,9 @@ def _binary(value: Any) -> bytes:
     return base64.b64decode(value)
 
 
-def from_attribute_value(av: Any) -> Any:
-    """One attribute value to its Python value; raises AttributeValueError for anything malformed."""
+def from_attribute_value(av: Any, depth: int = 0) -> Any:
+    """One attribute value to its Python value; raises AttributeValueError for anything malformed,
+    nesting deeper than DynamoDB allows included (before it could exhaust Python's stack)."""
     if not isinstance(av, Mapping) or len(av) != 1:
         raise AttributeValueError(f"not an attribute value: {str(av)[:80]!r}")
     ((kind, value),) = av.items()
@@ -45,9 +49,11 @@ def from_attribute_value(av: Any) -> Any:
             case "NULL":
                 return None
             case "M":
-                return from_image(value)
+                return from_image(value, depth + 1)
             case "L":
-                return [from_attribute_value(v) for v in value]
+                if depth >= MAX_ATTRIBUTE_DEPTH:
+                    raise AttributeValueError(f"attributes nest deeper than {MAX_ATTRIBUTE_DEPTH} levels")
+                return [from_attribute_value(v, depth + 1) for v in value]
             case "SS":
                 return {str(v) for v in value}
             case "NS":
@@ -63,8 +69,10 @@ def from_attribute_value(av: Any) -> Any:
     raise AttributeValueError(f"unknown attribute type {kind!r}")
 
 
-def from_image(image: Any) -> dict[str, Any]:
+def from_image(image: Any, depth: int = 0) -> dict[str, Any]:
     """A whole item (``{"PK": {"S": ...}, ...}``) to a plain dict."""
     if not isinstance(image, Mapping):
         raise AttributeValueError("an item image must be a map")
-    return {str(name): from_attribute_value(av) for name, av in image.items()}
+    if depth > MAX_ATTRIBUTE_DEPTH:
+        raise AttributeValueError(f"attributes nest deeper than {MAX_ATTRIBUTE_DEPTH} levels")
+    return {str(name): from_attribute_value(av, depth) for name, av in image.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-CONTENT_PREVIEW_CHARS = 200
+CONTENT_PREVIEW_UNITS = 200  # UTF-16 code units, as JavaScript's substring counts
 
 
 class PayloadError(ValueError):

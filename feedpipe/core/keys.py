@@ -18,6 +18,14 @@ DynamoDB lease table (name is a setting), feedpipe's own::
     lease_key = backfill|{total}|{segment}  one segment of ``feedpipe backfill``'s parallel Scan:
                                             resume_key (where its Scan goes on), users, done
 
+DynamoDB dead-letter table (name is a setting), feedpipe's own; one partition per store (the
+key prefix names it, so deployments may share a table)::
+
+    store          letter                   attributes
+    {prefix}dlq    LETTER#{at}#{letter_id}  id, at, source, reason, payload (JSON text), truncated,
+                                            original_bytes, sha256, replay_reason
+    {prefix}dlq    COUNT                    count: letters stored (the bound is checked on it)
+
 Redis, as the app reads it (no prefix: the app owns these names)::
 
     feed:{user_id}          sorted set, score = created_at in epoch ms, member = canonical JSON
@@ -27,7 +35,6 @@ Redis, as the app reads it (no prefix: the app owns these names)::
 
 Redis, feedpipe's own, all under one prefix (default ``feedpipe:``, no braces in it)::
 
-    {prefix}dlq                                   list of dead letters (JSON: id, at, source, reason, payload)
     {prefix}regen:{rq49450}:processing:{drain}    list: regen jobs a drain has taken and not finished
     {prefix}regen:{rq49450}:drains                zset: drain id -> lease deadline (epoch seconds)
     {prefix}beat:lock                             string: the one beat allowed to schedule
@@ -38,6 +45,14 @@ Redis, feedpipe's own, all under one prefix (default ``feedpipe:``, no braces in
                                                   the FANOUT_ON_READ items, plus one "" member)
     {prefix}author_posts:{author_id}              sorted set, as feed:{user_id}: a huge author's
                                                   newest posts, which readers merge
+    {prefix}warm:{feed:{user_id}}                 string "1": the user is warm (fan-out writes their
+                                                  feed) even while it is empty; TTL as the feed's
+
+The warm marker's braces hold the whole feed key, so it hashes to ``feed:{user_id}``'s cluster
+slot and one script can test and write both. An id whose feed key has a hash tag of its own
+(``feed:a{b}``) gets that tag and the feed key after it (``{prefix}warm:{b}feed:a{b}``), unique
+and in the same slot; an id no tag can place there (the hashed part holds a ``}``) has none,
+and is warm only while its feed key exists.
 
 ``{rq49450}`` is a cluster hash tag chosen to hash to ``feed_regen_queue``'s slot (11166), so
 LMOVE between the queue and a processing list stays in one slot on a Redis Cluster.
@@ -136,8 +151,32 @@ def backfill_key(total_segments: int, segment: int) -> str:
     return f"{BACKFILL_PREFIX}{total_segments}|{segment}"
 
 
+LETTER_PREFIX = "LETTER#"
+LETTER_COUNT_SK = "COUNT"
+
+
+def letter_sk(at: str, letter_id: str) -> str:
+    """Sorts by time: a Query reads a store's letters oldest first (or newest first)."""
+    return f"{LETTER_PREFIX}{at}#{letter_id}"
+
+
+def letters_until(at: str) -> str:
+    """The highest letter key of time ``at``: ids are hex, and "~" sorts after every hex digit."""
+    return f"{LETTER_PREFIX}{at}#~"
+
+
 def feed_cache(user_id: str) -> str:
     return f"{FEED_CACHE_PREFIX}{user_id}"
+
+
+def hashed_part(key: str) -> str:
+    """What Redis Cluster hashes to place ``key``: the first ``{...}`` with something in it, else all."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 def followers_cache(user_id: str) -> str:
@@ -150,7 +189,8 @@ def following_cache(user_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class OwnKeys:
-    """Redis keys feedpipe adds for itself, all under one configurable prefix."""
+    """Keys feedpipe adds for itself, all under one configurable prefix (Redis keys, and the
+    dead-letter store's partition)."""
 
     prefix: str = DEFAULT_PREFIX
 
@@ -187,3 +227,22 @@ class OwnKeys:
 
     def author_posts(self, author_id: str) -> str:
         return f"{self.prefix}author_posts:{author_id}"
+
+    @property
+    def warm_marker_prefix(self) -> str:
+        return f"{self.prefix}warm:"
+
+    def warm_marker(self, user_id: str) -> str | None:
+        """The key keeping ``user_id`` warm, in ``feed:{user_id}``'s slot; None when no key can be."""
+        feed = feed_cache(user_id)
+        tag = hashed_part(feed)
+        if "}" in tag:
+            return None
+        return f"{self.warm_marker_prefix}{{{tag}}}{'' if tag == feed else feed}"
+
+    def user_of_warm_marker(self, name: str) -> str | None:
+        """The user a warm marker keeps warm, or None for a key that is not one."""
+        rest = strip_prefix(name, self.warm_marker_prefix + "{")
+        tag, closed, feed = (rest or "").partition("}")
+        user_id = strip_prefix(feed or tag, FEED_CACHE_PREFIX) if closed else None
+        return user_id if user_id is not None and self.warm_marker(user_id) == name else None

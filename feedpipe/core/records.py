@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from typing import Any
 from feedpipe.core import keys
 from feedpipe.core.attributes import AttributeValueError, from_image
 from feedpipe.core.events import (
-    CONTENT_PREVIEW_CHARS,
+    CONTENT_PREVIEW_UNITS,
     FollowEnded,
     FollowStarted,
     Ignored,
@@ -33,6 +34,7 @@ from feedpipe.core.events import (
 )
 
 MAX_ID_LENGTH = 256
+MAX_SEQUENCE_LENGTH = 128
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
@@ -44,7 +46,11 @@ class RecordError(ValueError):
 
 def parse_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
     """What one stream record means for feeds."""
-    record = unwrap_record(record)
+    return parse_change(unwrap_record(record), excluded_visibilities)
+
+
+def parse_change(record: Mapping[str, Any], excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
+    """What one change (a record ``unwrap_record`` gave) means for feeds."""
     name = record.get("eventName")
     if name not in _EVENT_NAMES:
         raise RecordError(f"unknown eventName {name!r}")
@@ -85,11 +91,13 @@ def unwrap_record(record: Any) -> Mapping[str, Any]:
     try:
         raw = data if isinstance(data, bytes) else base64.b64decode(str(data), validate=True)
         inner = json.loads(raw)
+    except RecursionError:
+        raise RecordError("Kinesis data nests too deep to parse") from None
     except (ValueError, TypeError) as exc:
         raise RecordError(f"Kinesis data is not base64 JSON: {exc}") from exc
     if not isinstance(inner, dict) or not isinstance(inner.get("dynamodb"), dict):
         raise RecordError("Kinesis data is not a DynamoDB change record")
-    inner["dynamodb"] = {**inner["dynamodb"], "SequenceNumber": str(kinesis.get("sequenceNumber", ""))}
+    inner["dynamodb"] = {**inner["dynamodb"], "SequenceNumber": _short_text(kinesis.get("sequenceNumber"))}
     return inner
 
 
@@ -97,24 +105,37 @@ def record_sequence(record: Mapping[str, Any]) -> str:
     """A record's position in its shard, whichever shape it has."""
     kinesis = record.get("kinesis")
     if isinstance(kinesis, Mapping):
-        return str(kinesis.get("sequenceNumber", ""))
+        return _short_text(kinesis.get("sequenceNumber"))
     body = record.get("dynamodb")
-    return str(body.get("SequenceNumber", "")) if isinstance(body, Mapping) else ""
+    return _short_text(body.get("SequenceNumber")) if isinstance(body, Mapping) else ""
+
+
+def _short_text(value: Any) -> str:
+    """A sequence number or event id as bounded text; anything but a string or an integer is
+    none at all (``str`` of a deeply nested value would itself overflow the stack)."""
+    if isinstance(value, str):
+        return value[:MAX_SEQUENCE_LENGTH]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)[:MAX_SEQUENCE_LENGTH]
+    return ""
 
 
 def _meta(record: Mapping[str, Any], body: Mapping[str, Any]) -> RecordMeta:
-    created = body.get("ApproximateCreationDateTime")
-    approximate_ms: int | None = None
-    if isinstance(created, datetime):
-        approximate_ms = _epoch_ms(created)
-    elif isinstance(created, int | float) and not isinstance(created, bool):
-        # Streams give seconds; DynamoDB-to-Kinesis gives milliseconds.
-        approximate_ms = int(created * 1000) if created < 1e11 else int(created)
     return RecordMeta(
-        event_id=str(record.get("eventID", ""))[:128],
-        sequence_number=str(body.get("SequenceNumber", ""))[:128],
-        approximate_ms=approximate_ms,
+        event_id=_short_text(record.get("eventID")),
+        sequence_number=_short_text(body.get("SequenceNumber")),
+        approximate_ms=moment_ms(body.get("ApproximateCreationDateTime")),
     )
+
+
+def moment_ms(value: Any) -> int | None:
+    """A record's approximate time in epoch ms, or None when it holds no usable moment.
+    Streams give seconds (a ``datetime`` through boto3); DynamoDB-to-Kinesis gives milliseconds."""
+    if isinstance(value, datetime):
+        return _epoch_ms(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return int(value * 1000) if value < 1e11 else int(value)
 
 
 def _image(body: Mapping[str, Any], which: str) -> dict[str, Any] | None:
@@ -189,13 +210,28 @@ def post_from_image(image: Mapping[str, Any]) -> Post:
         post_id=post_id,
         author_id=author_id,
         author_username=_text(image.get("author_username", ""), "author_username"),
-        content_preview=content[:CONTENT_PREVIEW_CHARS],
+        content_preview=cut_preview(content),
         content_type=_text(image.get("content_type", "text"), "content_type"),
         created_at=created_at,
         created_at_ms=parse_timestamp_ms(created_at),
         engagement_score=score,
         is_promoted=image.get("is_promoted") is True,
     )
+
+
+def cut_preview(content: str) -> str:
+    """The app's preview, ``content.substring(0, 200)``: JavaScript counts UTF-16 code units, so
+    a character outside the BMP (an emoji) takes two. A pair unit 200 would split is left out
+    whole rather than halved (a lone surrogate is not valid UTF-8, and DynamoDB rejects it)."""
+    head = content[:CONTENT_PREVIEW_UNITS]
+    if head.isascii() or len(head.encode("utf-16-le", "surrogatepass")) == 2 * len(head):
+        return head  # every character of it one unit: the common case, without a loop
+    units = 0
+    for index, char in enumerate(content):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > CONTENT_PREVIEW_UNITS:
+            return content[:index]
+    return content
 
 
 def post_from_feed_item(item: Mapping[str, Any]) -> Post:

@@ -10,6 +10,7 @@ import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from feedpipe.core.nesting import MAX_NESTING, NestingError, check_depth
 from feedpipe.core.records import RecordError, validate_id
 
 MAX_JOB_BYTES = 16_384
@@ -38,6 +39,11 @@ def parse_job(raw: bytes | str, actions: Collection[str]) -> RegenJob:
             raise JobError("job is not UTF-8") from exc
     try:
         body = json.loads(raw)
+        check_depth(body, "job")
+    except RecursionError:
+        raise JobError(f"job nests deeper than {MAX_NESTING} levels") from None
+    except NestingError as exc:
+        raise JobError(str(exc)) from exc
     except ValueError as exc:
         raise JobError(f"job is not JSON: {exc}") from exc
     if not isinstance(body, dict):

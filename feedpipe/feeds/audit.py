@@ -71,12 +71,17 @@ class Snapshot:
     required: list[Post]
     cached: list[tuple[str, int]]
     cache_ttl: int
+    marker_ttl: int
+
+    @property
+    def warm(self) -> bool:
+        return self.cache_ttl != NO_KEY or self.marker_ttl != NO_KEY
 
 
 def read_snapshot(stores: Stores, user_id: str) -> Snapshot:
     """Reads: the follows (one Query), the durable feed (a Query, a page per 1 MB), its posts
     (one BatchGetItem per 100), one GSI1 Query per followee, and one Redis round trip."""
-    cached, ttl = stores.cache.members_with_ttl(user_id)
+    cached, ttl, marker_ttl = stores.cache.members_with_ttl(user_id)
     followees = set(stores.table.followees(user_id))
     items = stores.table.feed_items(user_id)
     wanted = {str(i.get("post_id")) for i in items if isinstance(i.get("post_id"), str)}
@@ -86,7 +91,7 @@ def read_snapshot(stores: Stores, user_id: str) -> Snapshot:
     # follow backfilled is in the feed, so nothing of theirs is judged missing.
     huge = set(huge_among(stores, followees)) if stores.settings.fanout_on_read_followers else set()
     required = [p for a in sorted(followees - huge) for p in _window(stores, a)]
-    return Snapshot(followees, items, images, _within_item_ttl(stores, required), cached, ttl)
+    return Snapshot(followees, items, images, _within_item_ttl(stores, required), cached, ttl, marker_ttl)
 
 
 def _window(stores: Stores, author_id: str) -> list[Post]:
@@ -163,7 +168,7 @@ def _truth(stores: Stores, legit: dict[str, Post], snap: Snapshot) -> list[Post]
 
 
 def cache_drift(stores: Stores, snap: Snapshot, truth: list[Post]) -> list[Drift]:
-    if snap.cache_ttl == NO_KEY:
+    if not snap.warm:
         return []  # a cold user: fan-out does not write their feed
     limit = stores.settings.feed_max_length
     expected = {stores.member(p): p for p in truth[:limit]}
@@ -192,6 +197,8 @@ def cache_drift(stores: Stores, snap: Snapshot, truth: list[Post]) -> list[Drift
         drift.append(Drift(OVER_LONG, CACHED, f"{len(snap.cached)} members", count=len(snap.cached) - limit))
     if snap.cache_ttl == -1:
         drift.append(Drift(MISSING_TTL, CACHED, "ttl"))
+    if snap.marker_ttl == -1:
+        drift.append(Drift(MISSING_TTL, CACHED, "warm marker ttl"))
     return drift
 
 

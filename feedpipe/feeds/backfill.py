@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from feedpipe.adapters.backfill_progress import BackfillProgress, SegmentProgress
 from feedpipe.adapters.user_scan import user_pages
-from feedpipe.core import keys
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 
@@ -60,5 +59,5 @@ def backfill_segment(
 
 def backfill_user(stores: Stores, user_id: str) -> None:
     rebuild_durable(stores, user_id)
-    if stores.cache.client.exists(keys.feed_cache(user_id)):  # warm: its cache is read, make it right
+    if stores.cache.is_warm(user_id):  # its cache is read: make it right
         rebuild_cache(stores, user_id, keep_ttl=True)

@@ -9,8 +9,11 @@ lands after the swap (Mastodon uses a regeneration marker for the same race).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from feedpipe.core.events import Post
 from feedpipe.core.records import RecordError, post_from_feed_item
 from feedpipe.feeds.delivery import MAX_SETTLE_ROUNDS
 from feedpipe.feeds.follows import backfill, posts_of, remove_posts, settle_follow, unmerge
@@ -54,25 +57,73 @@ class DurableRebuild:
     authors_unmerged: int = 0
     posts_backfilled: int = 0
     posts_retracted: int = 0
+    handed_on: bool = False  # the budget ran out: the rest is the next task's
 
 
-def rebuild_durable(stores: Stores, user_id: str) -> DurableRebuild:
+@dataclass(frozen=True)
+class RebuildResume:
+    """Where a durable rebuild goes on: the step it stopped in (0 backfill, 1 unmerge, 2 retract)
+    and the last author that step finished (each step takes its authors in sorted order)."""
+
+    step: int
+    after: str
+
+
+HandOnRebuild = Callable[[RebuildResume], None]
+Repair = Callable[[str], None]
+
+
+def rebuild_durable(
+    stores: Stores, user_id: str, resume: RebuildResume | None = None, hand_on: HandOnRebuild | None = None
+) -> DurableRebuild:
     """Repair ``FEED#{user_id}`` from the source of truth: every followee's newest live posts
     backfilled (``backfill_posts`` each), every other author's posts taken out, dead posts
-    retracted; each step settles as the stream's own tasks do."""
+    retracted; each step settles as the stream's own tasks do. With ``hand_on``, a rebuild that
+    has run for ``task_budget_seconds`` stops after an author and hands the rest on (a user who
+    follows thousands would otherwise outlive the visibility timeout); every step is
+    idempotent, so the rebuild that goes on from ``resume`` ends where one run would."""
+    deadline = time.monotonic() + stores.settings.task_budget_seconds
     followees = set(stores.table.followees(user_id))
-    in_feed = posts_of(stores.table.feed_items(user_id))
     result = DurableRebuild(followees=len(followees))
-    for author in sorted(followees):
+    start = resume or RebuildResume(0, "")
+    for step, (authors, repair) in enumerate(_steps(stores, user_id, followees, result)):
+        for author in authors if step >= start.step else ():
+            if step == start.step and author <= start.after:
+                continue
+            repair(author)
+            if hand_on is not None and time.monotonic() > deadline:
+                hand_on(RebuildResume(step, author))
+                result.handed_on = True
+                return result
+    return result
+
+
+def _steps(
+    stores: Stores, user_id: str, followees: set[str], result: DurableRebuild
+) -> Iterator[tuple[list[str], Repair]]:
+    """The rebuild's steps, each its authors and what is done for one; lazily, so a rebuild
+    resumed at a later step skips the reads of earlier ones."""
+    in_feed = posts_of(stores.table.feed_items(user_id))
+
+    def add(author: str) -> None:
         result.posts_backfilled += backfill(stores, user_id, author)
-    for author in sorted({p.author_id for p in in_feed} - followees):
+
+    yield sorted(followees), add
+
+    def drop(author: str) -> None:
         unmerge(stores, user_id, author)
         result.authors_unmerged += 1
+
+    yield sorted({p.author_id for p in in_feed} - followees), drop
     live = stores.table.live_post_ids([p.post_id for p in in_feed], stores.excluded)
-    for author in sorted(followees):
-        dead = [p for p in in_feed if p.author_id == author and p.post_id not in live]
-        if dead:
-            remove_posts(stores, user_id, dead)
-            settle_follow(stores, user_id, author, present=[], absent=dead)
-            result.posts_retracted += len(dead)
-    return result
+    dead: dict[str, list[Post]] = {}
+    for post in in_feed:
+        if post.author_id in followees and post.post_id not in live:
+            dead.setdefault(post.author_id, []).append(post)
+
+    def retract(author: str) -> None:
+        remove_posts(stores, user_id, dead[author])
+        settle_follow(stores, user_id, author, present=[], absent=dead[author])
+        result.posts_retracted += len(dead[author])
+
+    yield sorted(dead), retract

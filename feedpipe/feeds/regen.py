@@ -19,7 +19,7 @@ from typing import Any
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.core.planning import chunked
 from feedpipe.core.regen import JobError, RegenJob, coalesce, parse_job
-from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
+from feedpipe.feeds.rebuild import HandOnRebuild, RebuildResume, rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,17 @@ def rebuild_users(stores: Stores, rebuilds: Iterable[Rebuild], done: Callable[[]
         done()
 
 
-def rebuild_user(stores: Stores, user_id: str, durable: bool) -> None:
-    if durable:
-        rebuild_durable(stores, user_id)
+def rebuild_user(
+    stores: Stores, user_id: str, durable: bool, resume: RebuildResume | None = None,
+    hand_on: HandOnRebuild | None = None,
+) -> bool:
+    """Repair the durable feed first where asked (going on from ``resume``; over budget, handed
+    on with ``hand_on``), then the cache; whether the rebuild finished here. A durable repair
+    handed on leaves the cache to the task that finishes it."""
+    if durable and rebuild_durable(stores, user_id, resume, hand_on).handed_on:
+        return False
     rebuild_cache(stores, user_id)
+    return True
 
 
 def _printable(raw: bytes) -> str | bytes:

@@ -7,15 +7,17 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from feedpipe.adapters.author_posts import AuthorPosts
+from feedpipe.adapters.dead_letters import DeadLetters
 from feedpipe.adapters.dynamo import FeedTable
 from feedpipe.adapters.huge_authors import HugeAuthorTable
-from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache
+from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import Settings
 from feedpipe.core.events import Post
 from feedpipe.core.items import Item, feed_item_template
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.members import encode_member
+from feedpipe.core.timestamps import format_timestamp
 from feedpipe.metrics import Metrics
 
 
@@ -50,4 +52,4 @@ class Stores:
         ttl = None
         if self.settings.durable_feed_ttl_days:
             ttl = int((now + timedelta(days=self.settings.durable_feed_ttl_days)).timestamp())
-        return feed_item_template(post, now.isoformat(timespec="milliseconds"), ttl)
+        return feed_item_template(post, format_timestamp(now), ttl)

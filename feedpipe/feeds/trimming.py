@@ -39,6 +39,7 @@ class SweepStats:
     members_removed: int = 0
     slices: int = 0
     slowest_call_seconds: float = 0.0
+    next_cursor: str = SCAN_START  # where a sweep that spent its budget goes on; SCAN_START: done
 
     def timed(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one Redis round trip, keeping the slowest: the bound the sweep promises to keep."""
@@ -64,23 +65,28 @@ def sweep_cached_feeds(
     *,
     scan_count: int = DEFAULT_SCAN_COUNT,
     match: str = keys.FEED_CACHE_PREFIX + "*",
+    cursor: str = SCAN_START,
+    budget_seconds: float | None = None,
 ) -> SweepStats:
     """Cap every cached feed at its newest ``max_length`` members.
 
     Fan-out already trims on write; this catches feeds written by other paths (or before the
     cap changed). SCAN's TYPE filter skips non-zset keys that happen to match, so the app's other
-    ``feed:`` names are never touched."""
+    ``feed:`` names are never touched. With ``budget_seconds`` the walk stops after the slice
+    that spends it: call again from ``next_cursor`` (a task hands it to a fresh message, so a
+    sweep of millions of keys never outlives the broker's visibility timeout)."""
     if max_length < 1:
         raise ValueError("max_length must be at least 1: 0 would empty every feed")
     stats = SweepStats()
-    cursor = SCAN_START
+    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
     while True:
         cursor, found = stats.timed(scan_page, client, cursor, match, scan_count, "zset")
         stats.slices += 1
         stats.keys_seen += len(found)
         if found:
             _trim_slice(client, found, max_length, stats)
-        if cursor == SCAN_START:
+        if cursor == SCAN_START or (deadline is not None and time.monotonic() > deadline):
+            stats.next_cursor = cursor
             return stats
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RETRY_BASE_SECONDS = 1
 RETRY_MAX_SECONDS = 120
+MAX_BACKOFF_EXPONENT = 30  # far past any cap: the count stops growing there
 _INVALID_REQUEST_CODES = frozenset({"ValidationException", "SerializationException"})
 
 
@@ -92,12 +93,19 @@ def run_payloads(task: Task, payloads: Any, handle: Callable[[Any], object]) -> 
 def requeue_on_failure(what: str) -> Iterator[None]:
     """Where a failure would otherwise escape the task, which Celery then acknowledges (the
     message and whatever it still held gone, with no dead letter), put the message back on its
-    queue instead: what it already did is idempotent."""
+    queue instead: what it already did is idempotent. A requeued message comes straight back, so
+    it first waits out a backoff that grows with the failures in a row (capped, full jitter):
+    a dead-letter store that is down is then not hammered by a worker spinning on one message."""
+    rt = runtime()
     try:
         yield
     except Exception as exc:
-        log.error("could not %s (%s); putting the message back", what, reason_of(exc))
+        wait = get_exponential_backoff_interval(RETRY_BASE_SECONDS, rt.requeue_streak, longest_wait(), full_jitter=True)
+        rt.requeue_streak = min(rt.requeue_streak + 1, MAX_BACKOFF_EXPONENT)
+        log.error("could not %s (%s); putting the message back in %ss", what, reason_of(exc), wait)
+        time.sleep(wait)
         raise Reject(reason_of(exc), requeue=True) from None
+    rt.requeue_streak = 0
 
 
 def hand_on(task: Task, rest: list[Any]) -> None:
@@ -116,9 +124,7 @@ def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
             runtime().stores.dead_letters.add_many([(f"task:{task.name}", reason, p) for p in rest])
         log.error("%s: %s", task.name, reason)
         return
-    countdown = get_exponential_backoff_interval(
-        RETRY_BASE_SECONDS, retries, RETRY_MAX_SECONDS, full_jitter=True
-    )
+    countdown = get_exponential_backoff_interval(RETRY_BASE_SECONDS, retries, longest_wait(), full_jitter=True)
     log.warning("%s retrying %d payloads in %ss: %s", task.name, len(rest), countdown, reason_of(exc))
     try:
         # max_retries=None would mean Celery's default of 3, after which the task fails and,
@@ -128,6 +134,13 @@ def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
         # The retry could not be published (the broker is unreachable too): Celery would drop
         # the message. Put it back instead; what it already did is idempotent.
         raise Reject(rejected.reason, requeue=True) from None
+
+
+def longest_wait() -> int:
+    """The longest a retry or a backoff waits, in whole seconds: ``RETRY_MAX_SECONDS``, but never
+    past the task budget. A countdown retry sits unacknowledged in the worker, and one outliving
+    the visibility timeout would be delivered again while it waits, over and over."""
+    return max(RETRY_BASE_SECONDS, min(RETRY_MAX_SECONDS, int(runtime().settings.task_budget_seconds)))
 
 
 def _ids(event: Event) -> dict[str, str]:

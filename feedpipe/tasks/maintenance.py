@@ -13,8 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from feedpipe import tasks
-from feedpipe.adapters.redis_client import SCAN_START, scan_page
-from feedpipe.core import keys
+from feedpipe.adapters.redis_client import SCAN_START
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds
 from feedpipe.runtime import runtime
@@ -27,9 +26,14 @@ ACTIVE_SCAN_COUNT = 200
 
 
 @app.task(name=tasks.TRIM_CACHES, queue=MAINTENANCE_QUEUE)
-def trim_caches() -> dict[str, Any]:
+def trim_caches(cursor: str = SCAN_START) -> dict[str, Any]:
+    """One budgeted stretch of the cache sweep; the rest goes on in a fresh message from the
+    cursor it reached (beat starts each sweep with none)."""
     stores = runtime().stores
-    stats = sweep_cached_feeds(stores.cache.client, stores.settings.feed_max_length)
+    stats = sweep_cached_feeds(stores.cache.client, stores.settings.feed_max_length,
+                               cursor=str(cursor), budget_seconds=stores.settings.task_budget_seconds)
+    if stats.next_cursor != SCAN_START:
+        app.send_task(tasks.TRIM_CACHES, args=[stats.next_cursor], queue=MAINTENANCE_QUEUE)
     log.info("cache trim sweep: %s", stats)
     return asdict(stats)
 
@@ -61,12 +65,12 @@ def rebuild_active() -> dict[str, int | str]:
     client = stores.cache.client
     stored = client.get(key)
     cursor = stored.decode() if isinstance(stored, bytes) else str(stored or SCAN_START)
-    deadline, rebuilt = time.monotonic() + ACTIVE_REBUILD_SLICE_SECONDS, 0
+    budget = min(ACTIVE_REBUILD_SLICE_SECONDS, stores.settings.task_budget_seconds)
+    deadline, rebuilt = time.monotonic() + budget, 0
     while time.monotonic() < deadline:
-        cursor, found = scan_page(client, cursor, f"{keys.FEED_CACHE_PREFIX}*", ACTIVE_SCAN_COUNT, "zset")
-        for raw in found:
-            name = raw.decode() if isinstance(raw, bytes) else raw
-            rebuild_cache(stores, name[len(keys.FEED_CACHE_PREFIX) :], keep_ttl=True)
+        cursor, found = stores.cache.warm_users_page(cursor, ACTIVE_SCAN_COUNT)
+        for user_id in found:
+            rebuild_cache(stores, user_id, keep_ttl=True)
             rebuilt += 1
         if cursor == SCAN_START:
             break

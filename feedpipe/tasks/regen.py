@@ -10,6 +10,7 @@ from typing import Any
 from celery import Task
 
 from feedpipe import tasks
+from feedpipe.feeds.rebuild import HandOnRebuild, RebuildResume
 from feedpipe.feeds.regen import Rebuild, drain, rebuild_user
 from feedpipe.runtime import runtime
 from feedpipe.tasks.base import PermanentError, run_payloads
@@ -47,13 +48,34 @@ def _rebuild(payload: Any) -> Rebuild:
     return user_id, durable
 
 
+def _resume(payload: dict[str, Any]) -> RebuildResume | None:
+    """Where an earlier task stopped a durable rebuild; PermanentError when it cannot be read."""
+    found = payload.get("resume")
+    if found is None:
+        return None
+    step, after = (found.get("step"), found.get("after")) if isinstance(found, dict) else (None, None)
+    if type(step) is not int or not 0 <= step <= 2 or not isinstance(after, str):
+        raise PermanentError("resume needs a step (0 to 2) and the last author done")
+    return RebuildResume(step, after)
+
+
+def _hand_on(user_id: str) -> HandOnRebuild:
+    def send(resume: RebuildResume) -> None:
+        payload = {"user_id": user_id, "durable": True, "resume": {"step": resume.step, "after": resume.after}}
+        app.send_task(tasks.REGEN_REBUILD, args=[[payload]], queue=REGEN_QUEUE)
+
+    return send
+
+
 @app.task(name=tasks.REGEN_REBUILD, bind=True, queue=REGEN_QUEUE)
 def rebuild_feeds(self: Task, payloads: Any) -> None:
-    """Rebuild each user in ``payloads`` (errors handled as in ``tasks.base``)."""
+    """Rebuild each user in ``payloads`` (errors handled as in ``tasks.base``); a durable
+    rebuild over budget goes on in a fresh message (``"resume"``)."""
 
     def handle(payload: Any) -> None:
         stores = runtime().stores
-        rebuild_user(stores, *_rebuild(payload))
-        stores.metrics.regen_rebuilds.inc()
+        user_id, durable = _rebuild(payload)
+        if rebuild_user(stores, user_id, durable, _resume(payload), _hand_on(user_id)):
+            stores.metrics.regen_rebuilds.inc()
 
     run_payloads(self, payloads, handle)

@@ -256,3 +256,17 @@ def test_the_sampled_audit_task_repairs_what_it_finds_and_counts_it(world: World
     after = (metrics.audit_users._value.get(), metrics.audit_repairs._value.get(),
              metrics.audit_drift_items.labels("missing_ttl", "redis")._value.get())
     assert [a - b for a, b in zip(after, before, strict=True)] == [len(AUTHORS) + len(FOLLOWS), 1, 1]
+
+
+def test_a_warm_feed_lost_while_its_marker_stays_is_found_and_rebuilt(world: World) -> None:
+    clean = world.state()
+    cache = world.stores.cache
+    marker = cache.own_keys.warm_marker("r2")
+    assert marker and world.redis.exists(marker), "rebuilt feeds are marked warm"
+    world.redis.delete("feed:r2")
+    world.redis.persist(marker)
+
+    drift = {(d.kind, d.store) for d in find_drift(world.stores, "r2")}
+    assert drift == {("missing", "redis"), ("missing_ttl", "redis")}
+    assert audit_user(world.stores, "r2", repair=True).left == []
+    assert world.state() == clean and world.redis.ttl(marker) > 0

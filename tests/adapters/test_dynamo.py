@@ -34,7 +34,7 @@ def _post(post_id: str = "p1", created_at: str = "2024-01-15T10:30:00.123Z") -> 
 
 
 def _items_for(users: list[str], post: Post) -> list[dict[str, Any]]:
-    return list(feed_items(users, post, feed_item_template(post, "2024-01-15T10:30:01.000+00:00")))
+    return list(feed_items(users, post, feed_item_template(post, "2024-01-15T10:30:01.000Z")))
 
 
 def _feed_keys(client: Any) -> list[tuple[str, str]]:
@@ -52,9 +52,12 @@ def _feed_keys(client: Any) -> list[tuple[str, str]]:
 
 
 def test_create_tables_twice_is_harmless(dynamodb):
-    assert create_tables(dynamodb, APP_TABLE, LEASE_TABLE) == {APP_TABLE: "created", LEASE_TABLE: "created"}
-    assert create_tables(dynamodb, APP_TABLE, LEASE_TABLE) == {APP_TABLE: "exists", LEASE_TABLE: "exists"}
-    assert set(dynamodb.list_tables()["TableNames"]) == {APP_TABLE, LEASE_TABLE}
+    letters = "feedpipe-dead-letters"
+    assert create_tables(dynamodb, APP_TABLE, LEASE_TABLE) == {
+        APP_TABLE: "created", LEASE_TABLE: "created", letters: "created"}
+    assert create_tables(dynamodb, APP_TABLE, LEASE_TABLE) == {
+        APP_TABLE: "exists", LEASE_TABLE: "exists", letters: "exists"}
+    assert set(dynamodb.list_tables()["TableNames"]) == {APP_TABLE, LEASE_TABLE, letters}
 
 
 def test_app_table_is_the_seeds(dynamodb, tables):

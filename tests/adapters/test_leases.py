@@ -150,3 +150,21 @@ def test_leases_of_ended_grandparents_are_never_created_again(leases: Any) -> No
     a.sync(lineage)  # the stream still lists the closed shards
 
     assert set(leases.list()) == {"s2"}  # s0 is not read again from TRIM_HORIZON
+
+
+def test_a_long_lived_consumer_forgets_leases_cleaned_up_after_resharding(leases: Any) -> None:
+    """What the coordinator notes about each lease (to tell a dead owner from a live one) used
+    to be kept for every shard it ever saw: memory that only grew over months of resharding."""
+    clock = Clock()
+    a = _coordinator(leases, "a", clock)
+    lineage = [Shard(f"s{n}", (f"s{n - 1}",) if n else (), closed=n < 11) for n in range(12)]
+    a.sync(lineage)
+    for shard in lineage:
+        a.tick()
+        assert shard.shard_id in a.held
+        a.checkpoint(shard.shard_id, SHARD_END if shard.closed else "5", None)
+        clock.now += 6
+    _tick_all(clock, a)
+
+    assert set(leases.list()) == {"s11"}
+    assert set(a._seen) == {"s11"}  # nothing kept for the eleven leases cleaned up

@@ -13,7 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from feedpipe.adapters.redis_client import SCAN_START, check_redis, connect_redis, scan_page
-from feedpipe.adapters.redis_feeds import DeadLetters, FeedCache
+from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode, Settings, load_settings
 from feedpipe.core import keys
@@ -65,6 +65,29 @@ def test_the_regen_queue_keys_share_its_slot_as_the_server_computes_it(client: R
         assert {client.cluster_keyslot(name) for name in names} == {11166}
 
 
+@pytest.mark.parametrize("own", [OwnKeys(), OwnKeys("app1:feedpipe:")], ids=["default", "prefixed"])
+def test_warm_markers_share_their_feeds_slot_as_the_server_computes_it(client: RedisCluster, own: OwnKeys) -> None:
+    for user in [*USERS, "a{b}", "a{b", "{u}"]:
+        marker = own.warm_marker(user)
+        assert marker is not None
+        assert client.cluster_keyslot(marker) == client.cluster_keyslot(keys.feed_cache(user)), user
+
+
+def test_empty_warm_feeds_are_written_on_every_primary(client: RedisCluster) -> None:
+    cache = FeedCache(client, max_length=3, ttl_seconds=600)
+    assert len(primaries_of(client, [keys.feed_cache(u) for u in USERS[:20]])) == 3
+    for user in USERS[:20]:
+        assert cache.replace_feed(user, []) == 0
+    assert not any(client.exists(keys.feed_cache(u)) for u in USERS)
+    assert cache.add_to_warm_feeds(USERS, 2000, json.dumps({"postId": "p2", "authorId": "b"})) == 20
+    assert cache.remove_post(USERS[:10], 2000, "p2") == 10  # emptied: still warm
+    assert cache.add_many_if_warm(USERS[0], [(3000, json.dumps({"postId": "p3", "authorId": "b"}))])
+    assert [json.loads(m)["postId"] for m, _ in cache.members(USERS[0])] == ["p3"]
+    assert [json.loads(m)["postId"] for m, _ in cache.members(USERS[15])] == ["p2"]
+    assert not any(client.exists(keys.feed_cache(u)) for u in USERS[20:]), "fan-out recreated a cold feed"
+    assert active_users(SimpleNamespace(cache=cache)) == sorted(USERS[:20])  # type: ignore[arg-type]
+
+
 def test_every_feed_cache_script_runs_on_every_primary(client: RedisCluster) -> None:
     cache = FeedCache(client, max_length=3, ttl_seconds=600)
     warm, cold = USERS[:20], USERS[20:]
@@ -108,19 +131,6 @@ def test_follow_caches_in_different_slots_are_both_dropped(client: RedisCluster)
     for follower, followed in pairs:
         cache.drop_follow_caches(follower, followed)
     assert not client.keys("follow*")
-
-
-def test_dead_letters_on_the_cluster(client: RedisCluster) -> None:
-    letters = DeadLetters(client, OwnKeys().dead_letters)
-    letters.add("stream:shard-1", "missing author_id", {"PK": "POST#x"})
-    letters.add_many([("regen", "job is not JSON", "nope"), ("task:fanout", "bad event", b"\xff")])
-
-    assert letters.count() == 3
-    assert [e["reason"] for e in letters.entries()] == ["bad event", "job is not JSON", "missing author_id"]
-    stored, oldest = letters.oldest(1)[0]
-    assert oldest["source"] == "stream:shard-1"
-    letters.remove(stored)
-    assert letters.purge() == 2 and letters.count() == 0
 
 
 def test_regen_queue_take_ack_and_recover_with_leases(client: RedisCluster) -> None:

@@ -1,16 +1,10 @@
-"""FeedCache and DeadLetters against fakeredis (with Lua), read back the way the app reads them."""
+"""FeedCache against fakeredis (with Lua), read back the way the app reads them."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from decimal import Decimal
 
-import pytest
-
-from feedpipe.adapters.redis_feeds import DeadLetters
 from feedpipe.core.events import Post
-from feedpipe.core.keys import OwnKeys
 from feedpipe.core.members import MemberFormat, encode_member
 
 MAX_LENGTH = 5  # what conftest.py gives the cache
@@ -186,58 +180,3 @@ def test_drop_follow_caches_deletes_only_the_two_affected(cache, redis_client):
     assert not redis_client.exists("followers:u_alice")
     assert not redis_client.exists("following:u_bob")
     assert redis_client.exists("followers:u_bob", "following:u_alice", "feed:u_bob") == 3
-
-
-# -- dead letters -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def dead_letters(redis_client) -> DeadLetters:
-    return DeadLetters(redis_client, OwnKeys().dead_letters)
-
-
-def test_dead_letter_keeps_reason_source_and_payload(dead_letters, redis_client):
-    record = {"eventID": "e1", "eventName": "UPSERT"}
-
-    letter_id = dead_letters.add("dynamodb-streams:shardId-1", "unknown eventName 'UPSERT'", record)
-
-    assert redis_client.llen("feedpipe:dlq") == 1
-    (entry,) = dead_letters.entries()
-    assert entry["id"] == letter_id
-    assert entry["source"] == "dynamodb-streams:shardId-1"
-    assert entry["reason"] == "unknown eventName 'UPSERT'"
-    assert entry["payload"] == record
-    assert datetime.fromisoformat(entry["at"]).tzinfo is not None
-
-
-def test_dead_letter_payloads_with_bytes_datetimes_and_decimals_are_json(dead_letters, redis_client):
-    payload = {
-        "raw": b"\x00\xffbinary",
-        "when": datetime(2024, 1, 15, 10, 30, tzinfo=UTC),
-        "n": Decimal("1.50"),
-        "tags": {"b", "a"},
-    }
-
-    dead_letters.add("regen", "job is not JSON", payload)
-
-    json.loads(redis_client.lindex("feedpipe:dlq", 0))  # stored as plain JSON
-    stored = dead_letters.entries()[0]["payload"]
-    assert stored["raw"] == {"__bytes_b64__": "AP9iaW5hcnk="}
-    assert stored["when"] == "2024-01-15T10:30:00+00:00"
-    assert stored["n"] == "1.50"
-    assert stored["tags"] == ["a", "b"]
-
-
-def test_dead_letters_add_many_count_entries_and_purge(dead_letters):
-    dead_letters.add("s", "first", {"n": 0})
-    dead_letters.add_many([("s", f"batch {n}", {"n": n}) for n in range(1, 4)])
-    dead_letters.add_many([])
-
-    assert dead_letters.count() == 4
-    assert [e["reason"] for e in dead_letters.entries()] == ["batch 3", "batch 2", "batch 1", "first"]
-    assert [e["reason"] for e in dead_letters.entries(limit=2)] == ["batch 3", "batch 2"]
-    assert len({e["id"] for e in dead_letters.entries()}) == 4
-
-    assert dead_letters.purge() == 4
-    assert dead_letters.count() == 0
-    assert dead_letters.entries() == []

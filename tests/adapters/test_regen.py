@@ -22,13 +22,13 @@ import pytest
 import feedpipe.adapters.regen_queue as regen_queue_module
 import feedpipe.feeds.regen as regen_module
 import feedpipe.runtime
-from feedpipe.adapters.redis_feeds import decode_payload
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_items
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
+from feedpipe.core.letters import decode_payload
 from feedpipe.core.records import post_from_image
 from feedpipe.feeds.delivery import add_post, remove_post
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
@@ -726,4 +726,41 @@ def test_any_rebuild_job_for_a_user_repairs_even_when_coalesced_with_follows(wor
 
     assert stats.rebuilds == 1 and stats.jobs == 3
     assert world.durable("bob") == backfilled(made)
+    world.assert_cache_matches_durable("bob")
+
+
+def test_a_durable_rebuild_over_budget_hands_on_and_ends_as_one_run_would(world, bob_follows, monkeypatch):
+    """A user who follows thousands used to be rebuilt in one task, however long it took.
+    Here every author's repair outlasts the budget: each task hands the rest on, and the
+    chain ends with the same durable feed (and cache) as one unbudgeted run."""
+    import feedpipe.feeds.rebuild as rebuild_module
+    from feedpipe.feeds.rebuild import RebuildResume
+    from feedpipe.feeds.regen import rebuild_user
+
+    made = bob_follows
+    world.put_durable(made["zed"] + made["carol"], ["bob"])  # zed is not followed: unmerged
+    world.delete_durable_by_hand("bob", author="alice")  # alice's posts: backfilled
+    world.app.delete_post("c1")  # its retraction never ran: retracted
+    budget = world.stores.settings.task_budget_seconds
+    clock = [0.0]
+
+    def look() -> float:
+        clock[0] += budget + 1  # each look is over a budget later: every repair spends it
+        return clock[0]
+
+    monkeypatch.setattr(rebuild_module, "time", SimpleNamespace(monotonic=look))
+    handed: list[RebuildResume] = []
+    tasks = 1
+    finished = rebuild_user(world.stores, "bob", True, None, handed.append)
+    while handed:
+        assert not finished and world.cached("bob") is None  # the cache waits for the last piece
+        tasks += 1
+        finished = rebuild_user(world.stores, "bob", True, handed.pop(), handed.append)
+
+    assert finished
+    # alice, carol (backfill, which also takes the dead c1 out), zed (unmerge), then the cache;
+    # the resumed run reads the feed again and finds nothing left to retract.
+    assert tasks == 4
+    expected = ids(made["alice"][-BACKFILL:] + made["carol"][1:])
+    assert world.durable("bob") == expected
     world.assert_cache_matches_durable("bob")

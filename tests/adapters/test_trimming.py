@@ -4,10 +4,12 @@ is touched, and the resumable table sweep reaches every user."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from feedpipe.adapters.redis_client import SCAN_START
 from feedpipe.core import keys
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds, trim_durable_feed
 from tests.adapters.conftest import APP_TABLE
@@ -178,3 +180,65 @@ def test_sweep_over_several_calls_visits_every_user(app, dynamodb, feed_table):
         assert _durable_sks(dynamodb, user_id) == _newest_sks(6 if n % 2 else 3, 4)
     post_key = {"PK": {"S": keys.post_pk("p_app")}, "SK": {"S": keys.POST_SK}}
     assert dynamodb.get_item(TableName=APP_TABLE, Key=post_key)["Item"]
+
+
+def _over_budget_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every look at the clock is an hour later: each slice spends the whole budget."""
+    import time
+
+    import feedpipe.feeds.trimming as trimming
+
+    clock = [0.0]
+
+    def look() -> float:
+        clock[0] += 3600.0
+        return clock[0]
+
+    monkeypatch.setattr(trimming, "time", SimpleNamespace(monotonic=look, perf_counter=time.perf_counter))
+
+
+def test_a_sweep_over_budget_stops_after_a_slice_and_goes_on_from_its_cursor(redis_client, monkeypatch):
+    sizes = {f"u{i}": 12 if i % 3 == 0 else 4 for i in range(30)}
+    for user_id, size in sizes.items():
+        _fill_feed(redis_client, user_id, size)
+    _over_budget_clock(monkeypatch)
+
+    calls, cursor, trimmed = 0, SCAN_START, 0
+    while True:
+        stats = sweep_cached_feeds(redis_client, max_length=5, scan_count=4, cursor=cursor, budget_seconds=30)
+        calls, cursor, trimmed = calls + 1, stats.next_cursor, trimmed + stats.keys_trimmed
+        assert stats.slices == 1  # one slice, then the budget is spent
+        if cursor == SCAN_START:
+            break
+
+    assert calls > 1
+    assert trimmed == 10
+    for user_id, size in sizes.items():
+        assert _cached_post_ids(redis_client, user_id) == [f"{user_id}-p{i}" for i in reversed(range(size))][:5]
+
+
+def test_the_trim_task_hands_the_rest_of_its_sweep_on_to_fresh_messages(redis_client, monkeypatch):
+    """The sweep used to walk every key in one task, however many there were, and outlive
+    the visibility timeout on a big Redis."""
+    import feedpipe.tasks.maintenance as maintenance
+    from feedpipe.config import load_settings
+    from feedpipe.runtime import install_runtime
+
+    users = [f"u{i}" for i in range(1200)]  # more than one SCAN slice (500) holds
+    for user_id in users:
+        _fill_feed(redis_client, user_id, 7)
+    settings = load_settings({"FEEDPIPE_FEED_MAX_LENGTH": "5"})
+    install_runtime(settings)._stores = SimpleNamespace(  # type: ignore[assignment]
+        cache=SimpleNamespace(client=redis_client), settings=settings)
+    _over_budget_clock(monkeypatch)
+    sent: list[list[Any]] = []
+    monkeypatch.setattr(maintenance.app, "send_task", lambda name, args, queue: sent.append(args))
+
+    maintenance.trim_caches.run()  # as beat sends it: no cursor
+    tasks = 1
+    while sent:
+        maintenance.trim_caches.run(*sent.pop())
+        tasks += 1
+
+    assert tasks > 1
+    assert all(redis_client.zcard(keys.feed_cache(user_id)) == 5 for user_id in users)

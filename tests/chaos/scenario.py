@@ -9,10 +9,11 @@ then assert, with a diff of the wrong feeds, the seed and the processes' logs.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from typing import Any
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.streams import DynamoDBStreamSource
+from feedpipe.core import keys
 from feedpipe.local import LocalBackendError, wait_for
-from tests.e2e.harness import LEASES, TABLE, Processes, World
+from tests.e2e.harness import LEASES, TABLE, Processes, World, wait_until
 from tests.faults import injected_counts
 from tests.reliability import write_report
 
@@ -235,3 +237,40 @@ class RandomApp:
             return "delete"
         self.world.remove(post_id)
         return "remove"
+
+
+# -- the moment a fault is injected at ---------------------------------------------------------
+
+
+def delivered(world: World, post_id: str) -> int:
+    """How many durable feeds hold ``post_id`` (a COUNT Scan: no items come back)."""
+    request = {"TableName": TABLE, "Select": "COUNT",
+               "FilterExpression": "begins_with(PK, :f) AND post_id = :p",
+               "ExpressionAttributeValues": {":f": {"S": keys.FEED_PREFIX}, ":p": {"S": post_id}}}
+    total = 0
+    while True:
+        page = world.dynamodb.scan(**request)
+        total += page["Count"]
+        if "LastEvaluatedKey" not in page:
+            return total
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def under_way(world: World, procs: Processes, fans: int, warm: int,
+              first: Callable[[], None] = lambda: None) -> tuple[list[str], Crew]:
+    """The history, ``first`` (say, a record to dead-letter), a slice of the app's traffic, the
+    crew started, and the first big fan-out begun: the moment each fault is injected at."""
+    fan_ids = build_history(world, fans=fans, warm=warm)
+    first()
+    steady_traffic(world, fan_ids)
+    crew = Crew(procs)
+    crew.start()
+    wait_until(lambda: delivered(world, "s1") > 0, 90, "the first fan-out to start")
+    return fan_ids, crew
+
+
+def regen_jobs(users: list[str]) -> list[str]:
+    """The app's regeneration jobs for users coming back: most as its follow path pushes them
+    (cache rebuilds), every tenth asking for the durable feed's repair too."""
+    return [json.dumps({"user_id": u, "action": "regenerate" if n % 10 == 0 else "follow", "target_user": u,
+                        "timestamp": "2026-11-25T11:00:00.000Z"}) for n, u in enumerate(users)]

@@ -22,8 +22,28 @@ from feedpipe.local import free_port, stop_process, wait_for
 START_SECONDS = 20.0
 
 
+class Killable:
+    """A server the test started in a process group of its own, which it may kill and start again."""
+
+    proc: subprocess.Popen[bytes] | None
+    restarts: int
+
+    def start(self) -> Killable:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no last save; clients see their connections drop."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.restarts += 1
+        self.start()
+
+
 @dataclass
-class RedisServer:
+class RedisServer(Killable):
     durable: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -53,16 +73,6 @@ class RedisServer:
         finally:
             client.close()
         return self
-
-    def kill(self) -> None:
-        """``kill -9``: no shutdown, no last save; clients see the connection drop."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.restarts += 1
-        self.start()
 
     def stop(self) -> None:
         if self.proc is not None:

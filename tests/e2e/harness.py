@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 from redis.cluster import RedisCluster
 
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
+from feedpipe.adapters.rabbitmq import is_amqp, read_queue_depths
 from feedpipe.adapters.redis_client import connect_broker
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.adapters.tables import create_tables
@@ -31,11 +33,13 @@ from feedpipe.core.records import post_from_image, record_sequence
 from feedpipe.feeds.delivery import add_post
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.local import LocalBackendError, stop_process, wait_for
+from feedpipe.ops import active_users
 from feedpipe.runtime import build_stores
 from feedpipe.worker import QUEUES
 
 TABLE = "SocialMediaApp"
 LEASES = "feedpipe-leases"
+AMQP_WAITING_QUEUES = (*QUEUES, *(level_name(level) for level in range(MAX_LEVEL + 1)))
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -140,6 +144,7 @@ class World:
     warm: set[str] = field(default_factory=set)
     clock: int = 0
     _broker: redis.Redis | None = field(default=None, repr=False)
+    amqp_unacked: Callable[[], int] | None = field(default=None, repr=False)  # e.g. RabbitNode.unacked
 
     def __post_init__(self) -> None:
         self.dynamodb = make_client("dynamodb")
@@ -201,8 +206,8 @@ class World:
         author = self.posts[post_id][0]
         add_post(self.stores, post, sorted(self.follows[author]))
         for user in warm:
-            if rebuild_cache(self.stores, user):
-                self.warm.add(user)
+            rebuild_cache(self.stores, user)
+            self.warm.add(user)  # warm from its rebuild on, even with nothing to cache
 
     def mark_history_consumed(self) -> None:
         """Checkpoint the stream at its current end, as if a consumer had processed all that."""
@@ -260,8 +265,13 @@ class World:
             feeds[user] = {json.loads(m)["postId"] for m in self.redis.zrange(key, 0, -1)}
         return feeds
 
+    def warm_now(self) -> set[str]:
+        """Who feedpipe counts as warm (a cached feed or a warm marker), as its scans see it."""
+        return set(active_users(self.stores))
+
     def expected_cached(self) -> dict[str, set[str]]:
-        """Warm users' caches hold their whole (small) feed; cold users have none."""
+        """Warm users' caches hold their whole (small) feed; cold users have none, and neither
+        has a warm user whose feed is empty (Redis keeps no empty sorted set: the marker does)."""
         expected = self.expected_feeds()
         return {u: expected[u] for u in self.warm if expected[u]}
 
@@ -272,7 +282,17 @@ class World:
         """Tasks queued or running: a Redis broker keeps every delivered message in its
         ``unacked`` hash until the task ends (acks are late), retries waiting their countdown
         included. One cheap call, where ``feeds_right`` scans the whole table on moto, which
-        the workers need too."""
+        the workers need too.
+
+        On RabbitMQ: messages ready in feedpipe's queues or waiting out a retry countdown in
+        Celery's delayed-delivery queues, by passive declares (instant), plus the unacknowledged
+        ones (tasks running) from ``amqp_unacked``: only the management statistics know those,
+        and they lag ~5 s, so a wait ends up to that much late, never early."""
+        if is_amqp(self.settings.broker):
+            depths = read_queue_depths(self.settings.broker, AMQP_WAITING_QUEUES)
+            if not depths or any(depths.values()):  # an unreachable broker still holds its queues
+                return True
+            return self.amqp_unacked is not None and self.amqp_unacked() > 0
         if self._broker is None:
             self._broker = connect_broker(self.settings)
         if self._broker is None:

@@ -43,7 +43,7 @@ STEPS = 60
 
 @pytest.fixture
 def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
-    feed, broker = RedisServer().start(), RedisServer().start()
+    feed, broker = RedisServer().start(), RedisServer(durable=True).start()  # a broker must persist
     yield feed, broker
     feed.stop()
     broker.stop()

@@ -12,7 +12,6 @@ The DynamoDB faults are injected inside the processes by botocore event hooks (`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,16 @@ from pathlib import Path
 import pytest
 
 from feedpipe.core import keys
-from tests.chaos.scenario import Crew, build_history, finish, steady_traffic, stream_checkpoint
+from tests.chaos.scenario import (
+    Crew,
+    build_history,
+    delivered,
+    finish,
+    regen_jobs,
+    steady_traffic,
+    stream_checkpoint,
+    under_way,
+)
 from tests.chaos.servers import RedisServer
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 from tests.faults import ENTRY, FaultPlan, injected_counts
@@ -57,36 +65,6 @@ def _run(aws_env: dict[str, str], feed_redis: RedisServer, broker: RedisServer, 
     return make_world(env, feed_redis.client()), procs
 
 
-def _delivered(world: World, post_id: str) -> int:
-    """How many durable feeds hold ``post_id``."""
-    request = {"TableName": "SocialMediaApp", "Select": "COUNT",
-               "FilterExpression": "begins_with(PK, :f) AND post_id = :p",
-               "ExpressionAttributeValues": {":f": {"S": keys.FEED_PREFIX}, ":p": {"S": post_id}}}
-    total = 0
-    while True:
-        page = world.dynamodb.scan(**request)
-        total += page["Count"]
-        if "LastEvaluatedKey" not in page:
-            return total
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def _under_way(world: World, procs: Processes, fans: int, warm: int) -> tuple[list[str], Crew]:
-    """The history, a slice of the app's traffic, the crew started, and the first big fan-out
-    begun: the moment each fault is injected at."""
-    fan_ids = build_history(world, fans=fans, warm=warm)
-    steady_traffic(world, fan_ids)
-    crew = Crew(procs)
-    crew.start()
-    wait_until(lambda: _started(world, "s1"), 60, "the first fan-out to start")
-    return fan_ids, crew
-
-
-def _started(world: World, post_id: str) -> bool:
-    """Some durable feed holds ``post_id``: its fan-out is under way."""
-    return _delivered(world, post_id) > 0
-
-
 def _report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return report_path(tmp_path_factory.getbasetemp())
 
@@ -120,7 +98,7 @@ def test_moto_answering_500_for_seconds_mid_run(aws_env, feed_redis, broker, tmp
     plan = FaultPlan(seed=8, outage_file=str(down), counts_dir=str(tmp_path))
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, plan)
     try:
-        fans, crew = _under_way(world, procs, fans=1500, warm=60)
+        fans, crew = under_way(world, procs, fans=1500, warm=60)
         down.touch()
         outage_began = time.monotonic()
         steady_traffic(world, fans, tag="b")  # the app goes on writing meanwhile
@@ -142,23 +120,26 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
     """The cache keeps nothing on disk: after the restart every feed is cold. The app rebuilds
     the feeds of users who come back (``feed_regen_queue``, drained by beat's schedule); those
     must end exact, every other user must have no cached feed (fan-out never warms a feed), and
-    every durable feed must be exact."""
+    every durable feed must be exact. A dead letter written before the restart is still there
+    after it (they once lived in this Redis)."""
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5")
     try:
-        fans, crew = _under_way(world, procs, fans=2000, warm=300)
+        bad_post = lambda: _write_post_without_author(world, "bad1")  # noqa: E731 - dead-lettered first
+        fans, crew = under_way(world, procs, fans=2000, warm=300, first=bad_post)
+        wait_until(lambda: "bad1" in _letters(world).values(), 60, "the bad post to be dead-lettered")
+        letters_before = _letters(world)
         warm_before = sum(1 for _ in world.redis.scan_iter(match=f"{keys.FEED_CACHE_PREFIX}*", count=1000))
         feed_redis.kill()
-        assert _delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
+        assert delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
         feed_redis.restart()
         assert world.redis.dbsize() == 0
+        assert _letters(world).items() >= letters_before.items(), "a dead letter was lost with the cache Redis"
         # Users coming back: some were warm, some never were; one more post reaches them.
         back = [*fans[:300:3], *fans[1000:1020], "bob"]
         # Most as the app's follow path pushes them (cache rebuilds), a few asking for the
         # durable feed's repair too (which a Redis restart never damages).
-        jobs = [json.dumps({"user_id": u, "action": "regenerate" if n % 10 == 0 else "follow", "target_user": u,
-                            "timestamp": "2026-11-25T11:00:00.000Z"}) for n, u in enumerate(back)]
-        world.redis.lpush(keys.REGEN_QUEUE, *jobs)
+        world.redis.lpush(keys.REGEN_QUEUE, *regen_jobs(back))
         world.warm = set(back)
         procs.beat()
         world.post("star", "s4")
@@ -167,9 +148,29 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
                    "rewarmed": len(back)}
         finish(world, procs, figures, _report(tmp_path_factory), SETTLE_SECONDS, started=started)
         assert crew.exited() == [], procs.logs()
+        assert _letters(world).items() >= letters_before.items()
     finally:
         procs.stop_all()
     assert warm_before > 50
+
+
+def _write_post_without_author(world: World, post_id: str) -> None:
+    """A post item the consumer cannot read: dead-lettered, never in a feed."""
+    world.dynamodb.put_item(TableName="SocialMediaApp", Item={
+        "PK": {"S": keys.post_pk(post_id)}, "SK": {"S": keys.POST_SK}, "post_id": {"S": post_id},
+        "created_at": {"S": "2026-11-25T10:59:00.000Z"}, "content": {"S": "who wrote this?"},
+    })
+
+
+def _letters(world: World) -> dict[str, str]:
+    """Every dead letter's id, with the post id its record names (reading every page)."""
+    found = {}
+    for page in world.stores.dead_letters.pages():
+        for letter in page:
+            payload = letter["payload"] if isinstance(letter["payload"], dict) else {}
+            pk = payload.get("dynamodb", {}).get("Keys", {}).get("PK", {}).get("S", "")
+            found[letter["id"]] = str(pk).removeprefix(keys.POST_PREFIX)
+    return found
 
 
 def test_broker_unreachable_holds_the_checkpoint_and_loses_nothing(
@@ -178,7 +179,7 @@ def test_broker_unreachable_holds_the_checkpoint_and_loses_nothing(
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path)
     try:
-        fans, crew = _under_way(world, procs, fans=1500, warm=60)
+        fans, crew = under_way(world, procs, fans=1500, warm=60)
         broker.kill()
         steady_traffic(world, fans, tag="b")  # records the consumer reads but cannot publish
         wait_until(lambda: _publish_failures(procs) >= 1, 60, "the consumer to find the broker gone")

@@ -176,3 +176,39 @@ def test_a_second_beat_waits_and_takes_over_when_the_first_dies(world: World, pr
     procs.worker()
     world.redis.lpush(keys.REGEN_QUEUE, json.dumps({"user_id": "z", "action": "follow"}))
     wait_until(lambda: drained(world), 60, "the new beat's drains to run")
+
+
+def test_users_who_follow_before_anyone_posts_have_their_feeds_cached_when_posts_arrive(
+    world: World, procs: Processes
+) -> None:
+    """The seed app's order: followers first, posts after. Each follow pushes a regen job; the
+    rebuilt feed is empty, yet the user is warm from then on, so posts reach their cache."""
+    authors, fans = ["ann", "ben"], [f"n{i:02d}" for i in range(12)]
+    world.user(*authors, *fans, "idle")
+    world.mark_history_consumed()
+    procs.worker()
+    procs.beat()
+    procs.consumer()
+    for i, fan in enumerate(fans):
+        world.follow(fan, authors[i % 2])
+        if i % 3 == 0:
+            world.follow(fan, authors[(i + 1) % 2])
+    wait_until(lambda: drained(world) and world.warm_now() == set(fans), 120, "every follower to be warm")
+    world.warm.update(fans)
+    assert not any(world.redis.exists(keys.feed_cache(u)) for u in fans)  # warm, and empty
+
+    for n in range(2):  # at most four posts per feed: every cache holds its whole feed (MAX is 5)
+        for author in authors:
+            world.post(author, f"{author}{n}")
+    try:  # not world.settled: the beat keeps the broker busy with drains every half second
+        wait_until(world.feeds_right, 120, "every feed, durable and cached, to be right")
+    finally:
+        world.assert_feeds_right()
+    assert all(world.stores.cache.members(fan) for fan in fans)
+    assert world.warm_now() == set(fans)
+    # Each follow's re-check, once GSI1 has surely caught up (FEEDPIPE_GSI_LAG_SECONDS), runs on
+    # the real worker and changes nothing here (moto's GSIs are strongly consistent).
+    follows = len(fans) + len(fans[::3])
+    wait_until(lambda: len(re.findall(r"feedpipe\.follows\.recheck\[\S+\] succeeded", procs.logs(tail=10**7)))
+               == follows, 60, "every follow's re-check to run")
+    world.assert_feeds_right()

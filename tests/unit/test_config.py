@@ -101,6 +101,21 @@ def test_kinesis_without_a_stream_names_the_missing_variable():
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("value", ["1", "3"])
+def test_a_visibility_timeout_shorter_than_retries_need_is_refused_in_one_line(value):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": value})
+
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"bad setting FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS='{value}': must be at least 4")
+
+
+def test_the_shortest_visibility_timeout_leaves_a_budget_of_a_quarter():
+    assert load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4"}).task_budget_seconds == 1.0
+    assert load_settings({}).task_budget_seconds == 150.0
+
+
 @pytest.mark.parametrize("value", ["localhost:6379", "redis:6379", "redis:///0", "http://cache:6379"])
 def test_a_redis_url_without_scheme_and_host_is_refused(value):
     with pytest.raises(ConfigError, match="FEEDPIPE_REDIS_URL"):

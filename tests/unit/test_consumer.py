@@ -3,17 +3,27 @@ bad records and a broker outage."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 from botocore.exceptions import ClientError
 
 from feedpipe.adapters.leases import SHARD_END
-from feedpipe.adapters.streams import DynamoDBStreamSource
+from feedpipe.adapters.streams import DynamoDBStreamSource, record_time_ms
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
-from tests.fakes import FakeDeadLetters, FakeDispatcher, FakeLeaseTable, FakeShardSource, follow_record
+from tests.fakes import (
+    FakeDeadLetters,
+    FakeDispatcher,
+    FakeLeaseTable,
+    FakeShardSource,
+    brackets,
+    follow_record,
+    kinesis_record,
+    nested_change,
+)
 
 
 def _consumer(source, checkpoints=None, dispatcher=None, letters=None, per_read=2):
@@ -259,14 +269,14 @@ def test_a_post_whose_visibility_is_not_a_string_does_not_stop_the_shard():
 def test_a_parser_bug_dead_letters_the_record_and_the_shard_moves_on(monkeypatch):
     import feedpipe.consumers.pipeline as pipeline_module
 
-    real = pipeline_module.parse_record
+    real = pipeline_module.parse_change
 
     def flaky(record, excluded):
         if record["dynamodb"]["SequenceNumber"] == f"{1:021d}":
             raise TypeError("a bug")
         return real(record, excluded)
 
-    monkeypatch.setattr(pipeline_module, "parse_record", flaky)
+    monkeypatch.setattr(pipeline_module, "parse_change", flaky)
     source = FakeShardSource()
     source.add_shard("s", [follow_record(1, "a", "u1"), follow_record(2, "a", "u2")])
     dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
@@ -286,3 +296,68 @@ def test_a_parent_gone_from_the_stream_is_a_loud_gap_and_its_children_go_on():
 
     assert _followed(dispatcher) == ["kept"]
     assert [reason.split(":")[0] for _, reason, _ in letters.letters] == ["gap"]
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (brackets(200_000), "Kinesis data nests too deep to parse"),
+    (brackets(500), "Kinesis data is not a DynamoDB change record"),
+    (nested_change(400), "bad NewImage: attributes nest deeper than 50 levels"),
+], ids=["beyond-json-recursion", "deep-lists", "deep-maps"])
+def test_deeply_nested_kinesis_data_is_dead_lettered_and_the_shard_moves_on(data, reason):
+    """Nesting ``json.loads`` cannot recurse through, or that a parser walking it could not:
+    either used to escape the record's error handling and crash the consumer before its
+    checkpoint, over and over."""
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(1, "a", "u1"), kinesis_record(2, data), follow_record(3, "a", "u3")])
+    dispatcher, letters, checkpoints = FakeDispatcher(), FakeDeadLetters(), FakeLeaseTable()
+
+    _consumer(source, checkpoints, dispatcher, letters, per_read=10).run(stop_when_idle=True)
+
+    assert _followed(dispatcher) == ["u1", "u3"]
+    assert [(r, record["kinesis"]["data"]) for _, r, record in letters.letters] == [(reason, data)]
+    assert checkpoints.saved["s"] == f"{3:021d}"
+
+
+def test_nesting_as_deep_as_dynamodb_allows_is_read():
+    source = FakeShardSource()
+    source.add_shard("s", [kinesis_record(1, nested_change(32))])
+    dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
+
+    _consumer(source, dispatcher=dispatcher, letters=letters, per_read=10).run(stop_when_idle=True)
+
+    assert [e.kind for e in dispatcher.events] == ["post_published"] and letters.letters == []
+
+
+def test_a_record_too_deep_to_serialize_is_dead_lettered_with_what_can_be_kept():
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    bad = {"eventName": "INSERT", "eventID": deep, "dynamodb": {"Keys": deep, "SequenceNumber": f"{2:021d}"}}
+    source = FakeShardSource()
+    source.add_shard("s", [bad, follow_record(3, "a", "u3")])
+    dispatcher, letters, checkpoints = FakeDispatcher(), FakeDeadLetters(), FakeLeaseTable()
+
+    _consumer(source, checkpoints, dispatcher, letters, per_read=10).run(stop_when_idle=True)
+
+    [(_, reason, record)] = letters.letters
+    assert reason == "bad Keys: an item image must be a map"
+    json.dumps(record)  # the store can write it: what lies deeper than 100 levels is cut
+    assert record["dynamodb"]["SequenceNumber"] == f"{2:021d}"
+    assert _followed(dispatcher) == ["u3"] and checkpoints.saved["s"] == f"{3:021d}"
+
+
+@pytest.mark.parametrize("created", [float("inf"), float("nan"), "soon", [1], None])
+def test_a_last_record_with_no_usable_time_or_shape_still_checkpoints(created):
+    """The consumer reads the batch's last record's time after dead-lettering it: a record
+    whose ``dynamodb`` is not an object, or whose time is not finite, must not stop the shard."""
+    bad = [{"eventName": "INSERT", "dynamodb": "not an object"},
+           {"eventName": "INSERT", "dynamodb": {"SequenceNumber": f"{2:021d}", "ApproximateCreationDateTime": created}}]
+    for record in bad:
+        assert record_time_ms(record) is None
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(1, "a", "u1"), bad[1]])
+    letters, checkpoints = FakeDeadLetters(), FakeLeaseTable()
+
+    _consumer(source, checkpoints, letters=letters, per_read=10).run(stop_when_idle=True)
+
+    assert len(letters.letters) == 1 and checkpoints.saved["s"] == f"{2:021d}"

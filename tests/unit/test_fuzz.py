@@ -30,7 +30,7 @@ from feedpipe.core import keys
 from feedpipe.core.events import Ignored
 from feedpipe.core.records import RecordError, parse_record
 from feedpipe.core.regen import JobError, parse_job
-from tests.fakes import FakeDeadLetters, FakeDispatcher
+from tests.fakes import FakeDeadLetters, FakeDispatcher, brackets, kinesis_record, nested_change
 from tests.reliability import report_path, write_report
 
 EXAMPLES = int(os.environ.get("FEEDPIPE_FUZZ_EXAMPLES", "300"))
@@ -108,7 +108,27 @@ def records() -> st.SearchStrategy[Any]:
         st.one_of(st.binary(max_size=64), stream.map(lambda r: base64.b64encode(json.dumps(r, default=repr).encode())
                                                     .decode()), st.text(max_size=20)),
     )
-    return st.one_of(stream, kinesis, scalars)
+    return st.one_of(stream, kinesis, scalars, deep_records())
+
+
+def deep_records() -> st.SearchStrategy[Any]:
+    """Nesting from just inside the limit to far past what ``json.loads`` can recurse through:
+    as Kinesis data (bytes or base64 text), or as the objects of a record itself."""
+    depth = st.one_of(st.integers(90, 110), st.integers(110, 1200), st.integers(1200, 100_000))
+    data = st.one_of(depth.map(brackets), st.integers(40, 600).map(nested_change))
+    kinesis = st.builds(kinesis_record, st.integers(1, 10**6), data, st.booleans())
+    objects = st.builds(_nested_object, st.integers(90, 3000), st.sampled_from(["Keys", "NewImage", "eventID"]))
+    return st.one_of(kinesis, objects)
+
+
+def _nested_object(depth: int, where: str) -> dict[str, Any]:
+    value: Any = {"S": "x"}
+    for _ in range(depth):
+        value = {"M": {"a": value}} if where == "NewImage" else [value]
+    body: dict[str, Any] = {"Keys": {"PK": {"S": "POST#p"}, "SK": {"S": "METADATA"}}, "SequenceNumber": "1"}
+    if where == "eventID":
+        return {"eventName": "INSERT", "eventID": value, "dynamodb": body}
+    return {"eventName": "INSERT", "dynamodb": {**body, where: value if where == "Keys" else {"c": value}}}
 
 
 @fuzz
@@ -154,6 +174,7 @@ jobs = st.one_of(
         st.one_of(scalars, st.sampled_from(["follow", "unfollow", "rebuild"]), st.lists(scalars, max_size=2)),
         max_size=5)),
     st.binary(min_size=16_385, max_size=16_400),
+    st.integers(90, 8192).map(brackets),  # up to the size limit, far past json's recursion
 )
 
 

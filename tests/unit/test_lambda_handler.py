@@ -6,6 +6,7 @@ with a poison record in the middle.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from feedpipe.consumers import lambda_handler
 from feedpipe.consumers.lambda_handler import EventShapeError, handler, process_event
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.events import Event, FollowEnded, FollowStarted, PostPublished, PostRetracted
-from tests.fakes import FakeDeadLetters, FakeDispatcher
+from tests.fakes import FakeDeadLetters, FakeDispatcher, brackets, kinesis_record, nested_change
 
 DYNAMODB = "lambda_dynamodb_streams"
 KINESIS = "lambda_kinesis"
@@ -208,3 +209,29 @@ def test_the_handler_fails_every_invocation_on_a_bad_setting(load_event, monkeyp
         message = str(raised.value)
         assert message.startswith("bad setting FEEDPIPE_FEED_MAX_LENGTH='abc'")
         assert "\n" not in message
+
+
+@pytest.mark.parametrize("data", [brackets(200_000), nested_change(400)], ids=["beyond-json-recursion", "deep-maps"])
+def test_deeply_nested_kinesis_data_is_dead_lettered_not_failed_for_ever(data):
+    """It used to escape the record's error handling: reported as the batch's failure on every
+    invocation, so Lambda retried the same record for ever and the shard stood still."""
+    good = kinesis_record(3, json.dumps({"eventName": "INSERT", "dynamodb": {
+        "Keys": {"PK": {"S": "USER#u1"}, "SK": {"S": "FOLLOWING#a"}}}}).encode(), as_text=True)
+    event = {"Records": [kinesis_record(2, data, as_text=True), good]}
+    dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
+
+    response = process_event(event, make_pipeline(dispatcher, letters))
+
+    assert response == {"batchItemFailures": []}
+    assert [type(e) for e in dispatcher.events] == [FollowStarted]
+    [(_, reason, record)] = letters.letters
+    assert "nest" in reason and ("too deep" in reason or "deeper than" in reason)
+    assert record is event["Records"][0]
+
+
+def test_a_record_whose_position_is_not_a_sequence_number_is_retried_from_the_batch_start():
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    assert lambda_handler._sequence({"kinesis": {"sequenceNumber": deep}}) == ""
+    assert lambda_handler._sequence({"dynamodb": {"SequenceNumber": 12}}) == "12"

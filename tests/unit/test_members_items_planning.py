@@ -16,7 +16,7 @@ FEED_ITEM_ATTRIBUTES = {
     "user_id", "post_id", "author_id", "author_username", "content_preview", "content_type",
     "created_at", "inserted_at", "engagement_score", "is_promoted", "feed_rank",
 }  # fmt: skip
-INSERTED_AT = "2024-01-15T10:30:01.042+00:00"
+INSERTED_AT = "2024-01-15T10:30:01.042Z"
 
 
 # -- members -----------------------------------------------------------------------------------

@@ -143,3 +143,12 @@ def test_coalesce_of_nothing_is_nothing():
 def test_coalesce_many_duplicates_to_one_per_user():
     jobs = [job(f"u{i % 20:02d}") for i in range(300)]
     assert coalesce(jobs) == [f"u{i:02d}" for i in range(20)]
+
+
+@pytest.mark.parametrize("depth", [101, 8000])
+def test_a_deeply_nested_job_is_refused_with_a_reason(depth: int) -> None:
+    """8,000 levels fit in a job's 16 KB and are past what ``json.loads`` can recurse through:
+    the RecursionError used to escape the drain, which then took the job back up for ever."""
+    raw = '{"user_id": "u1", "action": "follow", "x": ' + "[" * depth + "]" * depth + "}"
+    with pytest.raises(JobError, match="job nests deeper than 100 levels"):
+        parse_job(raw, {"follow"})

@@ -3,6 +3,7 @@ the rest of the batch, and nothing dropped once retries run out."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -45,6 +46,16 @@ class Letters:
 
     def add_many(self, letters: list) -> None:
         self.letters.extend(letters)
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoffs a requeue waits out, recorded instead of slept."""
+    import feedpipe.tasks.base as base
+
+    waited: list[float] = []
+    monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=time.monotonic, sleep=waited.append))
+    return waited
 
 
 @pytest.fixture
@@ -178,7 +189,7 @@ def test_transient_failures_are_retried_up_to_our_limit_not_celerys_default_of_t
     monkeypatch.setattr("feedpipe.tasks.base.get_exponential_backoff_interval", lambda *a, **k: 0)
     calls: list[str] = []
 
-    def flaky(stores: Any, user_id: str, durable: bool) -> None:
+    def flaky(stores: Any, user_id: str, durable: bool, *_: Any) -> None:
         calls.append(user_id)
         if len(calls) <= 5:
             raise redis.ConnectionError("Redis restarting")
@@ -215,7 +226,7 @@ def test_a_batch_that_cannot_hand_its_rest_on_puts_the_message_back(letters: Let
     install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4"}))._stores = (
         SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
     clock = [0.0]
-    monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=lambda _: None))
 
     class BrokerDown(FakeTask):
         def apply_async(self, **kwargs: Any) -> None:
@@ -239,3 +250,121 @@ def test_a_dead_letter_that_cannot_be_written_puts_the_message_back(letters: Let
     with pytest.raises(Reject) as rejected:
         run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
     assert rejected.value.requeue is True
+
+
+@pytest.mark.parametrize(("visibility", "longest"), [("8", 2), ("60", 15), ("600", 120)])
+def test_a_retry_countdown_never_outlives_a_quarter_of_the_visibility_timeout(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch, visibility: str, longest: int
+) -> None:
+    """A countdown retry sits unacknowledged in a Redis worker: one longer than the visibility
+    timeout (up to 120 s, against 5 s) was delivered again while it waited, and ran 4 times."""
+    import random
+
+    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": visibility}))._stores = (
+        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    monkeypatch.setattr(random, "randrange", lambda stop: stop - 1)  # the jitter's longest draw
+
+    def down(event: Any, _: Any) -> None:
+        raise redis.ConnectionError("Redis down")
+
+    countdowns = []
+    for retries in range(12):
+        task = FakeTask(retries=retries)
+        with pytest.raises(Retry):
+            run_events(task, [_follow(1)], down)
+        countdowns.append(task.retried[0]["countdown"])
+
+    assert max(countdowns) == longest
+    assert countdowns[0] == 1  # the first retry still waits its second
+
+
+def test_a_message_whose_dead_letter_cannot_be_written_backs_off_before_it_comes_back(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    """It used to be put back at once, and taken again at once: a tight loop against a store
+    that is down. Each requeue in a row now waits twice as long (capped at the task budget)."""
+    import random
+
+    from celery.exceptions import Reject
+
+    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "40"}))._stores = (
+        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    monkeypatch.setattr(random, "randrange", lambda stop: stop - 1)  # the jitter's longest draw
+    store_down = [True]
+
+    def add(*letter: Any) -> None:
+        if store_down[0]:
+            raise redis.ConnectionError("Redis down")
+        letters.letters.append(letter)  # type: ignore[arg-type]
+
+    letters.add = add  # type: ignore[method-assign]
+    for _ in range(6):
+        with pytest.raises(Reject):
+            run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    assert sleeps == [1, 2, 4, 8, 10, 10]  # capped at the budget: a quarter of 40 s
+
+    store_down[0] = False
+    run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    store_down[0] = True
+    with pytest.raises(Reject):
+        run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    assert sleeps[-1] == 1  # a write that worked ends the streak
+    assert len(letters.letters) == 1
+
+
+def test_the_backoff_is_full_jitter(letters: Letters, sleeps: list[float]) -> None:
+    from celery.exceptions import Reject
+
+    def broken_store(*_: Any) -> None:
+        raise redis.ConnectionError("Redis down")
+
+    letters.add = broken_store  # type: ignore[method-assign]
+    for _ in range(60):
+        with pytest.raises(Reject):
+            run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    assert all(0 <= wait <= 120 for wait in sleeps) and len(set(sleeps[10:])) > 5
+
+
+def test_a_durable_rebuild_handed_on_goes_on_in_a_fresh_rebuild_message(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message a rebuild over budget sends is one the rebuild task reads back, resuming
+    where it stopped."""
+    import feedpipe.tasks.regen as regen_tasks
+    from feedpipe.feeds.rebuild import RebuildResume
+    from feedpipe.metrics import noop_metrics
+
+    install_runtime(load_settings({}))._stores = SimpleNamespace(  # type: ignore[assignment]
+        dead_letters=letters, metrics=noop_metrics())
+    seen: list[RebuildResume | None] = []
+    sent: list[dict[str, Any]] = []
+
+    def rebuild(stores: Any, user_id: str, durable: bool, resume: Any, hand_on: Any) -> bool:
+        seen.append(resume)
+        if resume is None:
+            hand_on(RebuildResume(1, "carol"))
+            return False
+        return True
+
+    monkeypatch.setattr(regen_tasks, "rebuild_user", rebuild)
+    monkeypatch.setattr(regen_tasks.app, "send_task", lambda name, args, queue: sent.append(
+        {"name": name, "args": args, "queue": queue}))
+
+    regen_tasks.rebuild_feeds.apply(args=[[{"user_id": "bob", "durable": True}]])
+    [message] = sent
+    assert (message["name"], message["queue"]) == ("feedpipe.regen.rebuild", "regen")
+    regen_tasks.rebuild_feeds.apply(args=message["args"])
+
+    assert seen == [None, RebuildResume(1, "carol")] and letters.letters == []
+
+
+@pytest.mark.parametrize("resume", ["step 1", {"step": 3, "after": "a"}, {"step": True, "after": "a"},
+                                    {"step": 1, "after": 7}])
+def test_a_rebuild_resume_that_cannot_be_read_is_dead_lettered(letters: Letters, resume: Any) -> None:
+    from feedpipe.tasks.regen import rebuild_feeds
+
+    payload = {"user_id": "bob", "durable": True, "resume": resume}
+    rebuild_feeds.apply(args=[[payload]])
+
+    assert [(s, p) for s, _, p in letters.letters] == [("task:feedpipe.regen.rebuild", payload)]
+    assert "resume needs a step" in letters.letters[0][1]
