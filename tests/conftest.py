@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -42,13 +43,22 @@ def redis_urls(broker_server: LocalRedis) -> Iterator[tuple[str, str]]:
     """(redis-py URL of the cache Redis, Celery URL of the durable broker)."""
     url = os.environ.get("FEEDPIPE_TEST_REDIS_URL")
     if url:
-        yield url, broker_server.broker_url
+        yield _own_database(url), broker_server.broker_url
         return
     server = LocalRedis().start()
     try:
         yield server.url, broker_server.broker_url
     finally:
         server.stop()
+
+
+def _own_database(url: str) -> str:
+    """Each parallel test process (pytest-xdist's ``gwN``) flushes a database of its own: the
+    given one plus N."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{base + int(worker.removeprefix('gw'))}"))
 
 
 @pytest.fixture
