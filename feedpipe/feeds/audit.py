@@ -20,7 +20,11 @@ audit judges nothing there. So:
   fields, a member that is not canonical, a wrong score).
 - **over_long**: more items than the cap (``durable_feed_max_items`` is applied by the hourly
   sweep, so a busy durable feed is over it between sweeps), more members than ``feed_max_length``.
-- **missing_ttl**: a cached feed with no TTL; durable items with no ``ttl`` when item expiry is on.
+- **missing_ttl**: a cached feed or warm marker with no TTL; durable items with no ``ttl`` when
+  item expiry is on.
+
+A user is warm while their feed key or their warm marker exists; a cold user's cache is not
+judged (fan-out does not write it).
 
 A live system changes under the audit, so drift seen once is looked at again and only what is
 seen both times is reported.
