@@ -21,7 +21,7 @@ from feedpipe.core.letters import decode_payload
 from feedpipe.core.timestamps import now_timestamp
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
-from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, RETRACT_QUEUE, app, broker_queue_depths
+from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, MAINTENANCE_QUEUE, RETRACT_QUEUE, app, broker_queue_depths
 from feedpipe.worker import REGEN_QUEUE as REGEN_TASK_QUEUE  # the Celery queue, not the app's list
 
 TASK_QUEUES = {
@@ -32,6 +32,7 @@ TASK_QUEUES = {
     tasks.APPLY_FOLLOWS: FOLLOWS_QUEUE,
     tasks.RECHECK_FOLLOWS: FOLLOWS_QUEUE,
     tasks.REGEN_REBUILD: REGEN_TASK_QUEUE,
+    tasks.BACKFILL_SEGMENT: MAINTENANCE_QUEUE,
 }
 
 

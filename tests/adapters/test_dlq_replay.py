@@ -134,3 +134,19 @@ def test_dlq_list_and_purge_page_through_every_letter(
     assert len(newest) == 21 and newest[-1] == "250 dead letters in all"
     assert runner.invoke(feedpipe.cli.main, ["dlq", "purge", "--yes"]).output == "purged 250 dead letters\n"
     assert letters.count() == 0
+
+
+def test_every_task_that_dead_letters_its_payloads_can_be_replayed():
+    """A task taking ``payloads`` dead-letters them as ``task:{name}``; replay must know its queue
+    (a backfill segment's letter was kept for ever when it did not)."""
+    import inspect
+
+    from feedpipe.ops import TASK_QUEUES
+    from feedpipe.worker import app
+
+    app.loader.import_default_modules()
+    dead_lettering = {
+        name for name, task in app.tasks.items()
+        if name.startswith("feedpipe.") and "payloads" in inspect.signature(task.run).parameters
+    }
+    assert dead_lettering and dead_lettering == set(TASK_QUEUES)
