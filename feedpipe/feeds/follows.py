@@ -24,9 +24,10 @@ def apply_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
     return unmerge(stores, follower_id, followed_id)
 
 
-def backfill(stores: Stores, follower_id: str, followed_id: str) -> int:
-    """Put ``followed_id``'s newest live posts into ``follower_id``'s feed, and take out their
-    posts there that are no longer live; returns how many were put in.
+def backfill(stores: Stores, follower_id: str, followed_id: str, only_missing: bool = False) -> int:
+    """Put ``followed_id``'s newest live posts into ``follower_id``'s feed (with
+    ``only_missing``, those the durable feed lacks), and take out their posts there that are no
+    longer live; returns how many were put in.
 
     The removal closes a race no other task can: a post delivered while the user followed, then
     deleted while they had unfollowed for a moment (its retraction's walk missed them), with
@@ -36,23 +37,27 @@ def backfill(stores: Stores, follower_id: str, followed_id: str) -> int:
     if not _follows(stores, follower_id, followed_id):
         return 0  # unfollowed since: the unfollow's own task owns the feed now
     posts = stores.table.recent_posts(followed_id, stores.settings.backfill_posts, stores.excluded)
-    add_posts(stores, follower_id, posts)
-    dead = dead_posts(stores, follower_id, followed_id)
+    in_feed = posts_of(stores.table.feed_items_by_author(follower_id, followed_id))
+    have = {p.post_id for p in in_feed} if only_missing else set()
+    added = [p for p in posts if p.post_id not in have]
+    add_posts(stores, follower_id, added)
+    dead = _dead(stores, in_feed)
     remove_posts(stores, follower_id, dead)
     settle_follow(stores, follower_id, followed_id, present=posts, absent=dead)
-    return len(posts)
+    return len(added)
 
 
 def recheck_follow(stores: Stores, follower_id: str, followed_id: str) -> int:
     """The follow's backfill again, once GSI1 shows everything written before the follow's task
     ran: a post whose fan-out walk missed the new edge is added, and a post deleted while the
-    retraction's walk missed it is taken out (``backfill`` removes posts no longer live)."""
-    return backfill(stores, follower_id, followed_id)
+    retraction's walk missed it is taken out (``backfill`` removes posts no longer live). Only
+    what the feed lacks is written: the first backfill wrote the rest, and a re-check of every
+    follow must not double what follows cost in write capacity."""
+    return backfill(stores, follower_id, followed_id, only_missing=True)
 
 
-def dead_posts(stores: Stores, follower_id: str, followed_id: str) -> list[Post]:
-    """``followed_id``'s posts in ``follower_id``'s durable feed that are no longer live."""
-    in_feed = posts_of(stores.table.feed_items_by_author(follower_id, followed_id))
+def _dead(stores: Stores, in_feed: Sequence[Post]) -> list[Post]:
+    """The posts of ``in_feed`` that are no longer live."""
     live = stores.table.live_post_ids([p.post_id for p in in_feed], stores.excluded) if in_feed else set()
     return [p for p in in_feed if p.post_id not in live]
 

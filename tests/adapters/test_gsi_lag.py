@@ -104,6 +104,22 @@ def test_a_post_deleted_while_the_retraction_missed_a_new_follower_leaves_at_the
     assert world.feeds() == ([], [])
 
 
+def test_a_recheck_of_a_feed_the_backfill_completed_writes_nothing(world: World, dynamodb: Any) -> None:
+    for n in range(3):
+        world.post(f"p{n}")
+    world.at(10.0)
+    world.follow()
+    world.at(10.1)
+    assert apply_follow(world.stores, USER, AUTHOR) == 3
+    world.at(10.1 + 2 * LAG)
+    batch_writes: list[str] = []
+    dynamodb.meta.events.register("before-call.dynamodb.BatchWriteItem", lambda **_: batch_writes.append("call"))
+
+    assert recheck_follow(world.stores, USER, AUTHOR) == 0  # every post already there
+    assert batch_writes == []  # a re-check of every follow must not double its write capacity
+    assert world.feeds() == (["p2", "p1", "p0"], ["p2", "p1", "p0"])
+
+
 def test_a_recheck_after_an_unfollow_leaves_the_author_out(world: World) -> None:
     world.post("p1")
     world.at(10.0)
