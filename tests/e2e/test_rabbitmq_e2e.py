@@ -30,12 +30,14 @@ from feedpipe.metrics import QueueDepths
 from feedpipe.worker import FOLLOWS_QUEUE, QUEUES, broker_queue_depths, celery_config, queue_depths
 from tests.chaos.rabbit import RabbitNode
 from tests.chaos.scenario import (
+    dead_letters,
     delivered,
     finish,
     regen_jobs,
     steady_traffic,
     stream_checkpoint,
     under_way,
+    write_post_without_author,
 )
 from tests.chaos.servers import RedisServer
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
@@ -214,11 +216,15 @@ def test_the_cache_redis_restarted_empty_mid_fanout_with_rabbitmq(
     world, procs = _pipeline(aws_env, rabbit, "cache-restart", feed_redis, tmp_path,
                              FEEDPIPE_FANOUT_CHUNK_SIZE="100", FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="1")
     try:
-        fans, crew = under_way(world, procs, fans=600, warm=80)
+        bad_post = lambda: write_post_without_author(world, "bad1")  # noqa: E731 - dead-lettered first
+        fans, crew = under_way(world, procs, fans=600, warm=80, first=bad_post)
+        wait_until(lambda: "bad1" in dead_letters(world).values(), 60, "the bad post to be dead-lettered")
+        letters_before = dead_letters(world)
         feed_redis.kill()
         assert delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
         feed_redis.restart()
         assert world.redis.dbsize() == 0
+        assert dead_letters(world).items() >= letters_before.items(), "a dead letter was lost with the cache Redis"
         back = [*fans[:80:8], *fans[400:402], "bob"]  # some were warm, some never were
         world.redis.lpush(keys.REGEN_QUEUE, *regen_jobs(back))
         world.warm = set(back)
@@ -228,5 +234,6 @@ def test_the_cache_redis_restarted_empty_mid_fanout_with_rabbitmq(
                    "faults": {"redis_restarts": feed_redis.restarts}, "rewarmed": len(back)}
         finish(world, procs, figures, report_path(tmp_path_factory.getbasetemp()), SETTLE_SECONDS, started=started)
         assert crew.exited() == [], procs.logs()
+        assert dead_letters(world).items() >= letters_before.items()
     finally:
         procs.stop_all()

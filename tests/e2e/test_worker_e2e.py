@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from celery import Celery
 
 from feedpipe import tasks
 from feedpipe.core.events import FollowStarted, to_payload
 from feedpipe.runtime import install_runtime
-from feedpipe.worker import FOLLOWS_QUEUE, app
+from feedpipe.worker import FOLLOWS_QUEUE, celery_config
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.e2e
 def world_and_procs(aws_env, redis_urls, real_redis, tmp_path):
     env = pipeline_env(aws_env, redis_urls)
     world = make_world(env, real_redis)
-    install_runtime(world.settings)  # this process publishes to the same broker as the worker
+    install_runtime(world.settings)
     world.user("star", "trusted", "attacker_target")
     world.bulk_follow(["trusted", "attacker_target"], "star")
     world.post("star", "s1")
@@ -26,11 +27,21 @@ def world_and_procs(aws_env, redis_urls, real_redis, tmp_path):
     procs.stop_all()
 
 
+@pytest.fixture
+def app(world_and_procs):
+    """This process publishes to the worker's broker through a Celery app of its own: the
+    module-level one may carry another test's configuration."""
+    sender = Celery("feedpipe-test-sender")
+    sender.config_from_object(celery_config(world_and_procs[0].settings))
+    yield sender
+    sender.close()
+
+
 def _feed(world: World, user: str) -> set[str]:
     return world.durable_feeds().get(user, set())
 
 
-def test_a_pickled_message_is_refused_and_never_run(world_and_procs) -> None:
+def test_a_pickled_message_is_refused_and_never_run(world_and_procs, app) -> None:
     world, procs = world_and_procs
     procs.worker()
     # Same task, same arguments: once pickled (refused), once as JSON (run).
@@ -44,7 +55,7 @@ def test_a_pickled_message_is_refused_and_never_run(world_and_procs) -> None:
     wait_until(lambda: "pickle" in procs.logs(), 30, "the worker to log the refusal")
 
 
-def test_a_broken_payload_is_dead_lettered_and_the_worker_goes_on(world_and_procs) -> None:
+def test_a_broken_payload_is_dead_lettered_and_the_worker_goes_on(world_and_procs, app) -> None:
     world, procs = world_and_procs
     procs.worker()
     broken = {"type": "follow_started", "follower_id": "trusted"}  # no followed_id
