@@ -94,16 +94,7 @@ class FeedTable:
     ) -> Iterator[tuple[list[str], Key | None]]:
         """The followers of ``author_id`` from ``start`` on (a key a page ended at), one GSI1
         page at a time, each with the key it ended at (None after the last page)."""
-        request: dict[str, Any] = {
-            "TableName": self.name,
-            "IndexName": keys.GSI1,
-            "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": keys.user_pk(author_id)},
-                ":sk": {"S": keys.FOLLOWER_PREFIX},
-            },
-            "ProjectionExpression": "GSI1SK",
-        }
+        request = {**self._user_gsi1_request(author_id, keys.FOLLOWER_PREFIX), "ProjectionExpression": "GSI1SK"}
         if page_size:
             request["Limit"] = page_size
         if start:
@@ -141,15 +132,16 @@ class FeedTable:
         return found[:limit]
 
     def _posts_request(self, author_id: str) -> dict[str, Any]:
+        return {**self._user_gsi1_request(author_id, keys.POST_PREFIX), "ScanIndexForward": False}
+
+    def _user_gsi1_request(self, user_id: str, sk_prefix: str) -> dict[str, Any]:
+        """A Query of ``user_id``'s GSI1 partition for the items whose GSI1SK has ``sk_prefix``
+        (``FOLLOWER#``: their followers; ``POST#``: their posts)."""
         return {
             "TableName": self.name,
             "IndexName": keys.GSI1,
             "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": keys.user_pk(author_id)},
-                ":sk": {"S": keys.POST_PREFIX},
-            },
-            "ScanIndexForward": False,
+            "ExpressionAttributeValues": {":pk": {"S": keys.user_pk(user_id)}, ":sk": {"S": sk_prefix}},
         }
 
     def post_image(self, post_id: str) -> dict[str, Any] | None:
