@@ -70,6 +70,9 @@ end
 REPLACE_FEED = """
 local remaining = redis.call('PTTL', KEYS[1])
 if KEYS[2] then remaining = math.max(remaining, redis.call('PTTL', KEYS[2])) end
+-- Keeping the TTL (a scheduled rebuild) is for users still warm: one who went cold since the
+-- walk found them stays cold. A feed without a TTL (PTTL -1) is warm, and gets the full TTL.
+if ARGV[2] == '1' and remaining == -2 then return 0 end
 local keep = ARGV[2] == '1' and remaining > 0
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
