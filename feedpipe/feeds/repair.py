@@ -114,8 +114,13 @@ def _remove_extras(stores: Stores, user_id: str, extras: list[Drift]) -> None:
         if drift.post is not None:
             stores.cache.remove_entries([(user_id, drift.post.created_at_ms, drift.post.post_id)])
             by_author[drift.post.author_id].append(drift.post)
+    # Settle each removal as its follow rule would, but only under the post's real author: an
+    # item naming another author (a bug, an operator) would be put back by a settle that sees
+    # the named author followed and the post live.
+    real = stores.table.post_images(p.post_id for posts in by_author.values() for p in posts)
     for author, posts in by_author.items():
-        settle_follow(stores, user_id, author, present=[], absent=posts)
+        named_right = [p for p in posts if real.get(p.post_id, {}).get("author_id", author) == author]
+        settle_follow(stores, user_id, author, present=[], absent=named_right)
 
 
 def _put_due(stores: Stores, user_id: str, due: list[Drift]) -> None:

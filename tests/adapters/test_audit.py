@@ -185,6 +185,19 @@ def inject_everything(w: World) -> dict[str, set[tuple[str, str, str]]]:
     }
 
 
+def test_an_item_naming_the_wrong_author_is_taken_out_and_stays_out(world: World) -> None:
+    """r1 follows ann, not cat; an item holds cat's post c9 but names ann. Its repair must not
+    be undone by a settle that sees ann followed and c9 live (it was put back, cache too)."""
+    items = {i["post_id"]: i for u in ("r2", "r3") for i in world.items(u)}
+    world.put_item("r1", items["c9"], author_id="ann")
+
+    report = audit_user(world.stores, "r1", repair=True)
+
+    assert report.left == []
+    assert "c9" not in {i["post_id"] for i in world.items("r1")}
+    assert find_drift(world.stores, "r1") == []
+
+
 def test_a_post_hidden_behind_the_pipelines_back_leaves_every_feed(world: World) -> None:
     world.app.dynamodb.update_item(
         TableName=APP_TABLE, Key={"PK": {"S": "POST#c9"}, "SK": {"S": "METADATA"}},
