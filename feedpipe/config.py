@@ -241,7 +241,10 @@ class Settings(BaseSettings):
 
     @property
     def broker(self) -> str:
-        return (self.broker_url or self.redis_url).get_secret_value()
+        """The broker URL as Celery reads it: kombu names a Redis over a unix socket
+        ``redis+socket://``, where redis-py says ``unix://``."""
+        url = (self.broker_url or self.redis_url).get_secret_value()
+        return "redis+socket" + url[len("unix"):] if url.startswith("unix://") else url
 
     def metrics_port_for(self, role: str) -> int:
         """Where a process of this role serves ``/metrics``: the setting, else the role's own

@@ -176,3 +176,9 @@ def test_up_gives_each_of_its_processes_a_port_of_its_own():
     assert _metrics_ports(load_settings({"FEEDPIPE_METRICS_PORT": "9100"}), names) == {
         "worker": 9100, "consumer": 9101, "beat": 9102}
     assert set(_metrics_ports(load_settings({"FEEDPIPE_METRICS_PORT": "0"}), names).values()) == {0}
+
+
+def test_a_unix_socket_redis_is_a_broker_celery_can_reach():
+    assert load_settings({"FEEDPIPE_REDIS_URL": "unix:///run/redis.sock?db=2"}).broker == "redis+socket:///run/redis.sock?db=2"
+    assert load_settings({"FEEDPIPE_BROKER_URL": "unix:///run/b.sock"}).broker == "redis+socket:///run/b.sock"
+    assert load_settings({"FEEDPIPE_BROKER_URL": "redis://b:6379/1"}).broker == "redis://b:6379/1"
