@@ -136,8 +136,10 @@ class FakeLeaseTable:
 
     @_locked
     def take(self, lease: Lease, owner: str) -> Lease | None:
-        current = self.leases[lease.shard_id]
-        if current.counter != lease.counter:
+        # A lease another consumer deleted (its shard finished, every child checkpointed) fails
+        # every conditional write, as the table's do: the item is not there to match.
+        current = self.leases.get(lease.shard_id)
+        if current is None or current.counter != lease.counter:
             return None
         self.leases[lease.shard_id] = replace(current, owner=owner, counter=current.counter + 1)
         return self.leases[lease.shard_id]
@@ -152,8 +154,8 @@ class FakeLeaseTable:
 
     @_locked
     def checkpoint(self, lease: Lease, owner: str, checkpoint: str, last_record_ms: int | None) -> Lease:
-        current = self.leases[lease.shard_id]
-        if current.owner != owner:
+        current = self.leases.get(lease.shard_id)
+        if current is None or current.owner != owner:
             raise LeaseLostError(lease.shard_id)
         self.leases[lease.shard_id] = replace(current, checkpoint=checkpoint, last_record_ms=last_record_ms)
         self.history.append((lease.shard_id, checkpoint))
@@ -161,8 +163,8 @@ class FakeLeaseTable:
 
     @_locked
     def release(self, lease: Lease, owner: str) -> bool:
-        current = self.leases[lease.shard_id]
-        if current.owner != owner:
+        current = self.leases.get(lease.shard_id)
+        if current is None or current.owner != owner:
             return False
         self.leases[lease.shard_id] = replace(current, owner=None, counter=current.counter + 1)
         return True

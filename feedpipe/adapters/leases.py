@@ -94,7 +94,9 @@ class LeaseTable:
             "update_item",
             Key=self._key(lease.shard_id),
             UpdateExpression="SET #o = :me, #c = :next",
-            ConditionExpression="#c = :seen OR attribute_not_exists(#c)",
+            # The item must still be there: an update would otherwise create it, bringing back
+            # the lease of a finished shard that a lineage cleanup deleted since it was seen.
+            ConditionExpression="attribute_exists(lease_key) AND (#c = :seen OR attribute_not_exists(#c))",
             ExpressionAttributeNames={"#o": "owner", "#c": "counter"},
             ExpressionAttributeValues=_values(me=owner, next=lease.counter + 1, seen=lease.counter),
         )

@@ -65,6 +65,23 @@ def test_the_table_refuses_stale_takes_renews_and_checkpoints(dynamodb: Any, tab
     assert LeaseTable(dynamodb, LEASE_TABLE, "arn:other").list() == {}  # leases are per stream
 
 
+def test_a_lease_cleaned_up_under_a_zombie_refuses_its_writes(leases: Any) -> None:
+    """A slow consumer still holding a finished shard's lease, after another finished it and
+    its children let it be deleted: every write of the zombie's fails as a lost lease, in the
+    table and in its fake alike (the fake raised KeyError, which killed a consumer's thread)."""
+    leases.create("s0", ())
+    zombie = leases.take(leases.list()["s0"], "slow")
+    taken = leases.take(zombie, "fast")
+    leases.checkpoint(taken, "fast", SHARD_END, None)
+    assert leases.delete_finished("s0")
+
+    with pytest.raises(LeaseLostError):
+        leases.checkpoint(zombie, "slow", "70", None)
+    assert leases.take(zombie, "slow") is None
+    assert leases.renew(zombie, "slow") is None
+    assert not leases.release(zombie, "slow")
+
+
 def test_three_consumers_share_the_shards_fairly(leases: Any) -> None:
     clock = Clock()
     consumers = [_coordinator(leases, name, clock) for name in "abc"]
