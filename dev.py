@@ -88,12 +88,12 @@ def main(argv: list[str]) -> int:
 
 
 def parallel(args: list[str]) -> list[str]:
-    """Three test processes unless told otherwise (``-n N``; ``-n 0`` runs in one): most of an
+    """Two test processes unless told otherwise (``-n N``; ``-n 0`` runs in one): most of an
     end-to-end test's time is spent waiting on its subprocesses and on moto, and each process
     has a moto of its own. A test file stays in one process (its module fixtures start servers)."""
     if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
         return []
-    return ["-n", os.environ.get("FEEDPIPE_TEST_PROCESSES", "3"), "--dist", "loadfile"]
+    return ["-n", os.environ.get("FEEDPIPE_TEST_PROCESSES", "2"), "--dist", "loadfile"]
 
 
 if __name__ == "__main__":
