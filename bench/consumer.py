@@ -23,6 +23,7 @@ from typing import Any
 
 from bench._util import load_event, local_redis, rss_bytes, user_id
 from bench.figures import Figure
+from feedpipe.adapters.celery_app import publisher_app
 from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.redis_feeds import connect_redis
 from feedpipe.adapters.streams import ReadResult, Shard
@@ -30,9 +31,8 @@ from feedpipe.config import Settings, load_settings
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import DeadLetterSink, RecordPipeline
+from feedpipe.core.catalog import QUEUES
 from feedpipe.core.keys import OwnKeys
-from feedpipe.runtime import install_runtime, reset_runtime
-from feedpipe.worker import QUEUES
 from tests.fakes import FakeDeadLetters, FakeLeaseTable
 
 TARGET_RATE = 20_000
@@ -127,21 +127,6 @@ class InMemorySource:
         return ReadResult(batch, None if end >= self.total else str(end))
 
 
-def celery_app(settings: Settings) -> tuple[Any, bool]:
-    """feedpipe's Celery app, configured by ``install_runtime``; a fresh app with the same
-    configuration when the global one already loaded another run's settings."""
-    install_runtime(settings)
-    from feedpipe.worker import app, celery_config
-
-    if app.conf.broker_url == settings.broker:
-        return app, False
-    from celery import Celery
-
-    fresh = Celery("feedpipe-bench", set_as_current=False)
-    fresh.config_from_object(celery_config(settings))
-    return fresh, True
-
-
 def broker_messages(client: Any, settings: Settings) -> int:
     own = OwnKeys(settings.key_prefix)
     return sum(int(client.llen(f"{own.prefix}broker:{queue}")) for queue in QUEUES)
@@ -166,7 +151,7 @@ def measure(n_rate: int, n_memory: int, rounds: int) -> dict[str, Any]:
     expected_events = sum(1 for i in range(n_rate) if make.kind(i) in EVENT_KINDS)
     with local_redis() as server:
         settings = load_settings({"FEEDPIPE_REDIS_URL": server.url, "FEEDPIPE_BROKER_URL": server.broker_url})
-        app, fresh = celery_app(settings)
+        app = publisher_app(settings)
         client = connect_redis(server.url)
         dead_letters = FakeDeadLetters()  # the bench's records are all good: none is written
         try:
@@ -197,7 +182,6 @@ def measure(n_rate: int, n_memory: int, rounds: int) -> dict[str, Any]:
         finally:
             client.close()
             app.close()
-            reset_runtime()
     best = {name: max(runs, key=lambda r: r["rate"]) for name, runs in rates.items()}
     start = samples[0][1]
     tenth = max(rss for pos, rss in samples if pos <= n_memory // 10)
@@ -205,7 +189,6 @@ def measure(n_rate: int, n_memory: int, rounds: int) -> dict[str, Any]:
         **best,
         "event_share": expected_events / n_rate,
         "all_ok": all(r["ok"] for runs in rates.values() for r in runs),
-        "fresh_app": fresh,
         "memory": {
             "records": totals.records,
             "messages": totals.messages,
@@ -247,7 +230,7 @@ def run(short: bool) -> list[Figure]:
                 "cpu_us_per_record": {"feedpipe": round(ours["cpu_us_per_record"], 1),
                                       "one_per_event": round(base["cpu_us_per_record"], 1)},
                 "every_record_counted_and_every_message_in_broker": m["all_ok"],
-                "celery_app": "fresh, same celery_config" if m["fresh_app"] else "feedpipe.worker.app",
+                "celery_app": "publisher_app(settings), as feedpipe consume builds it",
             },
         ),
         Figure(

@@ -49,7 +49,7 @@ from feedpipe import tasks
 from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post, PostPublished, to_payload
-from feedpipe.local import free_port, stop_process, wait_for
+from feedpipe.local import LocalBackendError, free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1000
@@ -57,7 +57,7 @@ WORKER_PROCESSES = 2
 WARM_EVERY = 10
 FULL = (25_000, 100_000)
 SHORT = (2_000, 8_000)
-DELIVERY_TIMEOUT_SECONDS = 900
+DELIVERY_TIMEOUT_SECONDS = {False: 900, True: 180}  # by short
 CHUNK_DONE = re.compile(r"^\S+ \S+ INFO\s+(\d+) celery\.app\.trace: Task feedpipe\.fanout\.chunk\[\S+\] succeeded")
 
 
@@ -68,11 +68,11 @@ def log(message: str) -> None:
 def run(short: bool = False) -> list[Figure]:
     small, large = SHORT if short else FULL
     with Backends() as backends:
-        runs = [measure(backends, n) for n in (small, large)]
+        runs = [measure(backends, n, DELIVERY_TIMEOUT_SECONDS[short]) for n in (small, large)]
     return figures(runs[0], runs[1])
 
 
-def measure(b: Backends, n: int) -> dict[str, Any]:
+def measure(b: Backends, n: int, timeout: float) -> dict[str, Any]:
     """One fan-out of a post to ``n`` followers by a fresh prefork worker."""
     assert b.redis is not None
     followers = follower_ids(n)
@@ -91,11 +91,15 @@ def measure(b: Backends, n: int) -> dict[str, Any]:
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         try:
-            wait_for(lambda: _written(port) is not None, 60, "the worker's /metrics")
+            wait_for(lambda: _alive(worker, log_path) and _written(port) is not None, 60, "the worker's /metrics")
             started = time.monotonic()
             _send(env, post)
-            wait_for(lambda: (_written(port) or 0) >= n, DELIVERY_TIMEOUT_SECONDS, f"{n:,} durable feed items",
-                     interval=0.2)
+            try:
+                wait_for(lambda: _alive(worker, log_path) and (_written(port) or 0) >= n, timeout,
+                         f"{n:,} durable feed items", interval=0.2)
+            except LocalBackendError as exc:
+                raise LocalBackendError(f"{exc} ({_written(port)} written); the worker's log ends:\n"
+                                        f"{_tail(log_path)}") from None
             seconds = time.monotonic() - started
             peaks = _children_peak_rss_mb(worker.pid)
         finally:
@@ -155,17 +159,13 @@ def _worker_env(b: Backends, port: int) -> dict[str, str]:
 
 
 def _send(env: dict[str, str], post: Post) -> None:
-    """The message the consumer would publish for the post's INSERT record, from a Celery app
-    of its own (feedpipe's is configured once per process, and other benchmarks ran first)."""
-    from celery import Celery
+    """The message the consumer would publish for the post's INSERT record, from a publisher
+    of its own (this process's other benchmarks used other brokers)."""
+    from feedpipe.adapters.celery_app import publisher_app
 
-    from feedpipe.worker import FANOUT_QUEUE, celery_config
-
-    app = Celery("bench-huge")
-    app.config_from_object(celery_config(load_settings({k: v for k, v in env.items() if k.startswith("FEEDPIPE_")})))
+    app = publisher_app(load_settings({k: v for k, v in env.items() if k.startswith("FEEDPIPE_")}))
     with app.connection_for_write() as connection:
-        app.send_task(tasks.FANOUT_POSTS, args=[[to_payload(PostPublished(post))]], queue=FANOUT_QUEUE,
-                      connection=connection)
+        app.send_task(tasks.FANOUT_POSTS, args=[[to_payload(PostPublished(post))]], connection=connection)
 
 
 def _warm_shutdown(worker: subprocess.Popen[bytes]) -> None:
@@ -175,6 +175,17 @@ def _warm_shutdown(worker: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         worker.wait(60)
     stop_process(worker)
+
+
+def _alive(worker: subprocess.Popen[bytes], log_path: Path) -> bool:
+    """True while the worker runs; a worker that exited fails the benchmark at once, with its log."""
+    if worker.poll() is not None:
+        raise LocalBackendError(f"the worker exited with {worker.returncode}; its log ends:\n{_tail(log_path)}")
+    return True
+
+
+def _tail(log_path: Path, lines: int = 40) -> str:
+    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _written(port: int) -> float | None:

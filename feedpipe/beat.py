@@ -18,12 +18,12 @@ from typing import Any
 from celery.beat import PersistentScheduler
 from redis.exceptions import LockError
 
-from feedpipe import tasks
+from feedpipe.adapters.celery_app import publisher_app
 from feedpipe.adapters.redis_feeds import connect_redis
 from feedpipe.config import Settings
+from feedpipe.core import catalog
 from feedpipe.core.keys import OwnKeys
 from feedpipe.health import BeatProbe, Heartbeat
-from feedpipe.worker import MAINTENANCE_QUEUE, REGEN_QUEUE, app
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,19 @@ BEAT_MAX_LOOP_SECONDS = 5
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    def every(seconds: float, task: str, queue: str) -> dict[str, Any]:
-        # A message not started within its own interval is dropped: the next one replaces it.
-        return {"task": task, "schedule": seconds, "options": {"queue": queue, "expires": seconds}}
+    def every(seconds: float, task: str) -> dict[str, Any]:
+        # Routed to its queue by name (the catalog); a message not started within its own
+        # interval is dropped: the next one replaces it.
+        return {"task": task, "schedule": seconds, "options": {"expires": seconds}}
 
     schedule = {
-        "regen-drain": every(settings.regen_drain_every_seconds, tasks.REGEN_DRAIN, REGEN_QUEUE),
-        "trim-caches": every(settings.trim_caches_every_seconds, tasks.TRIM_CACHES, MAINTENANCE_QUEUE),
-        "trim-durable": every(settings.trim_durable_every_seconds, tasks.TRIM_DURABLE, MAINTENANCE_QUEUE),
-        "rebuild-active": every(settings.rebuild_active_every_seconds, tasks.REBUILD_ACTIVE, MAINTENANCE_QUEUE),
+        "regen-drain": every(settings.regen_drain_every_seconds, catalog.REGEN_DRAIN),
+        "trim-caches": every(settings.trim_caches_every_seconds, catalog.TRIM_CACHES),
+        "trim-durable": every(settings.trim_durable_every_seconds, catalog.TRIM_DURABLE),
+        "rebuild-active": every(settings.rebuild_active_every_seconds, catalog.REBUILD_ACTIVE),
     }
     if settings.audit_sample_per_minute:
-        schedule["audit-sample"] = every(AUDIT_EVERY_SECONDS, tasks.AUDIT_SAMPLE, MAINTENANCE_QUEUE)
+        schedule["audit-sample"] = every(AUDIT_EVERY_SECONDS, catalog.AUDIT_SAMPLE)
     return schedule
 
 
@@ -66,6 +67,7 @@ def run_beat(settings: Settings, stop: threading.Event, probe: BeatProbe | None 
     log.info("holding the beat lock; scheduling %s", sorted(beat_schedule(settings)))
     renewer = threading.Thread(target=_keep_lock, args=(lock, settings.beat_lock_seconds, stop), daemon=True)
     renewer.start()
+    app = publisher_app(settings)
     app.conf.beat_schedule = beat_schedule(settings)
     schedule_file = os.path.join(tempfile.gettempdir(), f"feedpipe-beat-{os.getpid()}")
     try:

@@ -16,9 +16,9 @@ from typing import Any
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.appsim import AppWriter
 from feedpipe.config import Settings
+from feedpipe.core.catalog import QUEUES
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.runtime import build_stores
-from feedpipe.worker import QUEUES
 
 USERS = ("ana", "ben", "cleo", "dev", "eli", "fay", "gus", "hal")
 ACTIVE = frozenset({"ana", "ben", "cleo", "dev"})

@@ -23,14 +23,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from feedpipe.core.catalog import TASK_QUEUES
+
 DYNAMODB_OPERATIONS = ("BatchWriteItem", "BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem", "PutItem")
-TASK_NAMES = (
-    "feedpipe.fanout.posts", "feedpipe.fanout.chunk", "feedpipe.retract.posts", "feedpipe.retract.chunk",
-    "feedpipe.follows.apply", "feedpipe.follows.recheck", "feedpipe.regen.drain",
-    "feedpipe.regen.rebuild", "feedpipe.maintenance.trim_caches",
-    "feedpipe.maintenance.trim_durable", "feedpipe.maintenance.rebuild_active", "feedpipe.audit.sample",
-    "feedpipe.backfill.segment",
-)
+TASK_NAMES = tuple(TASK_QUEUES)  # every task of the catalog: the labels are pre-created at zero
 AUDIT_KINDS = ("missing", "extra", "stale", "over_long", "missing_ttl")  # feeds/audit.py's KINDS
 AUDIT_STORES = ("dynamodb", "redis")
 DEAD_LETTER_LABELS = (

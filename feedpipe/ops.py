@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from feedpipe import tasks
+from feedpipe.adapters.celery_app import broker_queue_depths
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.redis_client import SCAN_START
@@ -16,24 +16,12 @@ from feedpipe.adapters.streams import StreamError
 from feedpipe.config import Settings
 from feedpipe.consumers.build import build_source
 from feedpipe.consumers.pipeline import RecordPipeline
+from feedpipe.core.catalog import REPLAYABLE_TASKS
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.core.letters import decode_payload
 from feedpipe.core.timestamps import now_timestamp
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
-from feedpipe.worker import FANOUT_QUEUE, FOLLOWS_QUEUE, MAINTENANCE_QUEUE, RETRACT_QUEUE, app, broker_queue_depths
-from feedpipe.worker import REGEN_QUEUE as REGEN_TASK_QUEUE  # the Celery queue, not the app's list
-
-TASK_QUEUES = {
-    tasks.FANOUT_POSTS: FANOUT_QUEUE,
-    tasks.FANOUT_CHUNK: FANOUT_QUEUE,
-    tasks.RETRACT_POSTS: RETRACT_QUEUE,
-    tasks.RETRACT_CHUNK: RETRACT_QUEUE,
-    tasks.APPLY_FOLLOWS: FOLLOWS_QUEUE,
-    tasks.RECHECK_FOLLOWS: FOLLOWS_QUEUE,
-    tasks.REGEN_REBUILD: REGEN_TASK_QUEUE,
-    tasks.BACKFILL_SEGMENT: MAINTENANCE_QUEUE,
-}
 
 
 def gather_status(settings: Settings, stores: Stores) -> dict[str, Any]:
@@ -116,7 +104,7 @@ def _replay_one(stores: Stores, pipeline: RecordPipeline, letter: dict[str, Any]
     if letter.get("truncated"):
         result.truncated += 1
         return
-    sendable = kind in ("stream", "regen") or (kind == "task" and rest in TASK_QUEUES)
+    sendable = kind in ("stream", "regen") or (kind == "task" and rest in REPLAYABLE_TASKS)
     if not sendable or str(letter.get("reason", "")).startswith("gap:"):
         result.kept += 1
         return
@@ -129,7 +117,7 @@ def _replay_one(stores: Stores, pipeline: RecordPipeline, letter: dict[str, Any]
             return
         pipeline.deliver(prepared)
     elif kind == "task":
-        app.send_task(rest, args=[[payload]], queue=TASK_QUEUES[rest])
+        pipeline.dispatcher.send(rest, [payload])
     else:
         stores.regen_queue.push([payload])
     stores.dead_letters.remove(letter)

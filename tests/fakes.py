@@ -181,6 +181,7 @@ class FakeLeaseTable:
 class FakeDispatcher:
     events: list[Event] = field(default_factory=list)
     fail_next: int = 0
+    sent: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)  # (task name, payloads)
 
     def dispatch(self, events: Sequence[Event]) -> int:
         if self.fail_next:
@@ -188,6 +189,9 @@ class FakeDispatcher:
             raise OperationalError("broker unreachable")
         self.events.extend(events)
         return 1
+
+    def send(self, task_name: str, payloads: list[dict[str, Any]]) -> None:
+        self.sent.append((task_name, payloads))
 
 
 @dataclass

@@ -14,8 +14,8 @@ import yaml
 
 from feedpipe.cli import main
 from feedpipe.config import DEFAULT_METRICS_PORTS, Settings
+from feedpipe.core.catalog import QUEUES
 from feedpipe.core.keys import DEFAULT_PREFIX, OwnKeys
-from feedpipe.worker import QUEUES
 from tests.test_monitoring_config import SCRAPE_LABELS, _exported
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 
+from feedpipe.adapters.celery_app import publisher_app
 from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.kinesis import KinesisSource
@@ -28,10 +29,8 @@ def build_source(settings: Settings, dynamodb: object) -> ShardSource:
 
 
 def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> RecordPipeline:
-    from feedpipe.worker import app
-
     return RecordPipeline(
-        TaskDispatcher(app, settings.events_per_message),
+        TaskDispatcher(publisher_app(settings), settings.events_per_message),
         build_dead_letters(settings, make_client("dynamodb"), metrics),
         settings.excluded_visibilities,
     )

@@ -23,7 +23,6 @@ from feedpipe.config import Settings, load_settings
 from feedpipe.consumers import build
 from feedpipe.consumers.pipeline import BatchOutcome, DeadLetterSink, RecordPipeline
 from feedpipe.core.records import record_sequence
-from feedpipe.runtime import install_runtime
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,6 @@ def container_pipeline() -> RecordPipeline:
     global _pipeline
     if _pipeline is None:
         settings = load_settings()
-        install_runtime(settings)  # the Celery app reads its broker settings from the runtime
         # Lambda's runtime owns the root handler (it tags lines with the request id); only
         # feedpipe's level is ours to set.
         logging.getLogger("feedpipe").setLevel(settings.log_level)

@@ -1,16 +1,26 @@
-"""Thin Celery task wrappers over ``feedpipe.feeds``: decode payloads, classify errors, retry."""
+"""Thin Celery task wrappers over ``feedpipe.feeds``: decode payloads, classify errors, retry.
 
-# Task names, the one place they are spelled; the consumer sends tasks by these names.
-FANOUT_POSTS = "feedpipe.fanout.posts"
-FANOUT_CHUNK = "feedpipe.fanout.chunk"
-RETRACT_POSTS = "feedpipe.retract.posts"
-RETRACT_CHUNK = "feedpipe.retract.chunk"
-APPLY_FOLLOWS = "feedpipe.follows.apply"
-RECHECK_FOLLOWS = "feedpipe.follows.recheck"
-REGEN_DRAIN = "feedpipe.regen.drain"
-REGEN_REBUILD = "feedpipe.regen.rebuild"
-TRIM_CACHES = "feedpipe.maintenance.trim_caches"
-TRIM_DURABLE = "feedpipe.maintenance.trim_durable"
-REBUILD_ACTIVE = "feedpipe.maintenance.rebuild_active"
-AUDIT_SAMPLE = "feedpipe.audit.sample"
-BACKFILL_SEGMENT = "feedpipe.backfill.segment"
+Task names and queues live in ``feedpipe.core.catalog``; they are re-exported here for callers
+that send tasks by name.
+"""
+
+from feedpipe.core.catalog import (
+    APPLY_FOLLOWS,
+    AUDIT_SAMPLE,
+    BACKFILL_SEGMENT,
+    FANOUT_CHUNK,
+    FANOUT_POSTS,
+    REBUILD_ACTIVE,
+    RECHECK_FOLLOWS,
+    REGEN_DRAIN,
+    REGEN_REBUILD,
+    RETRACT_CHUNK,
+    RETRACT_POSTS,
+    TRIM_CACHES,
+    TRIM_DURABLE,
+)
+
+__all__ = [
+    "APPLY_FOLLOWS", "AUDIT_SAMPLE", "BACKFILL_SEGMENT", "FANOUT_CHUNK", "FANOUT_POSTS", "REBUILD_ACTIVE",
+    "RECHECK_FOLLOWS", "REGEN_DRAIN", "REGEN_REBUILD", "RETRACT_CHUNK", "RETRACT_POSTS", "TRIM_CACHES", "TRIM_DURABLE",
+]

@@ -10,12 +10,12 @@ from feedpipe import tasks
 from feedpipe.adapters.user_scan import sample_users
 from feedpipe.feeds.repair import audit_users
 from feedpipe.runtime import runtime
-from feedpipe.worker import MAINTENANCE_QUEUE, app
+from feedpipe.worker import app
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=tasks.AUDIT_SAMPLE, queue=MAINTENANCE_QUEUE)
+@app.task(name=tasks.AUDIT_SAMPLE)
 def audit_sample(count: int | None = None) -> dict[str, Any]:
     stores = runtime().stores
     settings = stores.settings

@@ -12,11 +12,11 @@ from feedpipe.adapters.backfill_progress import BackfillProgress
 from feedpipe.feeds.backfill import backfill_segment
 from feedpipe.runtime import runtime
 from feedpipe.tasks.base import PermanentError, requeue_on_failure, run_payloads
-from feedpipe.worker import MAINTENANCE_QUEUE, app
+from feedpipe.worker import app
 
 
 def send_segment(total: int, segment: int) -> None:
-    app.send_task(tasks.BACKFILL_SEGMENT, args=[[{"total": total, "segment": segment}]], queue=MAINTENANCE_QUEUE)
+    app.send_task(tasks.BACKFILL_SEGMENT, args=[[{"total": total, "segment": segment}]])
 
 
 def _segment(payload: Any) -> tuple[int, int]:
@@ -28,7 +28,7 @@ def _segment(payload: Any) -> tuple[int, int]:
     return total, segment
 
 
-@app.task(name=tasks.BACKFILL_SEGMENT, bind=True, queue=MAINTENANCE_QUEUE)
+@app.task(name=tasks.BACKFILL_SEGMENT, bind=True)
 def backfill_segment_task(self: Task, payloads: Any) -> None:
     """Errors as in ``tasks.base``: a transient one retries from the last page recorded."""
 

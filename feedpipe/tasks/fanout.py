@@ -15,24 +15,23 @@ from feedpipe.feeds import fanout
 from feedpipe.feeds.fanout import Resume
 from feedpipe.runtime import runtime
 from feedpipe.tasks.base import PermanentError, run_events
-from feedpipe.worker import FANOUT_QUEUE, RETRACT_QUEUE, app
+from feedpipe.worker import app
 
 E = TypeVar("E", PostPublished, PostRetracted)
 
 
-def _hand_out(task_name: str, queue: str, event: Event):  # type: ignore[no-untyped-def]
+def _hand_out(task_name: str, event: Event):  # type: ignore[no-untyped-def]
     payload = to_payload(event)
 
     def send(followers: list[str]) -> None:
-        app.send_task(task_name, args=[[{**payload, "followers": followers}]], queue=queue)
+        app.send_task(task_name, args=[[{**payload, "followers": followers}]])
 
     return send
 
 
-def _hand_on(task_name: str, queue: str, payload: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _hand_on(task_name: str, payload: dict[str, Any]):  # type: ignore[no-untyped-def]
     def send(resume: Resume) -> None:
-        app.send_task(task_name, args=[[{**payload, "resume": {"start": resume.start, "walked": resume.walked}}]],
-                      queue=queue)
+        app.send_task(task_name, args=[[{**payload, "resume": {"start": resume.start, "walked": resume.walked}}]])
 
     return send
 
@@ -70,18 +69,18 @@ def _expect(event: Event, cls: type[E]) -> E:
     return event
 
 
-@app.task(name=tasks.FANOUT_POSTS, bind=True, queue=FANOUT_QUEUE)
+@app.task(name=tasks.FANOUT_POSTS, bind=True)
 def fan_out_posts(self: Task, payloads: list[dict[str, Any]]) -> None:
     def handle(event: Event, payload: dict[str, Any]) -> None:
         post = _expect(event, PostPublished).post
-        hand_out = _hand_out(tasks.FANOUT_CHUNK, FANOUT_QUEUE, event)
-        hand_on = _hand_on(tasks.FANOUT_POSTS, FANOUT_QUEUE, to_payload(event))
+        hand_out = _hand_out(tasks.FANOUT_CHUNK, event)
+        hand_on = _hand_on(tasks.FANOUT_POSTS, to_payload(event))
         fanout.fan_out_post(runtime().stores, post, hand_out, _resume(payload), hand_on)
 
     run_events(self, payloads, handle)
 
 
-@app.task(name=tasks.FANOUT_CHUNK, bind=True, queue=FANOUT_QUEUE)
+@app.task(name=tasks.FANOUT_CHUNK, bind=True)
 def deliver_chunk(self: Task, payloads: list[dict[str, Any]]) -> None:
     def handle(event: Event, payload: dict[str, Any]) -> None:
         fanout.deliver_chunk(runtime().stores, _expect(event, PostPublished).post, _followers(payload))
@@ -89,18 +88,18 @@ def deliver_chunk(self: Task, payloads: list[dict[str, Any]]) -> None:
     run_events(self, payloads, handle)
 
 
-@app.task(name=tasks.RETRACT_POSTS, bind=True, queue=RETRACT_QUEUE)
+@app.task(name=tasks.RETRACT_POSTS, bind=True)
 def retract_posts(self: Task, payloads: list[dict[str, Any]]) -> None:
     def handle(event: Event, payload: dict[str, Any]) -> None:
         post = _expect(event, PostRetracted).post
-        hand_out = _hand_out(tasks.RETRACT_CHUNK, RETRACT_QUEUE, event)
-        hand_on = _hand_on(tasks.RETRACT_POSTS, RETRACT_QUEUE, to_payload(event))
+        hand_out = _hand_out(tasks.RETRACT_CHUNK, event)
+        hand_on = _hand_on(tasks.RETRACT_POSTS, to_payload(event))
         fanout.retract_post(runtime().stores, post, hand_out, _resume(payload), hand_on)
 
     run_events(self, payloads, handle)
 
 
-@app.task(name=tasks.RETRACT_CHUNK, bind=True, queue=RETRACT_QUEUE)
+@app.task(name=tasks.RETRACT_CHUNK, bind=True)
 def retract_chunk(self: Task, payloads: list[dict[str, Any]]) -> None:
     def handle(event: Event, payload: dict[str, Any]) -> None:
         fanout.retract_chunk(runtime().stores, _expect(event, PostRetracted).post, _followers(payload))

@@ -13,7 +13,7 @@ from feedpipe.core.events import Event, FollowEnded, FollowStarted
 from feedpipe.feeds.follows import apply_follow, apply_unfollow, recheck_follow
 from feedpipe.runtime import runtime
 from feedpipe.tasks.base import PermanentError, run_events
-from feedpipe.worker import FOLLOWS_QUEUE, app
+from feedpipe.worker import app
 
 
 def _apply(event: Event, payload: dict[str, Any]) -> None:
@@ -34,7 +34,7 @@ def _schedule_recheck(payload: dict[str, Any]) -> None:
     if lag:  # a broker that refuses it fails this event, which is retried: backfills are idempotent
         # Whole seconds: Celery's native delayed delivery on RabbitMQ refuses a fraction under 1.
         countdown = math.ceil(2 * lag)
-        app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], queue=FOLLOWS_QUEUE, countdown=countdown)
+        app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], countdown=countdown)
 
 
 def _recheck(event: Event, _: dict[str, Any]) -> None:
@@ -43,11 +43,11 @@ def _recheck(event: Event, _: dict[str, Any]) -> None:
     recheck_follow(runtime().stores, event.follower_id, event.followed_id)
 
 
-@app.task(name=tasks.APPLY_FOLLOWS, bind=True, queue=FOLLOWS_QUEUE)
+@app.task(name=tasks.APPLY_FOLLOWS, bind=True)
 def apply_follows(self: Task, payloads: list[dict[str, Any]]) -> None:
     run_events(self, payloads, _apply)
 
 
-@app.task(name=tasks.RECHECK_FOLLOWS, bind=True, queue=FOLLOWS_QUEUE)
+@app.task(name=tasks.RECHECK_FOLLOWS, bind=True)
 def recheck_follows(self: Task, payloads: list[dict[str, Any]]) -> None:
     run_events(self, payloads, _recheck)

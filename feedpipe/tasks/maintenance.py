@@ -17,7 +17,7 @@ from feedpipe.adapters.redis_client import SCAN_START
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds
 from feedpipe.runtime import runtime
-from feedpipe.worker import MAINTENANCE_QUEUE, app
+from feedpipe.worker import app
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ ACTIVE_REBUILD_SLICE_SECONDS = 20.0
 ACTIVE_SCAN_COUNT = 200
 
 
-@app.task(name=tasks.TRIM_CACHES, queue=MAINTENANCE_QUEUE)
+@app.task(name=tasks.TRIM_CACHES)
 def trim_caches(cursor: str = SCAN_START) -> dict[str, Any]:
     """One budgeted stretch of the cache sweep; the rest goes on in a fresh message from the
     cursor it reached (beat starts each sweep with none)."""
@@ -33,12 +33,12 @@ def trim_caches(cursor: str = SCAN_START) -> dict[str, Any]:
     stats = sweep_cached_feeds(stores.cache.client, stores.settings.feed_max_length,
                                cursor=str(cursor), budget_seconds=stores.settings.task_budget_seconds)
     if stats.next_cursor != SCAN_START:
-        app.send_task(tasks.TRIM_CACHES, args=[stats.next_cursor], queue=MAINTENANCE_QUEUE)
+        app.send_task(tasks.TRIM_CACHES, args=[stats.next_cursor])
     log.info("cache trim sweep: %s", stats)
     return asdict(stats)
 
 
-@app.task(name=tasks.TRIM_DURABLE, queue=MAINTENANCE_QUEUE)
+@app.task(name=tasks.TRIM_DURABLE)
 def trim_durable() -> dict[str, Any]:
     rt = runtime()
     stores, key = rt.stores, rt.own_keys.durable_trim_cursor
@@ -51,12 +51,12 @@ def trim_durable() -> dict[str, Any]:
         stores.cache.client.delete(key)
     else:
         stores.cache.client.set(key, json.dumps(sweep.next_cursor))
-        app.send_task(tasks.TRIM_DURABLE, queue=MAINTENANCE_QUEUE)  # the next slice
+        app.send_task(tasks.TRIM_DURABLE)  # the next slice
     log.info("durable trim slice: %s", sweep)
     return asdict(sweep)
 
 
-@app.task(name=tasks.REBUILD_ACTIVE, queue=MAINTENANCE_QUEUE)
+@app.task(name=tasks.REBUILD_ACTIVE)
 def rebuild_active() -> dict[str, int | str]:
     """Rebuild warm caches from durable feeds, keeping each key's TTL: repairs drift without
     keeping inactive users warm."""
@@ -76,7 +76,7 @@ def rebuild_active() -> dict[str, int | str]:
             break
     if cursor != SCAN_START:
         client.set(key, cursor)
-        app.send_task(tasks.REBUILD_ACTIVE, queue=MAINTENANCE_QUEUE)
+        app.send_task(tasks.REBUILD_ACTIVE)
     else:
         client.delete(key)
     return {"rebuilt": rebuilt, "cursor": cursor}

@@ -14,7 +14,7 @@ from feedpipe.feeds.rebuild import HandOnRebuild, RebuildResume
 from feedpipe.feeds.regen import Rebuild, drain, rebuild_user
 from feedpipe.runtime import runtime
 from feedpipe.tasks.base import PermanentError, run_payloads
-from feedpipe.worker import REGEN_QUEUE, app
+from feedpipe.worker import app
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +23,10 @@ DRAIN_MAX_SECONDS = 30.0
 
 def _hand_out(group: list[Rebuild]) -> None:
     payloads = [{"user_id": user_id, "durable": durable} for user_id, durable in group]
-    app.send_task(tasks.REGEN_REBUILD, args=[payloads], queue=REGEN_QUEUE)
+    app.send_task(tasks.REGEN_REBUILD, args=[payloads])
 
 
-@app.task(name=tasks.REGEN_DRAIN, queue=REGEN_QUEUE)
+@app.task(name=tasks.REGEN_DRAIN)
 def drain_regen_queue() -> dict[str, Any]:
     stores = runtime().stores
     # Well inside the visibility timeout, so a live drain is never redelivered; short even
@@ -62,12 +62,12 @@ def _resume(payload: dict[str, Any]) -> RebuildResume | None:
 def _hand_on(user_id: str) -> HandOnRebuild:
     def send(resume: RebuildResume) -> None:
         payload = {"user_id": user_id, "durable": True, "resume": {"step": resume.step, "after": resume.after}}
-        app.send_task(tasks.REGEN_REBUILD, args=[[payload]], queue=REGEN_QUEUE)
+        app.send_task(tasks.REGEN_REBUILD, args=[[payload]])
 
     return send
 
 
-@app.task(name=tasks.REGEN_REBUILD, bind=True, queue=REGEN_QUEUE)
+@app.task(name=tasks.REGEN_REBUILD, bind=True)
 def rebuild_feeds(self: Task, payloads: Any) -> None:
     """Rebuild each user in ``payloads`` (errors handled as in ``tasks.base``); a durable
     rebuild over budget goes on in a fresh message (``"resume"``)."""

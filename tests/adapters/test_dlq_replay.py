@@ -141,7 +141,7 @@ def test_every_task_that_dead_letters_its_payloads_can_be_replayed():
     (a backfill segment's letter was kept for ever when it did not)."""
     import inspect
 
-    from feedpipe.ops import TASK_QUEUES
+    from feedpipe.core.catalog import REPLAYABLE_TASKS
     from feedpipe.worker import app
 
     app.loader.import_default_modules()
@@ -149,4 +149,16 @@ def test_every_task_that_dead_letters_its_payloads_can_be_replayed():
         name for name, task in app.tasks.items()
         if name.startswith("feedpipe.") and "payloads" in inspect.signature(task.run).parameters
     }
-    assert dead_lettering and dead_lettering == set(TASK_QUEUES)
+    assert dead_lettering and dead_lettering == REPLAYABLE_TASKS
+
+
+def test_a_task_letter_goes_back_to_its_task_and_a_scheduled_tasks_letter_stays(letters, dispatcher):
+    payload = {"kind": "follow_started", "follower_id": "fan", "followed_id": "star"}
+    letters.add("task:feedpipe.follows.apply", "retries exhausted: throttled", payload)
+    letters.add("task:feedpipe.maintenance.trim_caches", "retries exhausted", {"cursor": "0"})
+
+    result = replay(letters, dispatcher)
+
+    assert (result.replayed, result.kept) == (1, 1)
+    assert dispatcher.sent == [("feedpipe.follows.apply", [payload])]
+    assert [kept["source"] for kept in letters.entries()] == ["task:feedpipe.maintenance.trim_caches"]

@@ -153,5 +153,5 @@ def test_a_follow_task_schedules_its_recheck_after_twice_the_lag(sent, lag: str,
     if countdown is None:
         assert sent == []
     else:
-        assert sent == [{"name": "feedpipe.follows.recheck", "args": [[to_payload(follow)]],
-                         "queue": "follows", "countdown": countdown}]
+        assert sent == [{"name": "feedpipe.follows.recheck", "args": [[to_payload(follow)]], "countdown": countdown}]
+        assert follow_tasks.app.amqp.router.route({}, sent[0]["name"])["queue"].name == "follows"

@@ -232,7 +232,7 @@ def test_the_trim_task_hands_the_rest_of_its_sweep_on_to_fresh_messages(redis_cl
         cache=SimpleNamespace(client=redis_client), settings=settings)
     _over_budget_clock(monkeypatch)
     sent: list[list[Any]] = []
-    monkeypatch.setattr(maintenance.app, "send_task", lambda name, args, queue: sent.append(args))
+    monkeypatch.setattr(maintenance.app, "send_task", lambda name, args, **_: sent.append(args))
 
     maintenance.trim_caches.run()  # as beat sends it: no cursor
     tasks = 1

@@ -28,6 +28,7 @@ from feedpipe.appsim import AppWriter
 from feedpipe.config import Settings, load_settings
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
+from feedpipe.core.catalog import QUEUES
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.records import post_from_image, record_sequence
 from feedpipe.feeds.delivery import add_post
@@ -35,7 +36,6 @@ from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.local import LocalBackendError, stop_process, wait_for
 from feedpipe.ops import active_users
 from feedpipe.runtime import build_stores
-from feedpipe.worker import QUEUES
 
 TABLE = "SocialMediaApp"
 LEASES = "feedpipe-leases"

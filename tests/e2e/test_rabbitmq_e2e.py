@@ -21,13 +21,15 @@ from kombu.transport.native_delayed_delivery import level_name
 from prometheus_client import CollectorRegistry
 
 from feedpipe import tasks
+from feedpipe.adapters.celery_app import broker_queue_depths, celery_config
 from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.rabbitmq import DEPTH_TIMEOUT_SECONDS, read_queue_depths
 from feedpipe.config import Settings, load_settings
 from feedpipe.core import keys
+from feedpipe.core.catalog import FOLLOWS_QUEUE, QUEUES
 from feedpipe.core.events import FollowStarted, to_payload
 from feedpipe.metrics import QueueDepths
-from feedpipe.worker import FOLLOWS_QUEUE, QUEUES, broker_queue_depths, celery_config, queue_depths
+from feedpipe.worker import queue_depths
 from tests.chaos.rabbit import RabbitNode
 from tests.chaos.scenario import (
     dead_letters,

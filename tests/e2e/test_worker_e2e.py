@@ -6,9 +6,10 @@ import pytest
 from celery import Celery
 
 from feedpipe import tasks
+from feedpipe.adapters.celery_app import celery_config
+from feedpipe.core.catalog import FOLLOWS_QUEUE
 from feedpipe.core.events import FollowStarted, to_payload
 from feedpipe.runtime import install_runtime
-from feedpipe.worker import FOLLOWS_QUEUE, celery_config
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e

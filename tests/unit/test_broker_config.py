@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from feedpipe.adapters.celery_app import celery_config
 from feedpipe.config import load_settings
-from feedpipe.worker import QUEUES, celery_config
+from feedpipe.core.catalog import QUEUES
 
 
 def _config(broker: str) -> dict:

@@ -38,10 +38,3 @@ def test_core_imports_no_adapter_library():
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
-
-
-def test_metrics_know_every_task_by_name():
-    from feedpipe import metrics, tasks
-
-    names = {value for key, value in vars(tasks).items() if key.isupper() and isinstance(value, str)}
-    assert names == set(metrics.TASK_NAMES)

@@ -347,8 +347,9 @@ def test_a_durable_rebuild_handed_on_goes_on_in_a_fresh_rebuild_message(
         return True
 
     monkeypatch.setattr(regen_tasks, "rebuild_user", rebuild)
-    monkeypatch.setattr(regen_tasks.app, "send_task", lambda name, args, queue: sent.append(
-        {"name": name, "args": args, "queue": queue}))
+    router = regen_tasks.app.amqp.router
+    monkeypatch.setattr(regen_tasks.app, "send_task", lambda name, args, **options: sent.append(
+        {"name": name, "args": args, "queue": router.route(options, name)["queue"].name}))
 
     regen_tasks.rebuild_feeds.apply(args=[[{"user_id": "bob", "durable": True}]])
     [message] = sent
