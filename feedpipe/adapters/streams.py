@@ -5,13 +5,10 @@ The consumer sees only ``ShardSource``; a Kinesis source implements the same pro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
-
-from feedpipe.core.records import moment_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,15 +126,3 @@ class DynamoDBStreamSource:
         except ClientError as exc:
             raise map_stream_error(exc) from exc
         return ReadResult(response.get("Records", []), response.get("NextShardIterator"))
-
-
-def record_time_ms(record: Any) -> int | None:
-    """When the change happened (approximately), in epoch ms, if the record says: None for a
-    record that holds no usable time, whatever its shape (it is read after the record was
-    dead-lettered, so it must not fail on what made it a dead letter)."""
-    if not isinstance(record, Mapping):
-        return None
-    kinesis, body = record.get("kinesis"), record.get("dynamodb")
-    if isinstance(kinesis, Mapping):
-        return moment_ms(kinesis.get("approximateArrivalTimestamp"))
-    return moment_ms(body.get("ApproximateCreationDateTime")) if isinstance(body, Mapping) else None

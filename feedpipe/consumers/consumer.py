@@ -14,7 +14,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
@@ -30,12 +29,10 @@ from feedpipe.adapters.streams import (
     ShardSource,
     ThrottledError,
     TrimmedDataError,
-    record_time_ms,
 )
 from feedpipe.consumers.initial_position import find_newest
 from feedpipe.consumers.leasing import LeaseCoordinator
-from feedpipe.consumers.pipeline import BatchOutcome, RecordPipeline
-from feedpipe.core.records import record_sequence
+from feedpipe.consumers.pipeline import BatchOutcome, Prepared, RecordPipeline
 from feedpipe.health import Heartbeat
 from feedpipe.metrics import Metrics, noop_metrics
 
@@ -231,8 +228,9 @@ class StreamConsumer:
         state.failures = 0
         if result.millis_behind:
             self._behind = True  # Kinesis: empty reads can still be behind the tip
-        self._observe_lag(state, result)
-        if result.records and not self._publish(state, result.records):
+        prepared = self.pipeline.prepare(result.records, f"stream:{state.shard.shard_id}") if result.records else None
+        self._observe_lag(state, result, prepared)
+        if prepared is not None and not self._publish(state, prepared):
             return len(result.records)  # the lease was lost: the shard is someone else's now
         state.iterator = result.next_iterator
         if result.next_iterator is None:
@@ -247,9 +245,8 @@ class StreamConsumer:
         self._checkpoint(state, checkpoint)
         return 0
 
-    def _publish(self, state: ShardState, records: list[dict[str, Any]]) -> bool:
-        """Publish a batch, then checkpoint it; False when the shard's lease was lost."""
-        prepared = self.pipeline.prepare(records, f"stream:{state.shard.shard_id}")
+    def _publish(self, state: ShardState, prepared: Prepared) -> bool:
+        """Publish a parsed batch, then checkpoint it; False when the shard's lease was lost."""
         for attempt in Retrying(
             retry=retry_if_exception_type(BROKER_ERRORS),
             wait=wait_random_exponential(multiplier=0.2, max=30),
@@ -265,7 +262,8 @@ class StreamConsumer:
         outcome = prepared.outcome
         self.totals.add(outcome)
         self._count(outcome)
-        return self._checkpoint(state, record_sequence(records[-1]), record_time_ms(records[-1]))
+        assert prepared.last is not None  # a batch of at least one record
+        return self._checkpoint(state, prepared.last.sequence_number, prepared.last.time_ms)
 
     def _checkpoint(self, state: ShardState, checkpoint: str, last_record_ms: int | None = None) -> bool:
         try:
@@ -311,13 +309,13 @@ class StreamConsumer:
             self.metrics.events_dispatched.labels(kind).inc(n)
         self.metrics.messages_published.inc(outcome.messages)
 
-    def _observe_lag(self, state: ShardState, result: ReadResult) -> None:
+    def _observe_lag(self, state: ShardState, result: ReadResult, prepared: Prepared | None) -> None:
         """How far behind the shard's tip: Kinesis says; otherwise the last record's age
         (0 once a read comes back empty: caught up)."""
         lag = 0.0
         if result.millis_behind is not None:
             lag = result.millis_behind / 1000
-        elif result.records and (created := record_time_ms(result.records[-1])) is not None:
+        elif prepared is not None and prepared.last is not None and (created := prepared.last.time_ms) is not None:
             lag = max(0.0, time.time() - created / 1000)
         self.metrics.consumer_lag_seconds.labels(state.shard.shard_id).set(lag)
 

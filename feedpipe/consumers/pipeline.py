@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from feedpipe.core.events import Event, Ignored
+from feedpipe.core.events import Event
 from feedpipe.core.nesting import clip_depth
-from feedpipe.core.records import RecordError, parse_change, unwrap_record
+from feedpipe.core.records import Envelope, read_record
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ class BatchOutcome:
     by_event: Counter[str] = field(default_factory=Counter)  # dispatched event kinds
 
 
-def _event_name(change: Mapping[str, Any]) -> str:
-    """INSERT, MODIFY, REMOVE, or "unknown": a bounded label whatever the change holds."""
-    name = change.get("eventName")
-    return name if name in ("INSERT", "MODIFY", "REMOVE") else "unknown"
-
-
 @dataclass
 class Prepared:
     """A parsed batch waiting to be delivered."""
@@ -55,6 +49,7 @@ class Prepared:
     events: list[Event] = field(default_factory=list)
     letters: list[tuple[str, str, Any]] = field(default_factory=list)
     letters_stored: bool = False
+    last: Envelope | None = None  # the batch's last record: its checkpoint and its time
 
 
 @dataclass
@@ -80,26 +75,19 @@ class RecordPipeline:
         return prepared
 
     def _prepare_one(self, record: Any, prepared: Prepared) -> None:
-        outcome, name = prepared.outcome, "unknown"
-        try:  # from the first read of the record on: nothing it holds may escape this
-            change = unwrap_record(record)
-            name = _event_name(change)
-            parsed = parse_change(change, self.excluded_visibilities)
-        except Exception as exc:  # RecordError, or a parser bug: either way the shard moves on
-            reason = str(exc) if isinstance(exc, RecordError) else f"unexpected {type(exc).__name__}: {exc}"
-            if not isinstance(exc, RecordError):
-                log.exception("unexpected error parsing a record from %s", prepared.source)
+        envelope = prepared.last = read_record(record, self.excluded_visibilities)
+        outcome = prepared.outcome
+        outcome.by_record[(envelope.event_name, envelope.entity)] += 1
+        if envelope.error is not None:
+            if envelope.unexpected:
+                log.error("unexpected error parsing a record from %s: %s", prepared.source, envelope.error)
             # A record too deep to parse may be too deep to serialize: the letter keeps what it can.
-            prepared.letters.append((prepared.source, reason, clip_depth(record)))
-            outcome.by_record[(name, "unparseable")] += 1
-            return
-        if isinstance(parsed, Ignored):
-            outcome.ignored[parsed.entity] += 1
-            outcome.by_record[(name, parsed.entity)] += 1
-            return
-        prepared.events.append(parsed)
-        outcome.by_event[parsed.kind] += 1
-        outcome.by_record[(name, "post" if parsed.kind.startswith("post") else "follow")] += 1
+            prepared.letters.append((prepared.source, envelope.error, clip_depth(record)))
+        elif envelope.ignored is not None:
+            outcome.ignored[envelope.ignored.entity] += 1
+        elif envelope.event is not None:
+            prepared.events.append(envelope.event)
+            outcome.by_event[envelope.event.kind] += 1
 
     def deliver(self, prepared: Prepared) -> None:
         """Dead letters first (once, however often a broker outage makes the caller retry),

@@ -5,8 +5,11 @@ GetRecords or a Lambda event), and a Kinesis record (``{"kinesis": {"data", "seq
 from GetRecords or a Lambda event) whose data is the JSON DynamoDB streams into Kinesis.
 ``unwrap_record`` turns the second into the first.
 
-``parse_record`` is pure and total: it returns an event, an ``Ignored``, or raises
-``RecordError`` with a reason fit for a dead letter. Nothing here does I/O.
+``read_record`` reads a record once, whatever it holds, into an ``Envelope``: its position
+and time in the shard, its event name and entity, and what it means (an event, an ``Ignored``,
+or the reason it is a dead letter). The consumer, its checkpoints, its lag and its metrics all
+use the envelope, never the raw record again. ``parse_record`` is the strict form: it returns
+an event or an ``Ignored``, or raises ``RecordError``. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import math
 import re
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +27,7 @@ from feedpipe.core import keys
 from feedpipe.core.attributes import AttributeValueError, from_image
 from feedpipe.core.events import (
     CONTENT_PREVIEW_UNITS,
+    Event,
     FollowEnded,
     FollowStarted,
     Ignored,
@@ -42,6 +47,38 @@ _EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
 
 class RecordError(ValueError):
     """A record feedpipe cannot understand; the message is the dead letter's reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One stream record, read once. Exactly one of ``event``, ``ignored`` and ``error`` is set."""
+
+    event_name: str  # INSERT, MODIFY, REMOVE, or "unknown": a bounded label whatever the record holds
+    sequence_number: str  # its position in the shard ("" when it holds none)
+    time_ms: int | None  # when it reached the stream (Kinesis: arrival; Streams: the change's time)
+    entity: str  # post, follow, user, feed, other; "unparseable" with an error
+    event: Event | None = None
+    ignored: Ignored | None = None
+    error: str | None = None  # the dead letter's reason
+    unexpected: bool = False  # the error is a parser bug, not a bad record
+
+
+def read_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> Envelope:
+    """Everything feedpipe needs from one record, read once; never raises."""
+    sequence, time_ms = record_position(record)
+    name = "unknown"
+    try:  # from the first read of the record on: nothing it holds may escape this
+        change = unwrap_record(record)
+        given = change.get("eventName")
+        name = given if isinstance(given, str) and given in _EVENT_NAMES else "unknown"
+        parsed = parse_change(change, excluded_visibilities)
+    except Exception as exc:  # RecordError, or a parser bug: either way the shard moves on
+        unexpected = not isinstance(exc, RecordError)
+        reason = f"unexpected {type(exc).__name__}: {exc}" if unexpected else str(exc)
+        return Envelope(name, sequence, time_ms, "unparseable", error=reason, unexpected=unexpected)
+    if isinstance(parsed, Ignored):
+        return Envelope(name, sequence, time_ms, parsed.entity, ignored=parsed)
+    return Envelope(name, sequence, time_ms, "post" if parsed.kind.startswith("post") else "follow", event=parsed)
 
 
 def parse_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> ParsedRecord:
@@ -101,13 +138,23 @@ def unwrap_record(record: Any) -> Mapping[str, Any]:
     return inner
 
 
-def record_sequence(record: Mapping[str, Any]) -> str:
-    """A record's position in its shard, whichever shape it has."""
-    kinesis = record.get("kinesis")
+def record_position(record: Any) -> tuple[str, int | None]:
+    """A record's sequence number in its shard and its time in epoch ms, read from its outer
+    shape without decoding it (Kinesis data stays unread): ``("", None)`` for what holds none,
+    whatever the record is, so a record that is a dead letter still has its place."""
+    if not isinstance(record, Mapping):
+        return "", None
+    kinesis, body = record.get("kinesis"), record.get("dynamodb")
     if isinstance(kinesis, Mapping):
-        return _short_text(kinesis.get("sequenceNumber"))
-    body = record.get("dynamodb")
-    return _short_text(body.get("SequenceNumber")) if isinstance(body, Mapping) else ""
+        return _short_text(kinesis.get("sequenceNumber")), moment_ms(kinesis.get("approximateArrivalTimestamp"))
+    if isinstance(body, Mapping):
+        return _short_text(body.get("SequenceNumber")), moment_ms(body.get("ApproximateCreationDateTime"))
+    return "", None
+
+
+def record_sequence(record: Any) -> str:
+    """A record's position in its shard, whichever shape it has."""
+    return record_position(record)[0]
 
 
 def _short_text(value: Any) -> str:

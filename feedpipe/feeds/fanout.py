@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 from feedpipe.core.events import Post
-from feedpipe.core.items import Key
+from feedpipe.core.messages import Resume
 from feedpipe.core.planning import unique
 from feedpipe.feeds import fanout_on_read
 from feedpipe.feeds.delivery import add_post, post_is_live, remove_post, settle_post
@@ -25,15 +24,6 @@ from feedpipe.feeds.stores import Stores
 
 HandOut = Callable[[list[str]], None]
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Where a walk of an author's followers goes on: the GSI1 key its last page ended at, and
-    how many followers came before it."""
-
-    start: Key
-    walked: int
 
 
 HandOn = Callable[[Resume], None]

@@ -19,12 +19,12 @@ from botocore.stub import Stubber
 
 from feedpipe.adapters.kinesis import KinesisSource
 from feedpipe.adapters.leases import SHARD_END
-from feedpipe.adapters.streams import IteratorExpiredError, Shard, StreamError, ThrottledError, record_time_ms
+from feedpipe.adapters.streams import IteratorExpiredError, Shard, StreamError, ThrottledError
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.events import PostPublished
-from feedpipe.core.records import parse_record
+from feedpipe.core.records import parse_record, read_record
 from feedpipe.kinesalite import Kinesalite
 from feedpipe.local import wait_for
 from tests.fakes import FakeDeadLetters, FakeDispatcher, FakeLeaseTable
@@ -240,7 +240,7 @@ def test_records_come_back_in_the_lambda_kinesis_shape(kinesis, stream):
     assert record["kinesis"]["partitionKey"] == _change("p1")[1]
     assert isinstance(record["kinesis"]["data"], bytes)
     assert before - 5 <= record["kinesis"]["approximateArrivalTimestamp"] <= time.time() + 5
-    assert abs((record_time_ms(record) or 0) - before * 1000) < 5000
+    assert abs((read_record(record).time_ms or 0) - before * 1000) < 5000
     parsed = parse_record(record)
     assert isinstance(parsed, PostPublished) and parsed.post.post_id == "p1"
     assert parsed.meta.sequence_number == seq
@@ -331,4 +331,4 @@ def test_arrival_times_are_epoch_seconds():
     record = as_event_record({"Data": b"{}", "SequenceNumber": "7", "PartitionKey": "k",
                               "ApproximateArrivalTimestamp": arrived})
     assert record["kinesis"]["approximateArrivalTimestamp"] == arrived.timestamp()
-    assert record_time_ms(record) == int(arrived.timestamp() * 1000)
+    assert read_record(record).time_ms == int(arrived.timestamp() * 1000)

@@ -10,10 +10,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from feedpipe.adapters.leases import SHARD_END
-from feedpipe.adapters.streams import DynamoDBStreamSource, record_time_ms
+from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
+from feedpipe.core.records import read_record
 from tests.fakes import (
     FakeDeadLetters,
     FakeDispatcher,
@@ -267,16 +268,16 @@ def test_a_post_whose_visibility_is_not_a_string_does_not_stop_the_shard():
 
 
 def test_a_parser_bug_dead_letters_the_record_and_the_shard_moves_on(monkeypatch):
-    import feedpipe.consumers.pipeline as pipeline_module
+    import feedpipe.core.records as records_module
 
-    real = pipeline_module.parse_change
+    real = records_module.parse_change
 
     def flaky(record, excluded):
         if record["dynamodb"]["SequenceNumber"] == f"{1:021d}":
             raise TypeError("a bug")
         return real(record, excluded)
 
-    monkeypatch.setattr(pipeline_module, "parse_change", flaky)
+    monkeypatch.setattr(records_module, "parse_change", flaky)
     source = FakeShardSource()
     source.add_shard("s", [follow_record(1, "a", "u1"), follow_record(2, "a", "u2")])
     dispatcher, letters = FakeDispatcher(), FakeDeadLetters()
@@ -353,7 +354,7 @@ def test_a_last_record_with_no_usable_time_or_shape_still_checkpoints(created):
     bad = [{"eventName": "INSERT", "dynamodb": "not an object"},
            {"eventName": "INSERT", "dynamodb": {"SequenceNumber": f"{2:021d}", "ApproximateCreationDateTime": created}}]
     for record in bad:
-        assert record_time_ms(record) is None
+        assert read_record(record).time_ms is None
     source = FakeShardSource()
     source.add_shard("s", [follow_record(1, "a", "u1"), bad[1]])
     letters, checkpoints = FakeDeadLetters(), FakeLeaseTable()
@@ -361,3 +362,22 @@ def test_a_last_record_with_no_usable_time_or_shape_still_checkpoints(created):
     _consumer(source, checkpoints, letters=letters, per_read=10).run(stop_when_idle=True)
 
     assert len(letters.letters) == 1 and checkpoints.saved["s"] == f"{2:021d}"
+
+
+def test_a_kinesis_batch_is_decoded_once_per_record_from_read_to_checkpoint(monkeypatch, load_event):
+    """Regression: the pipeline, the checkpoint and the lag each read the raw record again."""
+    import base64
+
+    from feedpipe.core import records
+
+    data = json.dumps(load_event("post_insert")).encode()
+    source = FakeShardSource()
+    source.add_shard("s", [kinesis_record(n, data, as_text=True) for n in range(1, 4)])
+    decoded: list[str] = []
+    real = base64.b64decode
+    monkeypatch.setattr(records.base64, "b64decode", lambda text, **kw: decoded.append(text) or real(text, **kw))
+    checkpoints, dispatcher = FakeLeaseTable(), FakeDispatcher()
+    _consumer(source, checkpoints, dispatcher, per_read=3).run(stop_when_idle=True)
+
+    assert len(dispatcher.events) == 3 and len(decoded) == 3
+    assert checkpoints.saved["s"] == f"{3:021d}"

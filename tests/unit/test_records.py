@@ -287,3 +287,46 @@ def test_parsed_events_survive_a_json_round_trip_as_task_payloads(load_event, na
     payload = json.loads(json.dumps(to_payload(event)))
 
     assert event_from_payload(payload) == event
+
+
+# -- read once: the envelope ---------------------------------------------------------------------
+
+
+def test_an_envelope_carries_a_records_place_name_entity_and_event(load_event):
+    from feedpipe.core.records import read_record
+
+    record = load_event("post_insert")
+    envelope = read_record(record)
+    assert (envelope.event_name, envelope.entity) == ("INSERT", "post")
+    assert envelope.sequence_number == record["dynamodb"]["SequenceNumber"]
+    assert isinstance(envelope.event, PostPublished) and envelope.ignored is None and envelope.error is None
+    assert envelope.time_ms == int(record["dynamodb"]["ApproximateCreationDateTime"] * 1000)
+
+
+def test_an_unreadable_record_keeps_its_place_in_the_shard():
+    from feedpipe.core.records import read_record
+
+    envelope = read_record({"eventName": "DROP", "dynamodb": {"SequenceNumber": "0042"}})
+    assert (envelope.event_name, envelope.entity, envelope.sequence_number) == ("unknown", "unparseable", "0042")
+    assert envelope.error == "unknown eventName 'DROP'" and not envelope.unexpected and envelope.event is None
+    assert read_record(["not", "a", "record"]).sequence_number == ""
+
+
+def test_chunk_and_resume_messages_round_trip_through_their_payloads():
+    import json as json_
+
+    from feedpipe.core.events import PayloadError, event_from_payload
+    from feedpipe.core.messages import Resume, chunk_payload, followers_of, resume_of, resume_payload
+
+    post = Post("p1", "a", "ann", "hi", "text", "2024-01-15T10:30:00.123Z", 1705314600123)
+    for event in (PostPublished(post), PostRetracted(post)):
+        chunk = json_.loads(json_.dumps(chunk_payload(event, ["f1", "f2"])))  # as the broker carries it
+        assert event_from_payload(chunk) == event and followers_of(chunk) == ["f1", "f2"]
+        resume = Resume({"GSI1PK": {"S": "USER#a"}, "GSI1SK": {"S": "FOLLOWER#f9"}}, 1000)
+        handed_on = json_.loads(json_.dumps(resume_payload(event, resume)))
+        assert event_from_payload(handed_on) == event and resume_of(handed_on) == resume
+        assert resume_of(to_payload(event)) is None
+    with pytest.raises(PayloadError, match="follower ids"):
+        followers_of({"followers": "f1"})
+    with pytest.raises(PayloadError, match="start key"):
+        resume_of({"resume": {"start": {"GSI1PK": "USER#a"}, "walked": 3}})
