@@ -1,0 +1,300 @@
+"""A post to a million followers, run by feedpipe's real fan-out code in a model of DynamoDB.
+
+The world: one author with N followers (follow edges as the seed writes them, read back from
+GSI1 in 1 MB pages), one follower in ten warm in a real Redis, a table limited to
+``table_wcu`` WCU/s (full run: 1,000,000 followers at 40,000 WCU/s; ``--short``: 20,000).
+DynamoDB is ``bench.dynamo_model`` on a ``bench.virtual_clock``; Redis is a real server.
+
+The work runs as a worker fleet runs it, minus Celery: ``SLOTS`` simulated task slots
+(``PROCESSES`` worker processes of ``THREADS`` each, each process with its own boto3 client)
+take messages from a modelled queue (``BROKER_DELAY`` seconds from send to receive). The first
+message is the planner (``feeds.fanout.fan_out_post``); it hands out chunks of 1,000 followers
+(``deliver_chunk``) and hands its walk on after ``task_budget_seconds`` as the tasks do. A task
+that fails transiently is sent again after the Celery retry backoff of ``tasks.base``.
+
+Measured in virtual seconds from the planner's start: until every follower's durable item is
+written, until every warm follower's Redis feed holds the post; WCU and RCU spent, throttles.
+Beside them, floors computed in the same run: the capacity floor (items x 2 WCU / table WCU)
+and the follower-walk floor (the pages walked, each at its modelled median latency). Redis
+calls take virtual time equal to their real time here; feedpipe's own CPU takes none (it is
+reported beside, per item: what a fleet must supply).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import redis
+from celery.utils.time import get_exponential_backoff_interval
+
+from bench._fanout_util import AUTHOR, TABLE, follow_items, follower_ids, put_post, warm_subset, warm_up
+from bench._util import local_redis, set_local_aws_env
+from bench.dynamo_capacity import DEFAULT_LATENCY, Limits
+from bench.dynamo_model import DynamoModel
+from bench.figures import Figure
+from bench.virtual_clock import VirtualClock, sleeps_in
+from feedpipe.adapters.dynamo import make_client, use_prebuilt_batch_writes
+from feedpipe.adapters.tables import app_table_spec, dead_letter_table_spec
+from feedpipe.config import load_settings
+from feedpipe.core.events import Post
+from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post
+from feedpipe.feeds.stores import Stores
+from feedpipe.runtime import build_stores
+from feedpipe.tasks.base import RETRY_BASE_SECONDS, RETRY_MAX_SECONDS, is_permanent
+
+Task = Callable[[Stores], None]
+WARM_EVERY = 10
+CHUNK = 1000
+BROKER_DELAY = 0.002
+WCU_PER_ITEM = 2  # base table + GSI1
+
+
+@dataclass(frozen=True)
+class Size:
+    followers: int
+    table_wcu: float
+    processes: int
+    threads: int = 4
+
+
+FULL = Size(followers=1_000_000, table_wcu=40_000, processes=8)
+SHORT = Size(followers=10_000, table_wcu=4_000, processes=4)  # a new on-demand table's warm throughput
+
+
+def log(message: str) -> None:
+    print(f"   million: {message}", file=sys.stderr, flush=True)
+
+
+class TaskQueue:
+    """Messages in virtual time: each is received ``BROKER_DELAY`` after it is sent, by an idle slot."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self._ready: list[tuple[float, int, Task]] = []
+        self._order = itertools.count()
+        self._idle: list[threading.Event] = []
+        self.closed = False
+        self.retries = 0
+
+    def send(self, task: Task, delay: float = BROKER_DELAY) -> None:
+        at = self.clock.now() + delay
+        heapq.heappush(self._ready, (at, next(self._order), task))
+        if self._idle:
+            self.clock.wake_at(self._idle.pop(), at)
+
+    def serve(self, stores: Stores) -> None:
+        """A slot's loop: run messages as they become due (with its process's stores), park
+        when there are none."""
+        while not self.closed:
+            if not self._ready:
+                woken = threading.Event()
+                self._idle.append(woken)
+                self.clock.park(woken)
+                continue
+            at, _, task = self._ready[0]
+            if at > self.clock.now():
+                self.clock.sleep(at - self.clock.now())
+                continue
+            heapq.heappop(self._ready)
+            task(stores)
+
+    def close(self) -> None:
+        self.closed = True
+        for woken in self._idle:
+            woken.set()
+
+    def with_retries(self, work: Callable[[Stores], object], attempt: int = 0) -> Task:
+        """``work`` as a task that is sent again after Celery's backoff when it fails transiently."""
+
+        def task(stores: Stores) -> None:
+            try:
+                work(stores)
+            except Exception as exc:
+                if is_permanent(exc):
+                    raise
+                self.retries += 1
+                delay = get_exponential_backoff_interval(RETRY_BASE_SECONDS, attempt, RETRY_MAX_SECONDS, True)
+                self.send(self.with_retries(work, attempt + 1), delay)
+
+        return task
+
+
+@dataclass
+class Progress:
+    """What has reached which store, at what virtual time."""
+
+    clock: VirtualClock
+    warm: set[str]
+    durable: set[str] = field(default_factory=set)
+    warmed: set[str] = field(default_factory=set)
+    durable_at: float = 0.0
+    warm_at: float = 0.0
+    redis_seconds: float = 0.0
+
+    def watch(self, stores: Stores) -> None:
+        table, cache = stores.table, stores.cache
+        put_items, add_to_warm = table.put_items, cache.add_to_warm_feeds
+
+        def put(items: Iterable[dict[str, Any]]) -> int:
+            batch = list(items)
+            written = put_items(batch)
+            self.durable.update(i["user_id"]["S"] for i in batch)
+            self.durable_at = self.clock.now()
+            return written
+
+        def warm(user_ids: Iterable[str], score: int, member: str) -> int:
+            users = list(user_ids)
+            started = time.perf_counter()
+            count = add_to_warm(users, score, member)
+            spent = time.perf_counter() - started
+            self.redis_seconds += spent
+            self.clock.sleep(spent)  # a real server's time is modelled time
+            fresh = self.warm.intersection(users) - self.warmed
+            if fresh:
+                self.warmed |= fresh
+                self.warm_at = self.clock.now()
+            return count
+
+        table.put_items = put  # type: ignore[method-assign]
+        cache.add_to_warm_feeds = warm  # type: ignore[method-assign]
+
+
+def run(short: bool = False) -> list[Figure]:
+    size = SHORT if short else FULL
+    with local_redis() as server:
+        result = measure(size, server.url)
+    return figures(size, result)
+
+
+def measure(size: Size, redis_url: str) -> dict[str, Any]:
+    set_local_aws_env()
+    random.seed(1)  # feedpipe's and Celery's jitter
+    clock = VirtualClock()
+    model = DynamoModel(clock, Limits(table_wcu=size.table_wcu), seed=1)
+    settings = load_settings({
+        "FEEDPIPE_TABLE_NAME": TABLE, "FEEDPIPE_REDIS_URL": redis_url, "FEEDPIPE_WRITE_CONCURRENCY": "1",
+        "FEEDPIPE_FANOUT_CHUNK_SIZE": str(CHUNK),
+    })  # fmt: skip
+    model.create_table(app_table_spec(TABLE))
+    model.create_table(dead_letter_table_spec(settings.dead_letter_table_name))
+    followers = follower_ids(size.followers)
+    warm = warm_subset(followers, WARM_EVERY)
+    started = time.perf_counter()
+    model.load(TABLE, follow_items(followers, AUTHOR))
+    post = put_post(_Loader(model), AUTHOR)
+    cache = redis.Redis.from_url(redis_url)
+    warm_up(cache, warm)
+    log(f"{size.followers:,} follow edges and {len(warm):,} warm feeds set up in {time.perf_counter() - started:.1f}s")
+    progress = Progress(clock, set(warm))
+    fleet = [build_stores(settings, model.attach(use_prebuilt_batch_writes(
+        make_client("dynamodb", max_pool=size.threads + 4, validate=False)))) for _ in range(size.processes)]
+    for stores in fleet:
+        progress.watch(stores)
+    queue = TaskQueue(clock)
+    queue.send(queue.with_retries(_planner(queue, post)), 0.0)
+    for n, stores in enumerate(fleet):
+        for t in range(size.threads):
+            clock.spawn(partial(queue.serve, stores), f"slot-{n}-{t}")
+    cpu, wall = time.process_time(), time.perf_counter()
+    try:
+        with sleeps_in(clock):
+            clock.run()
+    finally:
+        queue.close()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    missing_warm = _missing_warm(cache, warm, fleet[0].member(post))
+    cache.close()
+    usage = model.usage(TABLE)
+    return {
+        "followers": size.followers, "warm": len(warm), "durable_items": len(progress.durable),
+        "durable_seconds": progress.durable_at, "warm_seconds": progress.warm_at,
+        "warm_feeds_missing_post": missing_warm, "wcu": usage.wcu, "rcu": usage.rcu,
+        "throttled": dict(usage.throttled), "task_retries": queue.retries, "calls": dict(model.calls),
+        "cpu_seconds": cpu, "wall_seconds": wall, "redis_seconds": progress.redis_seconds,
+        "slots": size.processes * size.threads,
+    }  # fmt: skip
+
+
+def _planner(queue: TaskQueue, post: Post, resume: Resume | None = None) -> Callable[[Stores], object]:
+    def hand_out(chunk: list[str]) -> None:
+        queue.send(queue.with_retries(lambda stores: deliver_chunk(stores, post, chunk)))
+
+    def hand_on(where: Resume) -> None:
+        queue.send(queue.with_retries(_planner(queue, post, where)))
+
+    return lambda stores: fan_out_post(stores, post, hand_out, resume, hand_on)
+
+
+class _Loader:
+    """Set-up writes straight into the model (no capacity, no time): ``put_post`` calls this."""
+
+    def __init__(self, model: DynamoModel) -> None:
+        self.model = model
+
+    def put_item(self, TableName: str, Item: dict[str, Any]) -> None:  # noqa: N803 - boto3's names
+        self.model.load(TableName, [Item])
+
+
+def _missing_warm(cache: redis.Redis, warm: list[str], member: str) -> int:
+    from bench._fanout_util import missing_from_warm
+
+    return sum(missing_from_warm(cache, warm[i : i + 10_000], member) for i in range(0, len(warm), 10_000))
+
+
+def figures(size: Size, r: dict[str, Any]) -> list[Figure]:
+    n = r["followers"]
+    # the table's bucket starts with one second of capacity (the model's burst): that much is free
+    capacity_floor = max(0.0, n * WCU_PER_ITEM - size.table_wcu) / size.table_wcu
+    query = DEFAULT_LATENCY["Query"]
+    pages = r["calls"].get("Query", 0)
+    walk_floor = pages * (query.median + query.per_mb)
+    complete = r["durable_items"] == n and r["warm_feeds_missing_post"] == 0
+    setting = (f"{n:,} followers, {r['warm']:,} warm, table limit {size.table_wcu:,.0f} WCU/s, "
+               f"{r['slots']} task slots ({size.processes} processes x {size.threads}), chunks of {CHUNK}; "
+               f"virtual time; {r['wall_seconds']:.0f}s real, {r['cpu_seconds']:.0f}s CPU")
+    throttles = sum(r["throttled"].values())
+    log(f"durable {r['durable_seconds']:.1f}s, warm {r['warm_seconds']:.1f}s, {r['wcu']:,.0f} WCU, "
+        f"{throttles:,} throttles, {r['task_retries']} task retries; {r['wall_seconds']:.0f}s real")
+    name = f"million model: {n:,}-follower post"
+    return [
+        Figure(f"{name}, every durable feed (vs capacity floor)", round(r["durable_seconds"], 2), "s",
+               "(followers x 2 WCU - 1 s burst) / table WCU limit", round(capacity_floor, 2), better="lower",
+               target="<= 1.15 x the capacity floor", met=complete and r["durable_seconds"] <= 1.15 * capacity_floor,
+               notes=setting, extra=r),
+        Figure(f"{name}, every warm Redis feed (vs follower-walk floor)", round(r["warm_seconds"], 2), "s",
+               f"{pages} GSI1 pages x median page latency", round(walk_floor, 2), better="lower",
+               target="independent of the budget (later parts of issue 15)", met=None,
+               notes=f"{setting}; {r['warm_feeds_missing_post']} warm feeds missing the post"),
+        Figure(f"{name}, WCU per delivered item", round(r["wcu"] / max(1, r["durable_items"]), 3), "WCU",
+               "1 KB item on the table + GSI1", WCU_PER_ITEM, better="lower", target="<= 1.1 x the floor",
+               met=complete and r["wcu"] / max(1, r["durable_items"]) <= 1.1 * WCU_PER_ITEM,
+               notes=f"{r['rcu']:,.0f} RCU read as well (follower walk and settle re-checks)"),
+        Figure(f"{name}, throttled requests and items", throttles, "throttles", better="lower",
+               notes=f"{r['throttled']}; {r['task_retries']} task retries"),
+        Figure(f"{name}, client CPU per delivered item", round(r["cpu_seconds"] / max(1, n) * 1e6, 1), "us",
+               better="lower", notes="this process: feedpipe, botocore and the model together; "
+                                     f"Redis calls {r['redis_seconds']:.1f}s"),
+    ]
+
+
+def main() -> None:
+    """``python -m bench.million [FOLLOWERS [TABLE_WCU]]``: one size, printed as the suite does."""
+    from bench.__main__ import table
+
+    size = Size(int(sys.argv[1]) if len(sys.argv) > 1 else FULL.followers,
+                float(sys.argv[2]) if len(sys.argv) > 2 else FULL.table_wcu, FULL.processes)
+    with local_redis() as server:
+        print(table(figures(size, measure(size, server.url))))
+
+
+if __name__ == "__main__":
+    main()
