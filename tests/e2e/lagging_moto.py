@@ -60,6 +60,7 @@ class Lag:
     gsi_max: float = 0.0
     stream_max: float = 0.0
     seed: int | None = None
+    lagged_queries: int = 0  # GSI Queries answered while some item version was not shown yet
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def gsi(self) -> float:
@@ -118,6 +119,7 @@ def _gsi_view(table: Table, items: list[Item]) -> list[Item]:
     for key in [k for k, v in state.items() if v.advance(now)]:
         del state[key]
     lagging = {key: v.shown for key, v in state.items()}
+    LAG.lagged_queries += bool(lagging)
     view = [i for i in items if (i.hash_key, i.range_key) not in lagging]
     view += [shown for shown in lagging.values() if shown is not None]
     return view
@@ -243,7 +245,7 @@ def with_control(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[
             with LOCK:
                 for name in ("gsi_min", "gsi_max", "stream_max"):
                     setattr(LAG, name, float(body.get(name, getattr(LAG, name))))
-                LAG.seed = body.get("seed")
+                LAG.seed, LAG.lagged_queries = body.get("seed"), 0
                 LAG.rng = random.Random(LAG.seed)
         settings = {k: v for k, v in asdict(LAG).items() if k != "rng"}
         return Response(json.dumps({**settings, **pending()}), mimetype="application/json")(environ, start_response)
