@@ -32,7 +32,10 @@ FAULT_NAMES = {
     "redis_restarts": "feed Redis kill -9 and restart", "broker_outages": "broker kill -9 and restart",
     "publish_failures": "publishes refused meanwhile",
 }
-LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000", "FEEDPIPE_FIRST_DEPLOY_USERS": "200"}
+LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000", "FEEDPIPE_FIRST_DEPLOY_USERS": "200",
+             # GSI lag: 5 seeded runs at each lag, three times the CI run's users and writes
+             "FEEDPIPE_GSI_TRIALS": "5", "FEEDPIPE_GSI_USERS": "36", "FEEDPIPE_GSI_STEPS": "150",
+             "FEEDPIPE_GSI_FANS": "300"}
 LONG_SUITES = [
     "tests/unit/test_fuzz.py",
     "tests/adapters/test_races.py",
@@ -41,6 +44,7 @@ LONG_SUITES = [
     "tests/adapters/test_audit.py",
     "tests/adapters/test_backfill.py",
     "tests/e2e/test_backfill_e2e.py",
+    "tests/e2e/test_gsi_lag_e2e.py",
 ]
 
 
@@ -76,6 +80,13 @@ def summarize(lines: list[dict[str, Any]]) -> str:
                                  for k, v in sorted(line.get("faults", {}).items()))
             rows.append(_row(line["test"].removeprefix("faults_").replace("_", " "), [line], injected or "-",
                              _items([line])))
+    for lag in sorted({line["lag"] for line in lines if line["test"] == "gsi_lag"}):
+        runs = [line for line in lines if line["test"] == "gsi_lag" and line["lag"] == lag]
+        per_run = ", ".join(str(t["feed_items_wrong"]) for t in runs)
+        rows.append(_row(f"GSI lag {lag} (seeds {min(t['seed'] for t in runs)}-{max(t['seed'] for t in runs)})", runs,
+                         f"{sum(t['lagged_gsi_queries'] for t in runs):,} GSI queries answered lagging; "
+                         f"wrong items per run: {per_run}",
+                         f"{sum(t['records'] for t in runs):,} stream records, {_items(runs)}"))
     for line in lines:
         if line["test"] == "fuzz":
             per = line["examples_per_property"]
