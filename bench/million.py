@@ -34,7 +34,6 @@ from functools import partial
 from typing import Any
 
 import redis
-from celery.utils.time import get_exponential_backoff_interval
 
 from bench._fanout_util import AUTHOR, TABLE, follow_items, follower_ids, put_post, warm_subset, warm_up
 from bench._util import local_redis, set_local_aws_env
@@ -45,6 +44,7 @@ from bench.virtual_clock import VirtualClock, sleeps_in
 from feedpipe.adapters.dynamo import make_client, use_prebuilt_batch_writes
 from feedpipe.adapters.tables import app_table_spec, dead_letter_table_spec
 from feedpipe.config import load_settings
+from feedpipe.core.backoff import full_jitter
 from feedpipe.core.events import Post
 from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post
 from feedpipe.feeds.stores import Stores
@@ -122,7 +122,7 @@ class TaskQueue:
                 if is_permanent(exc):
                     raise
                 self.retries += 1
-                delay = get_exponential_backoff_interval(RETRY_BASE_SECONDS, attempt, RETRY_MAX_SECONDS, True)
+                delay = full_jitter(RETRY_BASE_SECONDS, attempt, RETRY_MAX_SECONDS)
                 self.send(self.with_retries(work, attempt + 1), delay)
 
         return task

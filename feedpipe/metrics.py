@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from feedpipe.adapters.aws_errors import THROTTLING_CODES
 from feedpipe.core.catalog import TASK_QUEUES
 
 DYNAMODB_OPERATIONS = ("BatchWriteItem", "BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem", "PutItem")
@@ -204,11 +205,6 @@ def dead_letter_labels(source: str, reason: str) -> tuple[str, str]:
     if reason.startswith("gap:"):
         return kind, "trimmed_gap"
     return kind, {"stream": "unparseable_record", "task": "permanent_error", "regen": "bad_job"}.get(kind, "other")
-
-
-THROTTLING_CODES = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "LimitExceededException"}
-)
 
 
 def count_throttles(client: Any, metrics: Metrics) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
-from feedpipe.core.letters import bound_payload, bound_reason, identify
+from feedpipe.core.letters import DeadLetter, bound_payload, bound_reason, identify
 from feedpipe.core.timestamps import now_timestamp
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 100  # letters per Query page: at most 100 x the size bound in memory
 _RESERVE_ATTEMPTS = 20
 UNPROCESSED_BACKOFF_SECONDS = 0.05
-Letter = tuple[str, str, Any]  # (source, reason, payload)
+Letter = DeadLetter
 OnLetter = Callable[[str, str], None]
 
 
@@ -63,7 +63,7 @@ class DeadLetters:
 
     def add(self, source: str, reason: str, payload: Any) -> str | None:
         """Store one letter; its id, or None when the store was full and it was dropped."""
-        ids = self._add_all([(source, reason, payload)])
+        ids = self._add_all([DeadLetter(source, reason, payload)])
         return ids[0] if ids else None
 
     def add_many(self, letters: Sequence[Letter]) -> None:

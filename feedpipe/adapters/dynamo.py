@@ -15,11 +15,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import NoRegionError
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from feedpipe.config import ConfigError
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
+from feedpipe.core.backoff import full_jitter
 from feedpipe.core.events import Post
 from feedpipe.core.items import Item, Key
 from feedpipe.core.planning import chunked, write_groups
@@ -324,7 +325,7 @@ def _key_of(item: Item) -> Key:
 def _unprocessed_retrying() -> Retrying:
     return Retrying(
         retry=retry_if_exception_type(UnprocessedError),
-        wait=wait_random_exponential(multiplier=0.05, max=BACKOFF_MAX_SECONDS),
+        wait=lambda state: full_jitter(0.05, state.attempt_number, BACKOFF_MAX_SECONDS),
         stop=stop_after_attempt(UNPROCESSED_ATTEMPTS),
         reraise=True,
     )

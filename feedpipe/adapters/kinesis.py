@@ -16,17 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from feedpipe.adapters.streams import ReadResult, Shard, StreamError, ThrottledError, map_stream_error
-
-# Transient beyond the throttling codes ``map_stream_error`` knows (encrypted streams only).
-_KMS_THROTTLED = frozenset({"KMSThrottlingException"})
-
-
-def map_kinesis_error(exc: ClientError) -> Exception:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    if code in _KMS_THROTTLED:
-        return ThrottledError(str(exc))
-    return map_stream_error(exc)
+from feedpipe.adapters.streams import ReadResult, Shard, StreamError, map_stream_error
 
 
 class KinesisSource:
@@ -73,13 +63,13 @@ class KinesisSource:
         try:
             return str(self.client.get_shard_iterator(**request)["ShardIterator"])
         except ClientError as exc:
-            raise map_kinesis_error(exc) from exc
+            raise map_stream_error(exc) from exc
 
     def read(self, iterator: str, limit: int) -> ReadResult:
         try:
             response = self.client.get_records(ShardIterator=iterator, Limit=limit)
         except ClientError as exc:
-            raise map_kinesis_error(exc) from exc
+            raise map_stream_error(exc) from exc
         return ReadResult(
             [as_event_record(raw) for raw in response.get("Records", [])],
             response.get("NextShardIterator"),  # absent: a closed shard read to its end

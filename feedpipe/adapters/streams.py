@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
+from feedpipe.adapters.aws_errors import THROTTLING_CODES, error_code
+
 
 @dataclass(frozen=True, slots=True)
 class Shard:
@@ -57,18 +59,13 @@ class ShardSource(Protocol):
     def read(self, iterator: str, limit: int) -> ReadResult: ...
 
 
-_THROTTLED = frozenset(
-    {"LimitExceededException", "ProvisionedThroughputExceededException", "ThrottlingException"}
-)
-
-
 def map_stream_error(exc: ClientError) -> Exception:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
+    code = error_code(exc)
     if code == "ExpiredIteratorException":
         return IteratorExpiredError(str(exc))
     if code == "TrimmedDataAccessException":
         return TrimmedDataError(str(exc))
-    if code in _THROTTLED:
+    if code in THROTTLING_CODES:
         return ThrottledError(str(exc))
     if code == "ResourceNotFoundException":
         return ShardGoneError(str(exc))

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 
 import redis
 from kombu.exceptions import OperationalError
-from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_random_exponential
+from tenacity import Retrying, retry_if_exception_type, stop_when_event_set
 
 from feedpipe.adapters.aws_errors import is_transient_aws_error
 from feedpipe.adapters.leases import LATEST, SHARD_END, TRIM_HORIZON, LeaseLostError
@@ -33,6 +32,8 @@ from feedpipe.adapters.streams import (
 from feedpipe.consumers.initial_position import find_newest
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import BatchOutcome, Prepared, RecordPipeline
+from feedpipe.core.backoff import full_jitter
+from feedpipe.core.letters import DeadLetter
 from feedpipe.health import Heartbeat
 from feedpipe.metrics import Metrics, noop_metrics
 
@@ -249,7 +250,7 @@ class StreamConsumer:
         """Publish a parsed batch, then checkpoint it; False when the shard's lease was lost."""
         for attempt in Retrying(
             retry=retry_if_exception_type(BROKER_ERRORS),
-            wait=wait_random_exponential(multiplier=0.2, max=30),
+            wait=lambda state: full_jitter(0.2, state.attempt_number, 30),
             stop=stop_when_event_set(self.stop_event),
             sleep=self._pause,
             before_sleep=lambda rs: log.warning(
@@ -288,7 +289,7 @@ class StreamConsumer:
             state.checkpoint,
         )
         self.pipeline.dead_letters.add_many(
-            [(f"stream:{state.shard.shard_id}", f"gap: trimmed data after {state.checkpoint}: {exc}", {})]
+            [DeadLetter(f"stream:{state.shard.shard_id}", f"gap: trimmed data after {state.checkpoint}: {exc}", {})]
         )
         state.iterator = None
         state.checkpoint = None  # the next poll starts at the oldest record kept (TRIM_HORIZON)
@@ -298,7 +299,7 @@ class StreamConsumer:
         log.error("shard %s is gone from the stream after checkpoint %s: its unread records are lost",
                   state.shard.shard_id, state.checkpoint)
         self.pipeline.dead_letters.add_many(
-            [(f"stream:{state.shard.shard_id}", f"gap: shard gone after {state.checkpoint}: {exc}", {})]
+            [DeadLetter(f"stream:{state.shard.shard_id}", f"gap: shard gone after {state.checkpoint}: {exc}", {})]
         )
         self._checkpoint(state, SHARD_END)
 
@@ -340,5 +341,4 @@ class StreamConsumer:
 
 
 def _backoff(base: float, failures: int, cap: float = AWS_BACKOFF_MAX_SECONDS) -> float:
-    """Full-jitter exponential backoff; the exponent is capped, so a long outage never overflows."""
-    return random.uniform(0, min(cap, base * 2 ** min(failures, 30)))
+    return full_jitter(base, failures, cap)

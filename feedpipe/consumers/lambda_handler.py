@@ -22,6 +22,7 @@ from typing import Any
 from feedpipe.config import Settings, load_settings
 from feedpipe.consumers import build
 from feedpipe.consumers.pipeline import BatchOutcome, DeadLetterSink, RecordPipeline
+from feedpipe.core.letters import DeadLetter
 from feedpipe.core.records import record_sequence
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class _RememberingSink:
     inner: DeadLetterSink
     stored: set[int] = field(default_factory=set)
 
-    def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None:
+    def add_many(self, letters: Sequence[DeadLetter]) -> None:
         self.inner.add_many(letters)
         self.stored.update(id(record) for _, _, record in letters)
 

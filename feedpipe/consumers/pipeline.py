@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from feedpipe.core.events import Event
+from feedpipe.core.letters import DeadLetter
 from feedpipe.core.nesting import clip_depth
 from feedpipe.core.records import Envelope, read_record
 
@@ -26,7 +27,7 @@ class Dispatcher(Protocol):
 
 
 class DeadLetterSink(Protocol):
-    def add_many(self, letters: Sequence[tuple[str, str, Any]]) -> None: ...
+    def add_many(self, letters: Sequence[DeadLetter]) -> None: ...
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Prepared:
     source: str
     outcome: BatchOutcome
     events: list[Event] = field(default_factory=list)
-    letters: list[tuple[str, str, Any]] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
     letters_stored: bool = False
     last: Envelope | None = None  # the batch's last record: its checkpoint and its time
 
@@ -82,7 +83,7 @@ class RecordPipeline:
             if envelope.unexpected:
                 log.error("unexpected error parsing a record from %s: %s", prepared.source, envelope.error)
             # A record too deep to parse may be too deep to serialize: the letter keeps what it can.
-            prepared.letters.append((prepared.source, envelope.error, clip_depth(record)))
+            prepared.letters.append(DeadLetter(prepared.source, envelope.error, clip_depth(record)))
         elif envelope.ignored is not None:
             outcome.ignored[envelope.ignored.entity] += 1
         elif envelope.event is not None:

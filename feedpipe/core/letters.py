@@ -20,7 +20,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class DeadLetter(NamedTuple):
+    """What could not be handled, where it came from (``stream:{shard}``, ``task:{name}``,
+    ``regen``), and why."""
+
+    source: str
+    reason: str
+    payload: Any
+
 
 BYTES_TAG = "__bytes_b64__"
 DATETIME_TAG = "__datetime__"

@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from feedpipe.adapters.regen_queue import RegenQueue
+from feedpipe.core.letters import DeadLetter
 from feedpipe.core.planning import chunked
 from feedpipe.core.regen import JobError, RegenJob, coalesce, parse_job
 from feedpipe.feeds.rebuild import HandOnRebuild, RebuildResume, rebuild_cache, rebuild_durable
@@ -61,12 +61,12 @@ def _do_batch(
     stores: Stores, queue: RegenQueue, drain_id: str, taken: list[bytes], stats: DrainStats, hand_out: HandOut | None
 ) -> None:
     jobs: list[RegenJob] = []
-    letters: list[tuple[str, str, Any]] = []
+    letters: list[DeadLetter] = []
     for raw in taken:
         try:
             jobs.append(parse_job(raw, stores.settings.regen_actions))
         except JobError as exc:
-            letters.append((DEAD_LETTER_SOURCE, str(exc), _printable(raw)))
+            letters.append(DeadLetter(DEAD_LETTER_SOURCE, str(exc), _printable(raw)))
     stores.dead_letters.add_many(letters)
     durable = {job.user_id for job in jobs if job.action in DURABLE_ACTIONS}
     users = coalesce(jobs)

@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from botocore.exceptions import ClientError
 from celery import Task
 from celery.exceptions import Reject
-from celery.utils.time import get_exponential_backoff_interval
 
+from feedpipe.adapters.aws_errors import is_invalid_request
+from feedpipe.core.backoff import MAX_EXPONENT, full_jitter
 from feedpipe.core.events import Event, PayloadError, event_from_payload
+from feedpipe.core.letters import DeadLetter
 from feedpipe.core.records import RecordError
 from feedpipe.runtime import runtime
 
@@ -35,8 +36,6 @@ log = logging.getLogger(__name__)
 
 RETRY_BASE_SECONDS = 1
 RETRY_MAX_SECONDS = 120
-MAX_BACKOFF_EXPONENT = 30  # far past any cap: the count stops growing there
-_INVALID_REQUEST_CODES = frozenset({"ValidationException", "SerializationException"})
 
 
 class PermanentError(Exception):
@@ -46,9 +45,7 @@ class PermanentError(Exception):
 def is_permanent(exc: BaseException) -> bool:
     if isinstance(exc, PayloadError | RecordError | PermanentError):
         return True
-    if isinstance(exc, ClientError):
-        return exc.response.get("Error", {}).get("Code") in _INVALID_REQUEST_CODES
-    return False
+    return is_invalid_request(exc)
 
 
 Handler = Callable[[Event, dict[str, Any]], object]
@@ -100,8 +97,8 @@ def requeue_on_failure(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        wait = get_exponential_backoff_interval(RETRY_BASE_SECONDS, rt.requeue_streak, longest_wait(), full_jitter=True)
-        rt.requeue_streak = min(rt.requeue_streak + 1, MAX_BACKOFF_EXPONENT)
+        wait = round(full_jitter(RETRY_BASE_SECONDS, rt.requeue_streak, longest_wait()), 1)
+        rt.requeue_streak = min(rt.requeue_streak + 1, MAX_EXPONENT)
         log.error("could not %s (%s); putting the message back in %ss", what, reason_of(exc), wait)
         time.sleep(wait)
         raise Reject(reason_of(exc), requeue=True) from None
@@ -121,10 +118,10 @@ def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
     if retries >= limit:
         reason = f"gave up after {retries} retries: {reason_of(exc)}"
         with requeue_on_failure("dead-letter what retries could not do"):
-            runtime().stores.dead_letters.add_many([(f"task:{task.name}", reason, p) for p in rest])
+            runtime().stores.dead_letters.add_many([DeadLetter(f"task:{task.name}", reason, p) for p in rest])
         log.error("%s: %s", task.name, reason)
         return
-    countdown = get_exponential_backoff_interval(RETRY_BASE_SECONDS, retries, longest_wait(), full_jitter=True)
+    countdown = round(full_jitter(RETRY_BASE_SECONDS, retries, longest_wait()), 1)
     log.warning("%s retrying %d payloads in %ss: %s", task.name, len(rest), countdown, reason_of(exc))
     try:
         # max_retries=None would mean Celery's default of 3, after which the task fails and,

@@ -186,7 +186,7 @@ def test_transient_failures_are_retried_up_to_our_limit_not_celerys_default_of_t
 
     install_runtime(load_settings({"FEEDPIPE_TASK_MAX_RETRIES": "8"}))._stores = SimpleNamespace(  # type: ignore[assignment]
         dead_letters=letters, metrics=noop_metrics())
-    monkeypatch.setattr("feedpipe.tasks.base.get_exponential_backoff_interval", lambda *a, **k: 0)
+    monkeypatch.setattr("feedpipe.tasks.base.full_jitter", lambda *a, **k: 0)
     calls: list[str] = []
 
     def flaky(stores: Any, user_id: str, durable: bool, *_: Any) -> None:
@@ -262,7 +262,7 @@ def test_a_retry_countdown_never_outlives_a_quarter_of_the_visibility_timeout(
 
     install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": visibility}))._stores = (
         SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
-    monkeypatch.setattr(random, "randrange", lambda stop: stop - 1)  # the jitter's longest draw
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the jitter's longest draw
 
     def down(event: Any, _: Any) -> None:
         raise redis.ConnectionError("Redis down")
@@ -289,7 +289,7 @@ def test_a_message_whose_dead_letter_cannot_be_written_backs_off_before_it_comes
 
     install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "40"}))._stores = (
         SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
-    monkeypatch.setattr(random, "randrange", lambda stop: stop - 1)  # the jitter's longest draw
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the jitter's longest draw
     store_down = [True]
 
     def add(*letter: Any) -> None:
