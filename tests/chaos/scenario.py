@@ -22,7 +22,7 @@ from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.core import keys
-from feedpipe.local import LocalBackendError, wait_for
+from feedpipe.local import LocalBackendError, stop_process, wait_for
 from tests.e2e.harness import LEASES, TABLE, Processes, World, wait_until
 from tests.faults import injected_counts
 from tests.reliability import write_report
@@ -148,6 +148,15 @@ def feed_items_checked(world: World) -> int:
 def feed_items_wrong(wrong: dict[str, tuple[list[str], list[str]]]) -> int:
     """(feed, post) pairs missing or extra, over every wrong feed."""
     return sum(len(set(there) ^ set(due)) for there, due in wrong.values())
+
+
+def stop_beat_once_drained(world: World, beat: subprocess.Popen, timeout: float) -> None:
+    """Wait until the app's regen jobs are all taken and handed to tasks, then stop ``beat``:
+    its drains (every half second in these tests) would otherwise keep the broker busy for
+    ever, and ``finish`` would wait out its whole timeout before judging the feeds."""
+    queue = world.stores.regen_queue
+    wait_until(lambda: queue.depth() == 0 and queue.processing_depth() == 0, timeout, "the regen jobs to be drained")
+    stop_process(beat)
 
 
 def finish(world: World, procs: Processes, figures: dict[str, Any], report: Path, timeout: float, *,

@@ -27,6 +27,7 @@ from tests.chaos.scenario import (
     finish,
     regen_jobs,
     steady_traffic,
+    stop_beat_once_drained,
     stream_checkpoint,
     under_way,
     write_post_without_author,
@@ -143,8 +144,9 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
         # durable feed's repair too (which a Redis restart never damages).
         world.redis.lpush(keys.REGEN_QUEUE, *regen_jobs(back))
         world.warm = set(back)
-        procs.beat()
+        beat = procs.beat()
         world.post("star", "s4")
+        stop_beat_once_drained(world, beat, SETTLE_SECONDS)
         figures = {"test": "faults_redis_restart", "seed": 0, "fans": len(fans), "posts": len(world.posts),
                    "faults": {"redis_restarts": feed_redis.restarts}, "warm_before": warm_before,
                    "rewarmed": len(back)}

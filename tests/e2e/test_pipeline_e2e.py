@@ -11,8 +11,8 @@ from tests.e2e.harness import Processes, World, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
-STAR_FOLLOWERS = 2600  # more than five GSI pages of PAGE
-PAGE = 500
+STAR_FOLLOWERS = 1300  # more than six GSI pages of PAGE
+PAGE = 200
 SETTLE_SECONDS = 240
 
 
