@@ -3,8 +3,9 @@ pattern): the in-memory stores (``feeds.memory``) and the real adapters on moto 
 A behaviour the rules rely on is asserted here once, so the in-memory stores the race tests run
 on cannot drift from what DynamoDB and the Lua scripts do.
 
-The app's writes go through ``AppWriter`` in both worlds (on the memory side through
-``tests.memory_app``), so the items are the app's own.
+The real adapters run twice: on fakeredis, and on a real Redis (the tests' own ``real_redis``),
+whose Lua is the one production runs. The app's writes go through ``AppWriter`` in every world
+(on the memory side through ``tests.memory_app``), so the items are the app's own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
 import feedpipe.runtime
 from feedpipe.appsim import AppWriter
@@ -312,3 +314,14 @@ class TestRealStores(StoreContract):
         stores = build_stores(load_settings(ENV), dynamodb, redis=redis)
         yield Backend(stores, AppWriter(dynamodb, redis, APP_TABLE, transactional=False))
         redis.close()
+
+
+class TestRealRedisStores(StoreContract):
+    """The Lua scripts on a real Redis (fakeredis emulates them), DynamoDB on moto."""
+
+    @pytest.fixture
+    def backend(self, monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str],
+                real_redis: redis.Redis) -> Backend:
+        monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: real_redis)
+        stores = build_stores(load_settings(ENV), dynamodb, redis=real_redis)
+        return Backend(stores, AppWriter(dynamodb, real_redis, APP_TABLE, transactional=False))
