@@ -196,7 +196,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from feedpipe.ops import gather_status
     from feedpipe.runtime import runtime
 
-    report = gather_status(settings, runtime().stores)
+    rt = runtime()
+    report = gather_status(settings, rt.stores, rt.redis)
     click.echo(json.dumps(report, indent=2) if as_json else _render_status(report))
 
 

@@ -35,7 +35,7 @@ def audit_cmd(
     if sum((bool(users), all_users, sample is not None)) != 1:
         raise click.UsageError("name users, or pass one of --all and --sample N")
     stores = runtime().stores
-    client, table = stores.table.client, settings.table_name
+    client, table = runtime().dynamodb, settings.table_name
     if all_users:
         targets = list(user_scan.all_users(client, table))
     elif sample is not None:
@@ -105,7 +105,7 @@ def backfill_cmd(ctx: click.Context, segments: int, fresh: bool, poll_seconds: f
     from feedpipe.runtime import runtime
     from feedpipe.tasks.backfill import send_segment
 
-    client = runtime().stores.table.client
+    client = runtime().dynamodb
     if not _consumer_pinned(settings, client):
         click.echo("feedpipe: start `feedpipe consume` first and wait until `feedpipe status` shows a checkpoint "
                    "for every shard: the backfill must read the table after the stream's start is fixed", err=True)

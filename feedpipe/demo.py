@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feedpipe.adapters.dynamo import make_client
+from feedpipe.adapters.redis_feeds import connect_redis
 from feedpipe.appsim import AppWriter
 from feedpipe.config import Settings
 from feedpipe.core.catalog import QUEUES
@@ -40,9 +41,9 @@ class Demo:
 
     @classmethod
     def start(cls, settings: Settings) -> Demo:
-        dynamodb = make_client("dynamodb")
-        stores = build_stores(settings, dynamodb)
-        demo = cls(settings, AppWriter(dynamodb, stores.cache.client, settings.table_name), stores)
+        dynamodb, redis = make_client("dynamodb"), connect_redis(settings)
+        stores = build_stores(settings, dynamodb, redis=redis)
+        demo = cls(settings, AppWriter(dynamodb, redis, settings.table_name), stores)
         for user in USERS:
             # A second run on the same backends finds its users there.
             with contextlib.suppress(dynamodb.exceptions.ConditionalCheckFailedException):
@@ -93,12 +94,13 @@ class Dashboard:
     def __init__(self, settings: Settings, demo: Demo | None) -> None:
         self.settings = settings
         self.demo = demo
-        self.stores = demo.stores if demo else build_stores(settings)
+        self.redis = demo.app.redis if demo else connect_redis(settings)
+        self.stores = demo.stores if demo else build_stores(settings, redis=self.redis)
 
     def render(self, elapsed: float) -> str:
         cache = self.stores.cache
         prefix = f"{self.settings.key_prefix}broker:"
-        queued = sum(int(cache.client.llen(f"{prefix}{q}")) for q in QUEUES)
+        queued = sum(int(self.redis.llen(f"{prefix}{q}")) for q in QUEUES)
         lines = [
             f"-- feedpipe up  {int(elapsed // 60):02d}:{int(elapsed % 60):02d}  "
             f"tasks queued {queued}  dead letters {self.stores.dead_letters.count()}",

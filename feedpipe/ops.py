@@ -11,7 +11,7 @@ from typing import Any
 from feedpipe.adapters.celery_app import broker_queue_depths
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
-from feedpipe.adapters.redis_client import SCAN_START
+from feedpipe.adapters.redis_client import SCAN_START, RedisClient
 from feedpipe.adapters.streams import StreamError
 from feedpipe.config import Settings
 from feedpipe.consumers.build import build_source
@@ -24,9 +24,9 @@ from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 
 
-def gather_status(settings: Settings, stores: Stores) -> dict[str, Any]:
-    """Shards with their checkpoints and lag, queue depths, dead letters, the beat lock."""
-    client = stores.cache.client
+def gather_status(settings: Settings, stores: Stores, client: RedisClient) -> dict[str, Any]:
+    """Shards with their checkpoints and lag, queue depths, dead letters, the beat lock (read
+    with ``client``, the app's cache Redis)."""
     own = OwnKeys(settings.key_prefix)
     depths = broker_queue_depths(settings)
     return {

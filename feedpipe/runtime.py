@@ -10,9 +10,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedpipe.adapters.author_posts import AuthorPosts
 from feedpipe.adapters.dead_letters import DeadLetterLimits, DeadLetters
 from feedpipe.adapters.dynamo import FeedTable, make_client, use_prebuilt_batch_writes
-from feedpipe.adapters.redis_feeds import FeedCache, connect_redis
+from feedpipe.adapters.huge_authors import HugeAuthorTable
+from feedpipe.adapters.redis_client import RedisClient
+from feedpipe.adapters.redis_feeds import FeedCache, RedisCursors, connect_redis
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import Settings, load_settings
 from feedpipe.core.keys import OwnKeys
@@ -27,12 +30,29 @@ class Runtime:
     requeue_streak: int = 0  # messages put back in a row (``tasks.base``): how long the next one waits
     _stores: Stores | None = None
     _metrics: Metrics | None = None
+    _dynamodb: Any = None
+    _redis: RedisClient | None = None
 
     @property
     def stores(self) -> Stores:
         if self._stores is None:
-            self._stores = build_stores(self.settings, metrics=self.metrics)
+            self._stores = build_stores(self.settings, self.dynamodb, metrics=self.metrics, redis=self.redis)
         return self._stores
+
+    @property
+    def dynamodb(self) -> Any:
+        """This process's DynamoDB client, for what runs beside the feed rules (scans of the
+        users, backfill progress); the stores use the same one."""
+        if self._dynamodb is None:
+            self._dynamodb = dynamodb_client(self.settings)
+        return self._dynamodb
+
+    @property
+    def redis(self) -> RedisClient:
+        """This process's client of the app's cache Redis (the stores use the same one)."""
+        if self._redis is None:
+            self._redis = connect_redis(self.settings)
+        return self._redis
 
     @property
     def metrics(self) -> Metrics:
@@ -50,13 +70,18 @@ class Runtime:
         return OwnKeys(self.settings.key_prefix)
 
 
-def build_stores(settings: Settings, dynamodb: Any = None, metrics: Metrics | None = None) -> Stores:
+def dynamodb_client(settings: Settings) -> Any:
+    return use_prebuilt_batch_writes(make_client("dynamodb", max_pool=settings.write_concurrency + 4, validate=False))
+
+
+def build_stores(
+    settings: Settings, dynamodb: Any = None, metrics: Metrics | None = None, redis: RedisClient | None = None
+) -> Stores:
+    """The real adapters over DynamoDB and Redis (clients made from settings when not given)."""
     metrics = metrics or noop_metrics()
-    client = dynamodb or use_prebuilt_batch_writes(
-        make_client("dynamodb", max_pool=settings.write_concurrency + 4, validate=False)
-    )
+    client = dynamodb or dynamodb_client(settings)
     count_throttles(client, metrics)
-    redis_client = connect_redis(settings)
+    redis_client = redis if redis is not None else connect_redis(settings)
     own = OwnKeys(settings.key_prefix)
     table = FeedTable(client, settings.table_name, settings.write_concurrency)
     table.on_unprocessed = metrics.unprocessed_items.inc
@@ -67,6 +92,9 @@ def build_stores(settings: Settings, dynamodb: Any = None, metrics: Metrics | No
         settings=settings,
         regen_queue=RegenQueue(redis_client, own, settings.regen_lease_seconds),
         metrics=metrics,
+        author_posts=AuthorPosts(redis_client, own, settings.feed_max_length, settings.author_posts_ttl_seconds),
+        huge_authors=HugeAuthorTable(table),
+        cursors=RedisCursors(redis_client),
     )
 
 

@@ -17,6 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import NoRegionError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
+from feedpipe.adapters.user_scan import user_pages
 from feedpipe.config import ConfigError
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
@@ -234,6 +235,34 @@ class FeedTable:
             "ProjectionExpression": "PK, SK",
         }
         yield from self._pages("query", request)
+
+    def user_page(
+        self, segment: int, total_segments: int, start: Key | None, page_items: int
+    ) -> tuple[list[str], Key | None]:
+        """One Scan page of the app's users in a segment, and where the next page starts."""
+        return next(user_pages(self.client, self.name, segment, total_segments, start, page_items))
+
+    def feed_owners_page(self, cursor: Key | None, max_pages: int, page_size: int) -> tuple[list[str], Key | None]:
+        """The distinct feed owners of up to ``max_pages`` Scan pages after ``cursor``, in Scan
+        order, and where the next call starts (None: the table is done)."""
+        request: dict[str, Any] = {
+            "TableName": self.name,
+            "FilterExpression": "begins_with(PK, :feed)",
+            "ExpressionAttributeValues": {":feed": {"S": keys.FEED_PREFIX}},
+            "ProjectionExpression": "PK",
+            "Limit": page_size,
+        }
+        owners: dict[str, None] = {}
+        for _ in range(max(max_pages, 1)):
+            if cursor:
+                request["ExclusiveStartKey"] = cursor
+            response: dict[str, Any] = self.client.scan(**request)
+            ids = (keys.strip_prefix(i["PK"]["S"], keys.FEED_PREFIX) for i in response.get("Items", []))
+            owners.update(dict.fromkeys(i for i in ids if i))
+            cursor = response.get("LastEvaluatedKey") or None
+            if cursor is None:
+                break
+        return list(owners), cursor
 
     def _pages(self, operation: str, request: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
         for page, _ in self._pages_with_keys(operation, request):

@@ -192,3 +192,20 @@ def _text(name: bytes | str) -> str:
 def flat_entries(entries: Iterable[tuple[int, str]]) -> list[Any]:
     """(score, member) pairs as a script's ARGV tail: score, member, score, member, ..."""
     return [part for pair in entries for part in pair]
+
+
+class RedisCursors:
+    """Where feedpipe's periodic sweeps go on, one string key each (names from ``OwnKeys``)."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+
+    def load(self, name: str) -> str | None:
+        raw = self.client.get(name)
+        return None if raw is None else _text(raw)
+
+    def save(self, name: str, value: str) -> None:
+        self.client.set(name, value)
+
+    def clear(self, name: str) -> None:
+        self.client.delete(name)

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 
 from feedpipe.adapters.backfill_progress import BackfillProgress, SegmentProgress
-from feedpipe.adapters.user_scan import user_pages
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 
@@ -43,8 +42,7 @@ def backfill_segment(
     state: SegmentProgress | None = progress.get(total, segment)
     deadline, built = time.monotonic() + budget_seconds, 0
     while state is not None and not state.done:
-        pages = user_pages(stores.table.client, stores.settings.table_name, segment, total, state.resume, PAGE_ITEMS)
-        users, resume = next(pages)
+        users, resume = stores.table.user_page(segment, total, state.resume, PAGE_ITEMS)
         for user_id in users:
             backfill_user(stores, user_id)
         state = progress.advance(state, resume, len(users))

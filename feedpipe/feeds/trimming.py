@@ -11,15 +11,15 @@ slice or page seen twice (SCAN may repeat keys, a crashed task reruns its cursor
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import redis
 
-from feedpipe.adapters.dynamo import FeedTable
 from feedpipe.adapters.redis_client import SCAN_START, RedisClient, scan_page
 from feedpipe.core import keys
+from feedpipe.feeds.ports import DurableFeeds
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -105,7 +105,7 @@ def _trim_slice(client: RedisClient, found: list[bytes], max_length: int, stats:
             stats.members_removed += int(removed)
 
 
-def trim_durable_feed(table: FeedTable, user_id: str, keep: int) -> int:
+def trim_durable_feed(table: DurableFeeds, user_id: str, keep: int) -> int:
     """Delete all but the newest ``keep`` items of ``user_id``'s durable feed; returns how many.
 
     Newest first (the SK starts with created_at), deleting each page's surplus before reading
@@ -123,7 +123,7 @@ def trim_durable_feed(table: FeedTable, user_id: str, keep: int) -> int:
 
 
 def sweep_durable_feeds(
-    table: FeedTable,
+    table: DurableFeeds,
     keep: int,
     *,
     cursor: dict[str, Any] | None = None,
@@ -134,36 +134,6 @@ def sweep_durable_feeds(
 
     Bounded so a periodic task never runs long: call again with ``next_cursor`` until it is
     None. A user whose items straddle two calls is trimmed in both, which is harmless."""
-    users, next_cursor = _scan_feed_owners(table, cursor, max_pages, page_size)
+    users, next_cursor = table.feed_owners_page(cursor, max_pages, page_size)
     deleted = sum(trim_durable_feed(table, user_id, keep) for user_id in users)
     return DurableSweep(users_trimmed=len(users), items_deleted=deleted, next_cursor=next_cursor)
-
-
-def _scan_feed_owners(
-    table: FeedTable, cursor: dict[str, Any] | None, max_pages: int, page_size: int
-) -> tuple[list[str], dict[str, Any] | None]:
-    """Distinct feed owners in Scan order, and where the next call starts (None: table done)."""
-    request: dict[str, Any] = {
-        "TableName": table.name,
-        "FilterExpression": "begins_with(PK, :feed)",
-        "ExpressionAttributeValues": {":feed": {"S": keys.FEED_PREFIX}},
-        "ProjectionExpression": "PK",
-        "Limit": page_size,
-    }
-    owners: dict[str, None] = {}
-    for _ in range(max(max_pages, 1)):
-        if cursor:
-            request["ExclusiveStartKey"] = cursor
-        response: dict[str, Any] = table.client.scan(**request)
-        owners.update(dict.fromkeys(_owner_ids(response.get("Items", []))))
-        cursor = response.get("LastEvaluatedKey") or None
-        if cursor is None:
-            break
-    return list(owners), cursor
-
-
-def _owner_ids(items: Iterable[dict[str, Any]]) -> Iterable[str]:
-    for item in items:
-        user_id = keys.strip_prefix(item["PK"]["S"], keys.FEED_PREFIX)
-        if user_id:
-            yield user_id

@@ -20,7 +20,7 @@ def audit_sample(count: int | None = None) -> dict[str, Any]:
     stores = runtime().stores
     settings = stores.settings
     wanted = settings.audit_sample_per_minute if count is None else count
-    users = sample_users(stores.table.client, settings.table_name, wanted)
+    users = sample_users(runtime().dynamodb, settings.table_name, wanted)
     summary = audit_users(stores, users, repair=settings.audit_repair)
     for user in summary.drifted:
         log.warning("audit: drift in %s's feed: %s", user.user_id, user.as_dict())

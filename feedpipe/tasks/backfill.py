@@ -34,8 +34,9 @@ def backfill_segment_task(self: Task, payloads: Any) -> None:
 
     def handle(payload: Any) -> None:
         total, segment = _segment(payload)
-        stores = runtime().stores
-        progress = BackfillProgress(stores.table.client, stores.settings.lease_table_name)
+        rt = runtime()
+        stores = rt.stores
+        progress = BackfillProgress(rt.dynamodb, stores.settings.lease_table_name)
         step = backfill_segment(stores, progress, total, segment, stores.settings.task_budget_seconds)
         if not step.finished:
             with requeue_on_failure("hand the segment on"):

@@ -29,8 +29,9 @@ ACTIVE_SCAN_COUNT = 200
 def trim_caches(cursor: str = SCAN_START) -> dict[str, Any]:
     """One budgeted stretch of the cache sweep; the rest goes on in a fresh message from the
     cursor it reached (beat starts each sweep with none)."""
-    stores = runtime().stores
-    stats = sweep_cached_feeds(stores.cache.client, stores.settings.feed_max_length,
+    rt = runtime()
+    stores = rt.stores
+    stats = sweep_cached_feeds(rt.redis, stores.settings.feed_max_length,
                                cursor=str(cursor), budget_seconds=stores.settings.task_budget_seconds)
     if stats.next_cursor != SCAN_START:
         app.send_task(tasks.TRIM_CACHES, args=[stats.next_cursor])
@@ -44,13 +45,13 @@ def trim_durable() -> dict[str, Any]:
     stores, key = rt.stores, rt.own_keys.durable_trim_cursor
     if not stores.settings.durable_feed_max_items:
         return {"skipped": "FEEDPIPE_DURABLE_FEED_MAX_ITEMS=0"}
-    raw = stores.cache.client.get(key)
+    raw = stores.cursors.load(key)
     cursor = json.loads(raw) if raw else None
     sweep = sweep_durable_feeds(stores.table, stores.settings.durable_feed_max_items, cursor=cursor)
     if sweep.next_cursor is None:
-        stores.cache.client.delete(key)
+        stores.cursors.clear(key)
     else:
-        stores.cache.client.set(key, json.dumps(sweep.next_cursor))
+        stores.cursors.save(key, json.dumps(sweep.next_cursor))
         app.send_task(tasks.TRIM_DURABLE)  # the next slice
     log.info("durable trim slice: %s", sweep)
     return asdict(sweep)
@@ -62,9 +63,7 @@ def rebuild_active() -> dict[str, int | str]:
     keeping inactive users warm."""
     rt = runtime()
     stores, key = rt.stores, rt.own_keys.active_rebuild_cursor
-    client = stores.cache.client
-    stored = client.get(key)
-    cursor = stored.decode() if isinstance(stored, bytes) else str(stored or SCAN_START)
+    cursor = stores.cursors.load(key) or SCAN_START
     budget = min(ACTIVE_REBUILD_SLICE_SECONDS, stores.settings.task_budget_seconds)
     deadline, rebuilt = time.monotonic() + budget, 0
     while time.monotonic() < deadline:
@@ -75,8 +74,8 @@ def rebuild_active() -> dict[str, int | str]:
         if cursor == SCAN_START:
             break
     if cursor != SCAN_START:
-        client.set(key, cursor)
+        stores.cursors.save(key, cursor)
         app.send_task(tasks.REBUILD_ACTIVE)
     else:
-        client.delete(key)
+        stores.cursors.clear(key)
     return {"rebuilt": rebuilt, "cursor": cursor}

@@ -17,7 +17,8 @@ behind others), p1's ``retract``ion, the unfollow's ``unmerge`` and the re-follo
 writes between them (put there by wrapping the chunk's first BatchWriteItem, as in
 ``test_races``; the tasks themselves run whole, one after another). Every one of the 176
 schedules is run, grouped by the order the four tasks run in (24 orders); each schedule starts
-from an emptied table and cache.
+from empty stores: the in-memory ones (``feeds.memory``), which ``test_store_contract`` holds to
+the real adapters' behaviour.
 """
 
 from __future__ import annotations
@@ -27,19 +28,19 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import fakeredis
 import pytest
 
-import feedpipe.runtime
-from feedpipe.config import load_settings
+from feedpipe.config import Settings, load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
 from feedpipe.feeds.fanout import deliver_chunk
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
+from feedpipe.feeds.memory import MemoryTable, memory_stores
+from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.stores import Stores
-from feedpipe.runtime import build_stores
 from tests.adapters.conftest import APP_TABLE, AppWrites, retract
+from tests.memory_app import MemoryDynamo
 
 AUTHOR, USER, P = "alice", "wendy", "p1"
 AT = "2024-01-15T09:00:00.000Z"
@@ -69,19 +70,9 @@ def schedules() -> Iterator[Schedule]:
     return extend(())
 
 
-def empty_table(stores: Stores) -> None:
-    """Every item gone, so each schedule's queries read only its own few (moto scans the whole
-    table for each Query)."""
-    client = stores.table.client
-    found = client.scan(TableName=APP_TABLE, ProjectionExpression="PK, SK").get("Items", [])
-    for start in range(0, len(found), 25):
-        requests = [{"DeleteRequest": {"Key": key}} for key in found[start : start + 25]]
-        client.batch_write_item(RequestItems={APP_TABLE: requests})
-
-
-def write(stores: Stores, items: list[dict[str, Any]]) -> None:
+def write(client: MemoryDynamo, items: list[dict[str, Any]]) -> None:
     requests = [{"PutRequest": {"Item": item}} for item in items]
-    stores.table.client.batch_write_item(RequestItems={APP_TABLE: requests})
+    client.batch_write_item(RequestItems={APP_TABLE: requests})
 
 
 def task_order(schedule: Schedule) -> Schedule:
@@ -95,12 +86,12 @@ ORDERS = list(itertools.permutations(TASKS))
 class Race:
     """One run of the history under one schedule, with ids of its own."""
 
-    def __init__(self, stores: Stores, app: AppWrites, redis: fakeredis.FakeRedis) -> None:
-        self.stores, self.app, self.redis = stores, app, redis
-        empty_table(stores)
-        redis.flushall()
+    def __init__(self, stores: Stores) -> None:
+        assert isinstance(stores.table, MemoryTable) and isinstance(stores.cache, MemoryCache)
+        self.client = MemoryDynamo(stores.table)
+        self.stores, self.app, self.redis = stores, AppWrites(self.client), stores.cache.space
         self.q, self.old = self.new_post("q1", "10:00:00"), self.new_post("z_old", "09:00:00", author="zoe")
-        write(stores, [app.follow_item(USER, AUTHOR, AT), app.follow_item(USER, "zoe", AT)])
+        write(self.client, [self.app.follow_item(USER, AUTHOR, AT), self.app.follow_item(USER, "zoe", AT)])
         stores.table.put_items(
             item for post in (self.q, self.old) for item in feed_items([USER], post, stores.item_template(post))
         )
@@ -125,7 +116,7 @@ class Race:
                 self.step(step)
 
     def step(self, step: str) -> None:
-        client = self.stores.table.client
+        client = self.client
         edge = {"PK": {"S": f"USER#{USER}"}, "SK": {"S": f"FOLLOWING#{AUTHOR}"}}
         if step == "post":
             self.p = self.new_post(P, "10:00:01")
@@ -135,7 +126,7 @@ class Race:
         elif step == "unfollow":
             client.delete_item(TableName=APP_TABLE, Key=edge)
         elif step == "refollow":
-            write(self.stores, [self.app.follow_item(USER, AUTHOR, AT)])
+            write(self.client, [self.app.follow_item(USER, AUTHOR, AT)])
         elif step == "retract":
             retract(self.stores, self.post)
         elif step == "unmerge":
@@ -175,18 +166,12 @@ class Race:
         key = f"feed:{USER}"
         if not self.redis.exists(key):
             return durable, None
-        return durable, [json.loads(m)["postId"] for m in self.redis.zrevrange(key, 0, -1)]
+        return durable, [json.loads(m)["postId"] for m, _ in self.stores.cache.members(USER)]
 
 
 @pytest.fixture
-def stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[Stores]:
-    redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
-    settings = load_settings({"FEEDPIPE_TABLE_NAME": APP_TABLE, "FEEDPIPE_WRITE_CONCURRENCY": "1"})
-    built = build_stores(settings, dynamodb)
-    yield built
-    built.table.close()
-    redis.close()
+def settings() -> Settings:
+    return load_settings({"FEEDPIPE_TABLE_NAME": APP_TABLE, "FEEDPIPE_WRITE_CONCURRENCY": "1"})
 
 
 def test_every_schedule_is_counted_once() -> None:
@@ -195,10 +180,10 @@ def test_every_schedule_is_counted_once() -> None:
 
 
 @pytest.mark.parametrize("order", ORDERS, ids=["-".join(o) for o in ORDERS])
-def test_deleted_post_ends_in_no_feed_and_the_live_one_stays(stores: Stores, app: AppWrites, order: Schedule) -> None:
+def test_deleted_post_ends_in_no_feed_and_the_live_one_stays(settings: Settings, order: Schedule) -> None:
     wrong = {}
     for schedule in (s for s in ALL if task_order(s) == order):
-        race = Race(stores, app, stores.cache.client)  # type: ignore[arg-type]
+        race = Race(memory_stores(settings))
         race.run(schedule)
         kept = [race.q.post_id, race.old.post_id]
         if race.outcome() != (kept, kept):

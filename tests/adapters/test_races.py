@@ -1,8 +1,9 @@
 """Forced interleavings of the feed operations (contract section 2, "Final state is what counts").
 
-Every test runs the feed operations in-process against moto and fakeredis, in one thread, and
-puts the other party's action (the app deleting a post, unfollowing, ...) at an exact point by
-wrapping one store method. Tasks and handed-out chunks are run by hand, in the order the
+Every test runs the feed operations in-process against the in-memory stores (``feeds.memory``,
+held to the real adapters' behaviour by ``test_store_contract``), in one thread, and puts the
+other party's action (the app deleting a post, unfollowing, ...) at an exact point by wrapping
+one store method. Tasks and handed-out chunks are run by hand, in the order the
 scenario needs. Each test then checks what a user would see: the durable feed (``FEED#{user}``)
 and the cached feed (``feed:{user}``) of every user involved.
 
@@ -17,12 +18,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import fakeredis
 import pytest
 
-import feedpipe.runtime
 from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
@@ -30,9 +28,11 @@ from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
 from feedpipe.feeds.fanout import deliver_chunk, fan_out_post, retract_chunk, retract_post
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
+from feedpipe.feeds.memory import memory_stores
+from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.stores import Stores
-from feedpipe.runtime import build_stores
 from tests.adapters.conftest import inject, publish, retract
+from tests.memory_app import memory_app
 
 from .conftest import APP_TABLE
 
@@ -47,10 +47,11 @@ OLD = "z_old"  # zoe's post, in every feed before each test
 class World:
     """The app's table and cache, feedpipe's stores over them, and a few ways to drive both."""
 
-    def __init__(self, stores: Stores, app: AppWriter, redis: fakeredis.FakeRedis) -> None:
+    def __init__(self, stores: Stores, app: AppWriter) -> None:
         self.stores = stores
         self.app = app
-        self.redis = redis
+        assert isinstance(stores.cache, MemoryCache)
+        self.redis = stores.cache.space  # the cache's keys, as Redis holds them
         self._stamp = 0
 
     # -- the app's side ------------------------------------------------------------------------
@@ -104,7 +105,7 @@ class World:
         key = f"feed:{user}"
         if not self.redis.exists(key):
             return None
-        return [json.loads(m)["postId"] for m in self.redis.zrevrange(key, 0, -1)]
+        return [json.loads(m)["postId"] for m, _ in self.stores.cache.members(user)]
 
     def snapshot(self) -> dict[str, tuple[list[str], list[str] | None]]:
         return {u: (self.durable(u), self.cached(u)) for u in FOLLOWERS + NEWCOMERS}
@@ -129,17 +130,15 @@ def everyone(*posts: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[World]:
-    redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+def world() -> Iterator[World]:
     settings = load_settings({
         "FEEDPIPE_TABLE_NAME": APP_TABLE,
         "FEEDPIPE_FANOUT_CHUNK_SIZE": str(CHUNK_SIZE),
         "FEEDPIPE_FOLLOWER_PAGE_SIZE": "3",
         "FEEDPIPE_WRITE_CONCURRENCY": "1",
     })
-    stores = build_stores(settings, dynamodb)
-    w = World(stores, AppWriter(dynamodb, redis, APP_TABLE, transactional=False), redis)
+    stores = memory_stores(settings)
+    w = World(stores, memory_app(stores, APP_TABLE))
 
     for user in [AUTHOR, "zoe", *FOLLOWERS, *NEWCOMERS]:
         w.app.create_user(user)
@@ -153,8 +152,6 @@ def world(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]
             stores.cache.replace_feed(user, [(old.created_at_ms, stores.member(old))])
     assert_feeds(w, everyone())
     yield w
-    stores.table.close()
-    redis.close()
 
 
 # -- 1. a post deleted while its fan-out runs ----------------------------------------------------
@@ -426,7 +423,7 @@ def test_every_task_and_chunk_twice_gives_the_same_final_state(world):
         assert_feeds(world, expected)
 
     for user in WARM:  # no duplicate members, whatever their bytes
-        assert world.redis.zcard(f"feed:{user}") == len(world.cached(user) or [])
+        assert len(world.redis.zset(f"feed:{user}")) == len(world.cached(user) or [])
 
 
 def test_chunk_run_twice_after_post_deleted_stays_out(world):

@@ -228,8 +228,9 @@ def test_the_trim_task_hands_the_rest_of_its_sweep_on_to_fresh_messages(redis_cl
     for user_id in users:
         _fill_feed(redis_client, user_id, 7)
     settings = load_settings({"FEEDPIPE_FEED_MAX_LENGTH": "5"})
-    install_runtime(settings)._stores = SimpleNamespace(  # type: ignore[assignment]
-        cache=SimpleNamespace(client=redis_client), settings=settings)
+    rt = install_runtime(settings)
+    rt._stores = SimpleNamespace(settings=settings)  # type: ignore[assignment]
+    rt._redis = redis_client
     _over_budget_clock(monkeypatch)
     sent: list[list[Any]] = []
     monkeypatch.setattr(maintenance.app, "send_task", lambda name, args, **_: sent.append(args))

@@ -66,7 +66,8 @@ def test_now_is_in_the_apps_form() -> None:
 def test_feed_items_are_stamped_in_the_apps_form(post_factory: Any) -> None:
     settings = load_settings({})
     stores = Stores(table=None, cache=None, dead_letters=None, settings=settings,  # type: ignore[arg-type]
-                    regen_queue=None, metrics=SimpleNamespace())  # type: ignore[arg-type]
+                    regen_queue=None, metrics=SimpleNamespace(),  # type: ignore[arg-type]
+                    author_posts=None, huge_authors=None, cursors=None)  # type: ignore[arg-type]
 
     template = stores.item_template(post_factory())
 

@@ -1,0 +1,104 @@
+"""The app's writes on the in-memory stores: just enough of a DynamoDB client (and of a Redis
+client) for ``feedpipe.appsim.AppWriter`` and the tests' own raw writes to run unchanged on a
+``MemoryTable`` and a ``MemoryCache``.
+
+Only the expressions the app's writes use are understood (``SET a = :v, ...``, ``ADD a :v``,
+``attribute_not_exists(PK)``); anything else fails loudly rather than being half-applied.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+from feedpipe.appsim import AppWriter
+from feedpipe.core.attributes import from_image
+from feedpipe.feeds.memory import MemoryTable
+from feedpipe.feeds.memory_cache import MemoryCache
+from feedpipe.feeds.stores import Stores
+
+_CLAUSE = re.compile(r"(SET|ADD)\s+(.*?)(?=\s+(?:SET|ADD)\s+|$)")
+
+
+class ConditionalCheckFailedError(Exception):
+    pass
+
+
+class MemoryDynamo:
+    """``put_item``, ``update_item``, ``delete_item``, ``batch_write_item`` and
+    ``transact_write_items`` (applied in order) on a ``MemoryTable``."""
+
+    class exceptions:  # noqa: N801 - botocore's spelling, for ``client.exceptions.X``
+        ConditionalCheckFailedException = ConditionalCheckFailedError
+
+    def __init__(self, table: MemoryTable) -> None:
+        self.table = table
+
+    def put_item(self, Item: dict[str, Any], ConditionExpression: str | None = None, **_: Any) -> None:  # noqa: N803
+        image = from_image(Item)
+        if ConditionExpression is not None:
+            if ConditionExpression != "attribute_not_exists(PK)":
+                raise NotImplementedError(ConditionExpression)
+            if (image["PK"], image["SK"]) in self.table.items:
+                raise ConditionalCheckFailedError(ConditionExpression)
+        self.table.put_image(image)
+
+    def delete_item(self, Key: dict[str, Any], **_: Any) -> None:  # noqa: N803
+        key = from_image(Key)
+        self.table.delete_image(key["PK"], key["SK"])
+
+    def update_item(
+        self, Key: dict[str, Any], UpdateExpression: str,  # noqa: N803
+        ExpressionAttributeValues: dict[str, Any], **_: Any,  # noqa: N803
+    ) -> None:
+        key, values = from_image(Key), from_image(ExpressionAttributeValues)
+        item = self.table.items.setdefault((key["PK"], key["SK"]), dict(key))
+        for verb, body in _CLAUSE.findall(UpdateExpression.strip()):
+            for action in body.split(","):
+                if verb == "SET":
+                    name, value = (part.strip() for part in action.split("="))
+                    item[name] = values[value]
+                else:
+                    name, value = action.split()
+                    total = Decimal(str(item.get(name, 0))) + Decimal(str(values[value]))
+                    item[name] = int(total) if total == total.to_integral_value() else float(total)
+
+    def batch_write_item(self, RequestItems: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:  # noqa: N803
+        for requests in RequestItems.values():
+            for request in requests:
+                if "PutRequest" in request:
+                    self.put_item(request["PutRequest"]["Item"])
+                else:
+                    self.delete_item(request["DeleteRequest"]["Key"])
+        return {"UnprocessedItems": {}}
+
+    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> None:  # noqa: N803
+        calls = {"Put": self.put_item, "Update": self.update_item, "Delete": self.delete_item}
+        for part in TransactItems:
+            ((kind, body),) = part.items()
+            calls[kind](**body)
+
+
+class MemoryAppRedis:
+    """The app's Redis writes beside its table writes: follow caches dropped, regen jobs queued."""
+
+    def __init__(self, cache: MemoryCache) -> None:
+        self.cache = cache
+        self.regen_jobs: list[str] = []
+
+    def delete(self, *names: str) -> int:
+        gone = sum(self.cache.space.exists(n) for n in names)
+        for name in names:
+            self.cache.space.delete(name)
+        return gone
+
+    def lpush(self, name: str, *values: str) -> int:
+        self.regen_jobs[:0] = reversed(values)
+        return len(self.regen_jobs)
+
+
+def memory_app(stores: Stores, table_name: str = "SocialMediaApp") -> AppWriter:
+    """The app, writing (item by item, not in transactions) to in-memory stores."""
+    assert isinstance(stores.table, MemoryTable) and isinstance(stores.cache, MemoryCache)
+    return AppWriter(MemoryDynamo(stores.table), MemoryAppRedis(stores.cache), table_name, transactional=False)
