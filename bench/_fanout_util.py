@@ -28,9 +28,9 @@ from feedpipe.core.items import WRITE_BATCH_LIMIT, feed_item_template, feed_item
 from feedpipe.core.members import encode_member
 from feedpipe.core.planning import chunked
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.local import LOCAL_AWS_ENV, LocalRedis, MotoServer
 from feedpipe.feeds.fanout import deliver_chunk, fan_out_post
 from feedpipe.feeds.stores import Stores
-from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer
 from feedpipe.runtime import build_stores
 
 TABLE = "SocialMediaApp"

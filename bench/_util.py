@@ -89,7 +89,7 @@ def rss_bytes() -> int:
 @contextlib.contextmanager
 def local_redis() -> Iterator[Any]:
     """A throwaway real redis-server, stopped on exit."""
-    from feedpipe.local import LocalRedis
+    from feedpipe.dev.local import LocalRedis
 
     server = LocalRedis().start()
     try:

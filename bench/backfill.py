@@ -30,8 +30,8 @@ from feedpipe.adapters.backfill_progress import BackfillProgress
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.tables import create_tables
 from feedpipe.adapters.user_scan import all_users
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.backfill import backfill_segment
 from feedpipe.feeds.repair import audit_users
 from feedpipe.feeds.stores import Stores

@@ -49,7 +49,7 @@ from feedpipe import tasks
 from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post, PostPublished, to_payload
-from feedpipe.local import LocalBackendError, free_port, stop_process, wait_for
+from feedpipe.dev.local import LocalBackendError, free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1000

@@ -135,7 +135,7 @@ def worker(ctx: click.Context) -> None:
 @click.option("--concurrency", type=int, default=2, show_default=True, help="Worker processes.")
 def up(demo: bool, duration: float | None, concurrency: int) -> None:
     """Run the whole pipeline; on embedded local backends when nothing is configured."""
-    from feedpipe.up import run_up
+    from feedpipe.dev.up import run_up
 
     sys.exit(run_up(demo=demo, duration=duration, concurrency=concurrency))
 

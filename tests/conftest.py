@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from feedpipe.kinesalite import Kinesalite, missing_tools
-from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, LocalRedisCluster, MotoServer, redis_server_binary
+from feedpipe.dev.kinesalite import Kinesalite, missing_tools
+from feedpipe.dev.local import LOCAL_AWS_ENV, LocalRedis, LocalRedisCluster, MotoServer, redis_server_binary
 from feedpipe.runtime import reset_runtime
 
 

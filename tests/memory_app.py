@@ -1,5 +1,5 @@
 """The app's writes on the in-memory stores: just enough of a DynamoDB client (and of a Redis
-client) for ``feedpipe.appsim.AppWriter`` and the tests' own raw writes to run unchanged on a
+client) for ``feedpipe.dev.appsim.AppWriter`` and the tests' own raw writes to run unchanged on a
 ``MemoryTable`` and a ``MemoryCache``.
 
 Only the expressions the app's writes use are understood (``SET a = :v, ...``, ``ADD a :v``,
@@ -12,8 +12,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from feedpipe.appsim import AppWriter
 from feedpipe.core.attributes import from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.memory import MemoryTable
 from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.stores import Stores

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from feedpipe.local import (
+from feedpipe.dev.local import (
     START_TIMEOUT_SECONDS,
     LocalBackendError,
     free_port,

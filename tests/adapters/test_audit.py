@@ -18,11 +18,11 @@ import pytest
 
 import feedpipe.runtime
 from feedpipe.adapters.user_scan import all_users, sample_users
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.audit import find_drift
 from feedpipe.feeds.follows import apply_follow
 from feedpipe.feeds.rebuild import rebuild_cache

@@ -12,8 +12,8 @@ import pytest
 
 import feedpipe.feeds.backfill as backfill_module
 from feedpipe.adapters.backfill_progress import BackfillProgress
-from feedpipe.appsim import AppWriter
 from feedpipe.core.records import is_live, post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.audit import find_drift
 from feedpipe.feeds.backfill import backfill_segment
 from feedpipe.feeds.follows import apply_follow, apply_unfollow

@@ -17,12 +17,12 @@ import fakeredis
 import pytest
 
 import feedpipe.runtime
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
 from feedpipe.feeds.stores import Stores
 from feedpipe.reader import read_feed

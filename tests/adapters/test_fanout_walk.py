@@ -18,10 +18,10 @@ import pytest
 
 import feedpipe.feeds.fanout as fanout_module
 import feedpipe.runtime
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post, retract_chunk, retract_post
 from feedpipe.feeds.stores import Stores
 from feedpipe.runtime import build_stores

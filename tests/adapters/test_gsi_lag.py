@@ -14,10 +14,10 @@ import pytest
 
 import feedpipe.runtime
 import feedpipe.tasks.follows as follow_tasks
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core.events import FollowEnded, FollowStarted, Post, to_payload
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.follows import apply_follow, recheck_follow
 from feedpipe.feeds.stores import Stores
 from feedpipe.runtime import build_stores, install_runtime

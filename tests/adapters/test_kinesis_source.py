@@ -25,8 +25,8 @@ from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.events import PostPublished
 from feedpipe.core.records import parse_record, read_record
-from feedpipe.kinesalite import Kinesalite
-from feedpipe.local import wait_for
+from feedpipe.dev.kinesalite import Kinesalite
+from feedpipe.dev.local import wait_for
 from tests.fakes import FakeDeadLetters, FakeDispatcher, FakeLeaseTable
 
 HALF = 2**127  # the hash key where a 2-shard stream's shards meet

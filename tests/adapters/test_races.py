@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.fanout import deliver_chunk, fan_out_post, retract_chunk, retract_post
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
 from feedpipe.feeds.memory import memory_stores

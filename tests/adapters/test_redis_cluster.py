@@ -18,8 +18,8 @@ from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode, Settings, load_settings
 from feedpipe.core import keys
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
+from feedpipe.dev.local import LocalRedisCluster
 from feedpipe.feeds.trimming import sweep_cached_feeds
-from feedpipe.local import LocalRedisCluster
 from feedpipe.ops import active_users
 
 BROKER = "redis://127.0.0.1:6379/15"  # never contacted: these tests publish nothing

@@ -23,13 +23,13 @@ import feedpipe.adapters.regen_queue as regen_queue_module
 import feedpipe.feeds.regen as regen_module
 import feedpipe.runtime
 from feedpipe.adapters.regen_queue import RegenQueue
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_items
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.core.letters import decode_payload
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.delivery import add_post, remove_post
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.regen import DrainStats, drain

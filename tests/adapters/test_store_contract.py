@@ -20,13 +20,13 @@ import pytest
 import redis
 
 import feedpipe.runtime
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_item_key, feed_items
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.memory import memory_stores
 from feedpipe.feeds.stores import Stores
 from feedpipe.runtime import build_stores

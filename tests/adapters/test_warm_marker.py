@@ -13,12 +13,12 @@ import pytest
 
 import feedpipe.runtime
 from feedpipe.adapters.redis_feeds import FeedCache
-from feedpipe.appsim import AppWriter
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.core.members import encode_member
 from feedpipe.core.records import post_from_image
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.delivery import remove_post
 from feedpipe.feeds.regen import drain
 from feedpipe.feeds.stores import Stores

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import pytest
 
-from feedpipe.local import free_port, wait_for
+from feedpipe.dev.local import free_port, wait_for
 from tests.chaos.servers import Killable
 
 START_SECONDS = 90.0  # 3-13 s seen on a busy 2-core machine; recovering quorum queues adds more

@@ -22,7 +22,7 @@ from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.core import keys
-from feedpipe.local import LocalBackendError, stop_process, wait_for
+from feedpipe.dev.local import LocalBackendError, stop_process, wait_for
 from tests.e2e.harness import LEASES, TABLE, Processes, World, wait_until
 from tests.faults import injected_counts
 from tests.reliability import write_report

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 
-from feedpipe.local import free_port, stop_process, wait_for
+from feedpipe.dev.local import free_port, stop_process, wait_for
 
 START_SECONDS = 20.0
 

@@ -24,16 +24,16 @@ from feedpipe.adapters.rabbitmq import is_amqp, read_queue_depths
 from feedpipe.adapters.redis_client import connect_broker
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.adapters.tables import create_tables
-from feedpipe.appsim import AppWriter
 from feedpipe.config import Settings, load_settings
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
 from feedpipe.core.catalog import QUEUES
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.records import post_from_image, record_sequence
+from feedpipe.dev.appsim import AppWriter
+from feedpipe.dev.local import LocalBackendError, stop_process, wait_for
 from feedpipe.feeds.delivery import add_post
 from feedpipe.feeds.rebuild import rebuild_cache
-from feedpipe.local import LocalBackendError, stop_process, wait_for
 from feedpipe.ops import active_users
 from feedpipe.runtime import build_stores
 

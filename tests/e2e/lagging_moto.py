@@ -47,7 +47,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from werkzeug.serving import run_simple
 from werkzeug.wrappers import Request, Response
 
-from feedpipe.local import START_TIMEOUT_SECONDS, MotoServer, wait_for
+from feedpipe.dev.local import START_TIMEOUT_SECONDS, MotoServer, wait_for
 
 CONTROL_PATH = "/_lag"
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from feedpipe.local import LocalBackendError, wait_for
+from feedpipe.dev.local import LocalBackendError, wait_for
 from tests.chaos.scenario import (
     POLL_SECONDS,
     Crew,

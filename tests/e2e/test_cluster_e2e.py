@@ -15,7 +15,7 @@ from redis.cluster import RedisCluster
 
 from feedpipe.config import CLUSTER_NEEDS_BROKER
 from feedpipe.core import keys
-from feedpipe.local import LocalRedisCluster
+from feedpipe.dev.local import LocalRedisCluster
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -29,7 +29,7 @@ from feedpipe.adapters.redis_client import connect_broker
 from feedpipe.config import load_settings
 from feedpipe.core.catalog import FANOUT_QUEUE, FOLLOWS_QUEUE, QUEUES, RETRACT_QUEUE
 from feedpipe.core.keys import OwnKeys
-from feedpipe.local import LOCAL_AWS_ENV, stop_process
+from feedpipe.dev.local import LOCAL_AWS_ENV, stop_process
 from tests.chaos.scenario import RandomApp, RecordCounter, finish
 from tests.chaos.servers import RedisServer
 from tests.e2e.harness import Processes, World, pipeline_env, wait_until

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from feedpipe.local import LocalRedis, free_port, stop_process
+from feedpipe.dev.local import LocalRedis, free_port, stop_process
 from tests.e2e.harness import pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e

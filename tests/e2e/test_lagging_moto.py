@@ -13,7 +13,7 @@ import pytest
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.adapters.tables import create_tables
-from feedpipe.local import LOCAL_AWS_ENV
+from feedpipe.dev.local import LOCAL_AWS_ENV
 from tests.e2e.harness import LEASES, TABLE, wait_until
 from tests.e2e.lagging_moto import LaggingMotoServer
 

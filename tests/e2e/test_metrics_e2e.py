@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from feedpipe.core import keys
-from feedpipe.local import free_port, stop_process, wait_for
+from feedpipe.dev.local import free_port, stop_process, wait_for
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import pytest
 
 from feedpipe.adapters.redis_client import check_redis, connect_redis
 from feedpipe.config import ConfigError, load_settings
-from feedpipe.local import LocalBackendError, redis_server_binary
+from feedpipe.dev.local import LocalBackendError, redis_server_binary
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 from tests.redis_tls import PASSWORD, USER, TlsRedis
 

@@ -15,7 +15,7 @@ import redis
 from feedpipe.adapters.durability import check_broker
 from feedpipe.adapters.redis_client import check_durable_broker
 from feedpipe.config import ConfigError, load_settings
-from feedpipe.local import free_port, stop_process, wait_for
+from feedpipe.dev.local import free_port, stop_process, wait_for
 
 VOLATILE = ("--appendonly", "no")
 DURABLE = ("--appendonly", "yes", "--maxmemory-policy", "noeviction")

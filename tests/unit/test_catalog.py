@@ -61,8 +61,10 @@ def test_beat_schedules_catalog_tasks_and_leaves_their_queue_to_the_routes():
 RULES = {
     # layer: feedpipe's own top-level names it must not import (core: anything outside core)
     "core": None,
-    "adapters": {"feeds", "tasks", "worker", "consumers", "beat", "ops", "cli", "cli_feeds", "runtime"},
-    "feeds": {"tasks", "worker", "consumers", "beat", "ops", "cli", "cli_feeds"},
+    "adapters": {"feeds", "tasks", "worker", "consumers", "beat", "ops", "cli", "cli_feeds", "runtime", "dev"},
+    "feeds": {"tasks", "worker", "consumers", "beat", "ops", "cli", "cli_feeds", "dev"},
+    "consumers": {"tasks", "worker", "dev"},
+    "tasks": {"dev"},
 }
 
 
@@ -94,3 +96,10 @@ def test_the_layer_check_sees_a_forbidden_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("from feedpipe import tasks\nimport feedpipe.worker\nfrom feedpipe.core import keys\n")
     assert _imported(module) == {"tasks", "worker", "core"}
+
+
+def test_the_pipeline_imports_no_dev_code_but_the_up_command():
+    """``feedpipe.dev`` (embedded backends, the app simulator, the demo) stays out of the
+    pipeline's processes: only the CLI's ``up`` command reaches it."""
+    users = {str(path.relative_to(PACKAGE)) for path in PACKAGE.glob("*.py") if "dev" in _imported(path)}
+    assert users == {"cli.py"}

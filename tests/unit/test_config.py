@@ -169,7 +169,7 @@ def test_describe_keeps_the_url_usable_for_an_operator():
 
 
 def test_up_gives_each_of_its_processes_a_port_of_its_own():
-    from feedpipe.up import _metrics_ports
+    from feedpipe.dev.up import _metrics_ports
 
     names = ["worker", "consumer", "beat"]
     assert _metrics_ports(load_settings({}), names) == {"worker": 9465, "consumer": 9464, "beat": 9466}

@@ -21,6 +21,7 @@ from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.keys import OwnKeys
+from feedpipe.dev.local import free_port, wait_for
 from feedpipe.endpoints import serve
 from feedpipe.health import (
     BeatProbe,
@@ -31,7 +32,6 @@ from feedpipe.health import (
     beat_stall_seconds,
     consumer_stall_seconds,
 )
-from feedpipe.local import free_port, wait_for
 from feedpipe.worker_probe import broker_checker
 from tests.fakes import FakeDeadLetters, FakeDispatcher, FakeLeaseTable, FakeShardSource, follow_record
 

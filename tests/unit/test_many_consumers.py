@@ -15,7 +15,7 @@ from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.events import Event
-from feedpipe.local import wait_for
+from feedpipe.dev.local import wait_for
 from tests.fakes import FakeDeadLetters, FakeLeaseTable, FakeShardSource, follow_record
 
 FAILOVER = 2.0

@@ -11,7 +11,7 @@ import pytest
 from feedpipe.adapters.celery_app import celery_config
 from feedpipe.adapters.redis_client import check_redis, tls_options
 from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode, load_settings
-from feedpipe.local import free_port
+from feedpipe.dev.local import free_port
 
 SECRET = "hunter2-never-shown"
 

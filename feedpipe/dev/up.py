@@ -23,8 +23,8 @@ from pathlib import Path
 import boto3
 
 from feedpipe.config import ConfigError, Settings, load_settings
+from feedpipe.dev.local import LOCAL_AWS_ENV, LocalRedis, MotoServer, redis_server_binary, stop_process
 from feedpipe.extras import require_extra
-from feedpipe.local import LOCAL_AWS_ENV, LocalRedis, MotoServer, redis_server_binary, stop_process
 
 SUMMARY_EVERY_SECONDS = 2.0
 
@@ -134,7 +134,7 @@ def _supervise(
     demo: bool,
     duration: float | None,
 ) -> int:
-    from feedpipe.demo import Dashboard, Demo
+    from feedpipe.dev.demo import Dashboard, Demo
 
     started = time.monotonic()
     driver = Demo.start(settings) if demo else None

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from feedpipe.local import START_TIMEOUT_SECONDS, LocalBackendError, free_port, stop_process, wait_for
+from feedpipe.dev.local import START_TIMEOUT_SECONDS, LocalBackendError, free_port, stop_process, wait_for
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / "tests" / "kinesalite"
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "tests" / "kinesalite"
 INSTALL_TIMEOUT_SECONDS = 300.0
 RESHARD_MS = 50  # how long a stream stays CREATING/UPDATING; AWS takes seconds, tests need less
 

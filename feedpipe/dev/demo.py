@@ -15,9 +15,9 @@ from typing import Any
 
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.redis_feeds import connect_redis
-from feedpipe.appsim import AppWriter
 from feedpipe.config import Settings
 from feedpipe.core.catalog import QUEUES
+from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.runtime import build_stores
 
