@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from bench._budget_util import AppWriter, app_client, virtual_budget
+from bench._budget_util import AppWriter, app_client, budget_figures, virtual_budget
 from bench._fanout_util import AUTHOR, TABLE, follow_items, follower_ids, put_post, warm_subset, warm_up
 from bench._util import local_redis, set_local_aws_env
 from bench.dynamo_capacity import DEFAULT_LATENCY, Limits
@@ -190,30 +190,6 @@ def budget_runs(size: Size, redis_url: str) -> tuple[Size, dict[str, Any], dict[
     unbudgeted = measure(size, redis_url, app_wcu=app_wcu)
     budgeted = measure(size, redis_url, budget_wcu=int(BUDGET_SHARE * size.table_wcu), app_wcu=app_wcu)
     return size, unbudgeted, budgeted
-
-
-def budget_figures(size: Size, unbudgeted: dict[str, Any], budgeted: dict[str, Any]) -> list[Figure]:
-    n, budget = budgeted["followers"], budgeted["budget_wcu"]
-    floor = max(0, n * WCU_PER_ITEM - budget) / budget  # the budget's bucket, too, starts with a second's worth
-    setting = (f"{n:,} followers, table limit {size.table_wcu:,.0f} WCU/s, the app writing "
-               f"{budgeted['app_wcu']:,.0f} WCU/s of its own (1 WCU items, batches of 25, one attempt each), "
-               f"write budget {budget:,} WCU/s; {budgeted['slots']} task slots; virtual time")
-    log(f"app throttled: {unbudgeted['app_throttled']:,} of {unbudgeted['app_written'] + unbudgeted['app_throttled']:,}"
-        f" without a budget, {budgeted['app_throttled']:,} of {budgeted['app_written'] + budgeted['app_throttled']:,}"
-        f" with; durable {unbudgeted['durable_seconds']:.1f}s / {budgeted['durable_seconds']:.1f}s")
-    name = f"write budget: {n:,}-follower post beside the app's writes"
-    return [
-        Figure(f"{name}, app writes throttled (vs no budget)", budgeted["app_throttled"], "items",
-               "no write budget", unbudgeted["app_throttled"], better="lower",
-               target="no throttle of the app's writes caused by the fan-out", met=budgeted["app_throttled"] == 0,
-               notes=f"{setting}; app wrote {budgeted['app_written']:,} items with, "
-                     f"{unbudgeted['app_written']:,} without", extra={"budgeted": budgeted, "unbudgeted": unbudgeted}),
-        Figure(f"{name}, every durable feed (vs budget floor)", round(budgeted["durable_seconds"], 2), "s",
-               "(followers x 2 WCU - 1 s burst) / budget", round(floor, 2), better="lower",
-               target="<= 1.15 x the budget floor",
-               met=budgeted["durable_items"] == n and budgeted["durable_seconds"] <= 1.15 * floor,
-               notes=f"{setting}; {unbudgeted['durable_seconds']:.1f}s without the budget"),
-    ]
 
 
 def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.0) -> dict[str, Any]:
