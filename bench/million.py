@@ -35,6 +35,7 @@ from typing import Any
 
 import redis
 
+from bench._budget_util import AppWriter, app_client, budget_figures, virtual_budget
 from bench._fanout_util import AUTHOR, TABLE, follow_items, follower_ids, put_post, warm_subset, warm_up
 from bench._util import local_redis, set_local_aws_env
 from bench.dynamo_capacity import DEFAULT_LATENCY, Limits
@@ -68,6 +69,12 @@ class Size:
 
 FULL = Size(followers=1_000_000, table_wcu=40_000, processes=8)
 SHORT = Size(followers=10_000, table_wcu=4_000, processes=4)  # a new on-demand table's warm throughput
+# The write budget beside the app's own writes: a table at a new on-demand table's 4,000 WCU/s,
+# the app writing a fifth of it, the fan-out held to three quarters.
+BUDGET_FULL = Size(followers=100_000, table_wcu=4_000, processes=4)
+BUDGET_SHORT = SHORT
+APP_SHARE = 0.2
+BUDGET_SHARE = 0.75
 
 
 def log(message: str) -> None:
@@ -172,10 +179,22 @@ def run(short: bool = False) -> list[Figure]:
     size = SHORT if short else FULL
     with local_redis() as server:
         result = measure(size, server.url)
-    return figures(size, result)
+        shared = budget_runs(BUDGET_SHORT if short else BUDGET_FULL, server.url)
+    return [*figures(size, result), *budget_figures(*shared)]
 
 
-def measure(size: Size, redis_url: str) -> dict[str, Any]:
+def budget_runs(size: Size, redis_url: str) -> tuple[Size, dict[str, Any], dict[str, Any]]:
+    """The same fan-out while the app writes at ``APP_SHARE`` of the table's limit: without a
+    write budget, and with one of ``BUDGET_SHARE`` of it."""
+    app_wcu = APP_SHARE * size.table_wcu
+    unbudgeted = measure(size, redis_url, app_wcu=app_wcu)
+    budgeted = measure(size, redis_url, budget_wcu=int(BUDGET_SHARE * size.table_wcu), app_wcu=app_wcu)
+    return size, unbudgeted, budgeted
+
+
+def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.0) -> dict[str, Any]:
+    """One fan-out; with ``budget_wcu`` the fleet shares that write budget (feedpipe's policy on a
+    virtual-time bucket), with ``app_wcu`` the app writes its own items alongside."""
     set_local_aws_env()
     random.seed(1)  # feedpipe's and Celery's jitter
     clock = VirtualClock()
@@ -199,6 +218,13 @@ def measure(size: Size, redis_url: str) -> dict[str, Any]:
         make_client("dynamodb", max_pool=size.threads + 4, validate=False)))) for _ in range(size.processes)]
     for stores in fleet:
         progress.watch(stores)
+    if budget_wcu:
+        virtual_budget(clock, fleet, budget_wcu, settings.task_budget_seconds / 2)
+    app = AppWriter(clock, model.attach(app_client()), TABLE, app_wcu)
+    if app_wcu:
+        give_up = 10 * size.followers * WCU_PER_ITEM / size.table_wcu + 60
+        app.done = lambda: len(progress.durable) >= size.followers or clock.now() > give_up
+        clock.spawn(app.run, "app")
     queue = TaskQueue(clock)
     queue.send(queue.with_retries(_planner(queue, post)), 0.0)
     for n, stores in enumerate(fleet):
@@ -220,7 +246,8 @@ def measure(size: Size, redis_url: str) -> dict[str, Any]:
         "warm_feeds_missing_post": missing_warm, "wcu": usage.wcu, "rcu": usage.rcu,
         "throttled": dict(usage.throttled), "task_retries": queue.retries, "calls": dict(model.calls),
         "cpu_seconds": cpu, "wall_seconds": wall, "redis_seconds": progress.redis_seconds,
-        "slots": size.processes * size.threads,
+        "slots": size.processes * size.threads, "budget_wcu": budget_wcu, "app_wcu": app_wcu,
+        "app_written": app.written, "app_throttled": app.throttled,
     }  # fmt: skip
 
 

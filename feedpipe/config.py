@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     fanout_chunk_size: int = Field(1000, ge=1, le=100_000)
     follower_page_size: int = Field(10_000, ge=1, le=100_000)
     write_concurrency: int = Field(4, ge=1, le=64)
+    write_budget_wcu: int = Field(
+        0, ge=0, description="WCU per second all workers together write to the app's table (0: no budget)",
+    )
     records_per_read: int = Field(1000, ge=1, le=10_000)
     events_per_message: int = Field(200, ge=1, le=5000)
     idle_poll_seconds: float = Field(1.0, gt=0, le=60)

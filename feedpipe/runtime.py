@@ -17,6 +17,7 @@ from feedpipe.adapters.huge_authors import HugeAuthorTable
 from feedpipe.adapters.redis_client import RedisClient
 from feedpipe.adapters.redis_feeds import FeedCache, RedisCursors, connect_redis
 from feedpipe.adapters.regen_queue import RegenQueue
+from feedpipe.adapters.write_budget import WriteBudget, redis_hit
 from feedpipe.config import Settings, load_settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.feeds.stores import Stores
@@ -85,6 +86,7 @@ def build_stores(
     own = OwnKeys(settings.key_prefix)
     table = FeedTable(client, settings.table_name, settings.write_concurrency)
     table.on_unprocessed = metrics.unprocessed_items.inc
+    table.budget = build_write_budget(settings, redis_client, own)
     return Stores(
         table=table,
         cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds, own),
@@ -96,6 +98,15 @@ def build_stores(
         huge_authors=HugeAuthorTable(table),
         cursors=RedisCursors(redis_client),
     )
+
+
+def build_write_budget(settings: Settings, redis: RedisClient, own: OwnKeys) -> WriteBudget | None:
+    """The write budget all workers share in the app's Redis; None (no Redis call) when it is 0.
+    A write waits for capacity at most half the task budget, then retries as a transient error."""
+    if not settings.write_budget_wcu:
+        return None
+    hit = redis_hit(redis, own.write_budget, settings.write_budget_wcu)
+    return WriteBudget(hit, settings.write_budget_wcu, max_wait_seconds=settings.task_budget_seconds / 2)
 
 
 def build_dead_letters(settings: Settings, dynamodb: Any, metrics: Metrics | None = None) -> DeadLetters:

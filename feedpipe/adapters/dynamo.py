@@ -14,10 +14,12 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import NoRegionError
+from botocore.exceptions import ClientError, NoRegionError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
+from feedpipe.adapters.aws_errors import is_throttling
 from feedpipe.adapters.user_scan import user_pages
+from feedpipe.adapters.write_budget import WriteBudget
 from feedpipe.config import ConfigError
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
@@ -83,6 +85,7 @@ class FeedTable:
         self.write_concurrency = write_concurrency
         self._pool: ThreadPoolExecutor | None = None
         self.on_unprocessed: Callable[[int], None] = lambda _: None
+        self.budget: WriteBudget | None = None  # the shared write budget, when one is set
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -330,16 +333,32 @@ class FeedTable:
         return sum(self._executor().map(self.write_group, groups))
 
     def write_group(self, group: list[dict[str, Any]]) -> int:
-        """One BatchWriteItem call (<= 25 requests), retrying what DynamoDB leaves unprocessed."""
+        """One BatchWriteItem call (<= 25 requests), retrying what DynamoDB leaves unprocessed;
+        each call (a retry too) first waits for its writes to fit in the budget, if one is set."""
         pending = {self.name: group}
         for attempt in _unprocessed_retrying():
             with attempt:
-                response = self.client.batch_write_item(RequestItems=pending)
+                response = self._batch_write(pending)
                 pending = response.get("UnprocessedItems") or {}
                 if pending:
                     self.on_unprocessed(len(pending[self.name]))
+                    if self.budget is not None:
+                        self.budget.on_throttle()
                     raise UnprocessedError(f"{len(pending[self.name])} writes unprocessed")
         return len(group)
+
+    def _batch_write(self, pending: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        if self.budget is None:
+            response: dict[str, Any] = self.client.batch_write_item(RequestItems=pending)
+            return response
+        self.budget.acquire(len(pending[self.name]))
+        try:
+            response = self.client.batch_write_item(RequestItems=pending)
+        except ClientError as exc:
+            if is_throttling(exc):
+                self.budget.on_throttle()
+            raise
+        return response
 
     def close(self) -> None:
         if self._pool is not None:

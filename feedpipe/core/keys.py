@@ -47,6 +47,8 @@ Redis, feedpipe's own, all under one prefix (default ``feedpipe:``, no braces in
                                                   newest posts, which readers merge
     {prefix}warm:{feed:{user_id}}                 string "1": the user is warm (fan-out writes their
                                                   feed) even while it is empty; TTL as the feed's
+    {prefix}write_budget:*                        the shared write budget's counters (``limits``'
+                                                  sliding window, keys of its own after the colon)
 
 The warm marker's braces hold the whole feed key, so it hashes to ``feed:{user_id}``'s cluster
 slot and one script can test and write both. An id whose feed key has a hash tag of its own
@@ -220,6 +222,11 @@ class OwnKeys:
     @property
     def broker_prefix(self) -> str:
         return f"{self.prefix}broker:"
+
+    @property
+    def write_budget(self) -> str:
+        """The prefix ``limits`` puts (with a colon) before the write budget's counter keys."""
+        return f"{self.prefix}write_budget"
 
     @property
     def huge_authors(self) -> str:

@@ -38,6 +38,7 @@ from feedpipe.core.keys import OwnKeys
         (keys.followers_cache("u1"), "followers:u1"),
         (keys.following_cache("u1"), "following:u1"),
         # Redis, feedpipe's own.
+        (OwnKeys().write_budget, "feedpipe:write_budget"),  # limits adds ":" and its own keys
         (OwnKeys().warm_marker("u1"), "feedpipe:warm:{feed:u1}"),
         (OwnKeys("staging:fp:").warm_marker("u1"), "staging:fp:warm:{feed:u1}"),
         (OwnKeys().warm_marker("a{b}"), "feedpipe:warm:{b}feed:a{b}"),
