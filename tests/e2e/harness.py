@@ -28,12 +28,12 @@ from feedpipe.config import Settings, load_settings
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
 from feedpipe.core.catalog import QUEUES
+from feedpipe.core.events import Post
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.records import post_from_image, record_sequence
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.dev.local import LocalBackendError, stop_process, wait_for
 from feedpipe.feeds.delivery import add_post
-from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.ops import active_users
 from feedpipe.runtime import build_stores
 
@@ -145,6 +145,7 @@ class World:
     clock: int = 0
     _broker: redis.Redis | None = field(default=None, repr=False)
     amqp_unacked: Callable[[], int] | None = field(default=None, repr=False)  # e.g. RabbitNode.unacked
+    _history: dict[str, list[Post]] = field(default_factory=lambda: defaultdict(list), repr=False)  # historic_fanout
 
     def __post_init__(self) -> None:
         self.dynamodb = make_client("dynamodb")
@@ -205,8 +206,13 @@ class World:
         post = post_from_image(image)
         author = self.posts[post_id][0]
         add_post(self.stores, post, sorted(self.follows[author]))
+        for user in self.follows[author]:
+            self._history[user].append(post)
         for user in warm:
-            rebuild_cache(self.stores, user)
+            # What rebuild_cache would cache from the durable feed (only history is in it yet),
+            # without reading the table once per user: hundreds of moto Queries otherwise.
+            newest = sorted(self._history.get(user, ()), key=lambda p: (p.created_at_ms, p.post_id), reverse=True)
+            self.stores.cache.replace_feed(user, [(p.created_at_ms, self.stores.member(p)) for p in newest])
             self.warm.add(user)  # warm from its rebuild on, even with nothing to cache
 
     def mark_history_consumed(self) -> None:
