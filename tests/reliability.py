@@ -32,7 +32,8 @@ FAULT_NAMES = {
     "redis_restarts": "feed Redis kill -9 and restart", "broker_outages": "broker kill -9 and restart",
     "publish_failures": "publishes refused meanwhile",
 }
-LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000", "FEEDPIPE_FIRST_DEPLOY_USERS": "200"}
+LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000", "FEEDPIPE_FIRST_DEPLOY_USERS": "2000",
+             "FEEDPIPE_FIRST_DEPLOY_FOLLOWS": "20000", "FEEDPIPE_FIRST_DEPLOY_POSTS": "20000"}
 LONG_SUITES = [
     "tests/unit/test_fuzz.py",
     "tests/adapters/test_races.py",
@@ -75,6 +76,12 @@ def summarize(lines: list[dict[str, Any]]) -> str:
             injected = ", ".join(f"{v:,} {FAULT_NAMES.get(k, k.replace('_', ' '))}"
                                  for k, v in sorted(line.get("faults", {}).items()))
             rows.append(_row(line["test"].removeprefix("faults_").replace("_", " "), [line], injected or "-",
+                             _items([line])))
+    for line in lines:
+        if line["test"] == "first_deploy":
+            rows.append(_row(f"first deploy on a filled table: {line['users']:,} users, {line['follows']:,} follows, "
+                             f"{line['posts']:,} posts ({line['dead_or_private']:,} deleted or private), consumer "
+                             f"from LATEST", [line], "backfill and worker kill -9 mid-run, live app traffic",
                              _items([line])))
     for line in lines:
         if line["test"] == "fuzz":
