@@ -61,9 +61,7 @@ class _State:
 
 
 def _state(table: Table) -> _State:
-    state = table.__dict__.get("_fast_state")
-    if state is None:
-        state = table.__dict__.setdefault("_fast_state", _State())
+    state: _State = table.__dict__.setdefault("_fast_state", _State())
     return state
 
 
@@ -76,7 +74,7 @@ def _sorted(table: Table) -> _State:
     state = _state(table)
     with _lock:
         if state.sorted_at != state.version:
-            items = [i for h in table.items.values() for i in (h.values() if table.range_key_attr else [h])]
+            items: list[Item] = [i for h in table.items.values() for i in (h.values() if table.range_key_attr else [h])]  # type: ignore[misc]
             items.sort(key=_sort_key)
             state.items, state.keys, state.sorted_at = items, [_sort_key(i) for i in items], state.version
         return state
@@ -103,13 +101,14 @@ def _gsi_candidates(table: Table, index_name: str, value: DynamoType) -> list[It
             state.gsi = {name: defaultdict(set) for name in _gsi_hash_attrs(table)}
             for item in _original_all_items(table):
                 _index(state, table, item)
-        found, stale = [], []
+        found: list[Item] = []
+        stale: list[tuple[Any, Any]] = []
         for key in state.gsi.get(index_name, {}).get(value, ()):
-            item = table.get_item(*key)
-            if item is None:
+            held = table.get_item(*key)
+            if held is None:
                 stale.append(key)
             else:
-                found.append(item)
+                found.append(held)
         for key in stale:
             state.gsi[index_name][value].discard(key)
         return found

@@ -125,7 +125,7 @@ def first_deploy(world: World, procs: Processes) -> AssertionError | None:
     command = procs._spawn("backfill", "backfill", "--segments", str(SEGMENTS), "--poll-seconds", "0.2")
     for step in range(LIVE_STEPS):
         live_traffic(world, rng, step)
-    wait_until(lambda: any(s.users for s in progress.all(SEGMENTS)), 120, "the backfill to start")
+    wait_until(lambda: any(s.users for s in progress.all(SEGMENTS)), 120 * SLOW, "the backfill to start")
     assert not all(s.done for s in progress.all(SEGMENTS)), "killed mid-run"
     procs.kill9(command)
     procs.kill9(worker)
