@@ -38,8 +38,6 @@ from feedpipe.local import MotoServer
 from tests.e2e.harness import LEASES, TABLE, Processes, World, pipeline_env, wait_until
 from tests.reliability import report_path, write_report
 
-pytestmark = pytest.mark.e2e
-
 # dev.py reliability runs it on a bigger table (tests/reliability.py's LONG_MODE).
 USER_COUNT = int(os.environ.get("FEEDPIPE_FIRST_DEPLOY_USERS", "20"))
 USERS = [f"u{i:0{max(3, len(str(USER_COUNT - 1)))}d}" for i in range(USER_COUNT)]
@@ -51,6 +49,7 @@ LIVE_STEPS = max(4, USER_COUNT // 20)  # app writes before the backfill is kille
 BIG = USER_COUNT > 200
 SEGMENTS = 6
 SLOW = 1 + USER_COUNT // 20  # waits scale with the table (ceilings, not sleeps)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600 * max(1, USER_COUNT // 100))]
 Found = set[tuple[str, str, str]]  # (user, store, kind)
 
 
