@@ -32,7 +32,10 @@ FAULT_NAMES = {
     "redis_restarts": "feed Redis kill -9 and restart", "broker_outages": "broker kill -9 and restart",
     "publish_failures": "publishes refused meanwhile",
 }
-LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000", "FEEDPIPE_FIRST_DEPLOY_USERS": "200",
+LONG_MODE = {"FEEDPIPE_CHAOS_TRIALS": "20", "FEEDPIPE_FUZZ_EXAMPLES": "10000",
+             # first deploy at the size issue 13 asks for
+             "FEEDPIPE_FIRST_DEPLOY_USERS": "2000", "FEEDPIPE_FIRST_DEPLOY_FOLLOWS": "20000",
+             "FEEDPIPE_FIRST_DEPLOY_POSTS": "20000",
              # GSI lag: 5 seeded runs at each lag, three times the CI run's users and writes
              "FEEDPIPE_GSI_TRIALS": "5", "FEEDPIPE_GSI_USERS": "36", "FEEDPIPE_GSI_STEPS": "150",
              "FEEDPIPE_GSI_FANS": "300"}
@@ -87,6 +90,12 @@ def summarize(lines: list[dict[str, Any]]) -> str:
                          f"{sum(t['lagged_gsi_queries'] for t in runs):,} GSI queries answered lagging; "
                          f"wrong items per run: {per_run}",
                          f"{sum(t['records'] for t in runs):,} stream records, {_items(runs)}"))
+    for line in lines:
+        if line["test"] == "first_deploy":
+            rows.append(_row(f"first deploy on a filled table: {line['users']:,} users, {line['follows']:,} follows, "
+                             f"{line['posts']:,} posts ({line['dead_or_private']:,} deleted or private), consumer "
+                             f"from LATEST", [line], "backfill and worker kill -9 mid-run, live app traffic",
+                             _items([line])))
     for line in lines:
         if line["test"] == "fuzz":
             per = line["examples_per_property"]

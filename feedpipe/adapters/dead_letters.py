@@ -11,11 +11,18 @@ room on it with a conditional ``ADD``, every removal gives room back, so no read
 store is ever needed. A letter refused for want of room is logged at ERROR and counted
 (``feedpipe_dead_letters_dropped_total``, alerted on): the oldest letters are kept, they name
 the first failure.
+
+A batch can fail after part of it is stored (a BatchWriteItem leaves items unprocessed, and
+the call that retries them fails). Such a batch's letters are remembered by content with their
+room and their items: the caller's retry writes only those not stored yet, under the same keys,
+and reserves no second room, so no letter is stored twice and the count stays the number of
+letters. Should no retry come, the room stays taken until ``purge`` finds the store empty.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -34,9 +41,18 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # letters per Query page: at most 100 x the size bound in memory
 _RESERVE_ATTEMPTS = 20
+_PENDING_MAX = 10_000  # letters kept for a retry; past it the oldest are forgotten (room stays taken)
 UNPROCESSED_BACKOFF_SECONDS = 0.05
 Letter = DeadLetter
 OnLetter = Callable[[str, str], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A letter of a batch not yet wholly stored: its room is taken, its item fixed."""
+
+    item: dict[str, Any]
+    stored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +74,7 @@ class DeadLetters:
         self.limits = limits
         self.on_letter = on_letter
         self.on_drop = on_drop
+        self._pending: dict[str, _Pending] = {}  # by identity: letters of a batch that failed midway
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -73,18 +90,35 @@ class DeadLetters:
     def _add_all(self, letters: Sequence[Letter]) -> list[str]:
         if not letters:
             return []
-        granted = self._reserve(len(letters))
-        for source, reason, payload in letters[granted:]:
+        identities = self._identities(letters)
+        fresh = [(identity, letter) for identity, letter in zip(identities, letters, strict=True)
+                 if identity not in self._pending]  # the others are a retry's: room already taken
+        granted = self._reserve(len(fresh))
+        for _, (source, reason, payload) in fresh[granted:]:
             self._drop(source, reason, payload)
-        items = [self._item(*letter) for letter in letters[:granted]]
-        try:
-            self._put(items)
-        except Exception:
-            self._release(granted)  # nothing stored, or what was is redone by the caller's retry
-            raise
-        for source, reason, _ in letters[:granted]:
+        for identity, letter in fresh[:granted]:
+            self._pending[identity] = _Pending(self._item(*letter))
+        while len(self._pending) > _PENDING_MAX:
+            del self._pending[next(iter(self._pending))]
+        kept = [(identity, letter) for identity, letter in zip(identities, letters, strict=True)
+                if identity in self._pending]
+        pending = [self._pending[identity] for identity, _ in kept]
+        self._put([p for p in pending if not p.stored])  # raises with what it stored marked
+        for identity, (source, reason, _) in kept:
+            del self._pending[identity]
             self.on_letter(source, reason)
-        return [item["id"]["S"] for item in items]
+        return [p.item["id"]["S"] for p in pending]
+
+    def _identities(self, letters: Sequence[Letter]) -> list[str]:
+        """Each letter's content digest, numbered among equal ones of the batch."""
+        seen: dict[str, int] = {}
+        identities = []
+        for source, reason, payload in letters:
+            text = bound_payload(payload, self.limits.max_bytes).text
+            digest = hashlib.sha256("\0".join((source, reason, text)).encode()).hexdigest()
+            seen[digest] = seen.get(digest, 0) + 1
+            identities.append(f"{digest}:{seen[digest]}")
+        return identities
 
     def _item(self, source: str, reason: str, payload: Any) -> dict[str, Any]:
         at, letter_id = now_timestamp(), uuid.uuid4().hex
@@ -99,11 +133,16 @@ class DeadLetters:
                         sha256={"S": stored.sha256})
         return item
 
-    def _put(self, items: list[dict[str, Any]]) -> None:
-        for start in range(0, len(items), 25):
-            requests: Any = {self.table: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]}
+    def _put(self, letters: list[_Pending]) -> None:
+        """Write the letters' items, each marked stored once the table took it."""
+        for start in range(0, len(letters), 25):
+            chunk = letters[start : start + 25]
+            requests: Any = {self.table: [{"PutRequest": {"Item": p.item}} for p in chunk]}
             for attempt in itertools.count():
                 requests = self.client.batch_write_item(RequestItems=requests).get("UnprocessedItems")
+                left = {r["PutRequest"]["Item"]["letter"]["S"] for r in (requests or {}).get(self.table, [])}
+                for p in chunk:
+                    p.stored = p.item["letter"]["S"] not in left
                 if not requests:
                     break
                 time.sleep(min(UNPROCESSED_BACKOFF_SECONDS * 2**attempt, 1.0))  # the table is busy: back off

@@ -76,6 +76,7 @@ def _http_ok(url: str) -> bool:
 class MotoServer:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    module: str = "moto.server"  # or a module that patches moto before running its server
 
     @property
     def url(self) -> str:
@@ -84,7 +85,7 @@ class MotoServer:
     def start(self, log: Path | None = None) -> MotoServer:
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", self.module, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

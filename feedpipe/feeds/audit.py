@@ -10,9 +10,14 @@ audit judges nothing there. So:
   and hidden ones counted, so a delete does not widen the window), within the
   newest ``durable_feed_max_items`` of the feed as the rules make it, and within the item TTL
   when one is set; or a live post of a followee that the cached feed holds and the durable one
-  lost. **missing** (cached): a post of the expected cache (the newest ``feed_max_length`` of
-  the durable feed as the rules make it) newer than the cache's oldest member, absent from it
-  (a retraction shortens a cache without refilling it, so what is older is not judged).
+  lost (unless, with item expiry on, it is older than the TTL: its item may have expired while
+  the cache still holds the post). **missing** (cached): a post of the expected cache (the
+  newest ``feed_max_length`` of the durable feed as the rules make it) newer than the cache's
+  oldest member, absent from it (a retraction shortens a cache without refilling it, so what
+  is older is not judged). A warm user's empty cache is what retractions leave (the warm
+  marker keeps them warm, contract section 3), so only a post newer than the cache's last write
+  is judged there: fan-out adding it would have written the feed and refreshed the marker's
+  TTL, which dates that write.
 - **extra**: an item or member whose author is not followed, whose post is deleted, hidden or
   gone, or which is not a feed item or member at all; in the cache also a post older than the
   expected cache's newest ``feed_max_length``.
@@ -124,7 +129,9 @@ def find_drift(stores: Stores, user_id: str) -> list[Drift]:
 def _drift_of(stores: Stores, snap: Snapshot) -> list[Drift]:
     drift, legit = durable_drift(stores, snap)
     truth = _truth(stores, legit, snap)
-    drift += [Drift(MISSING, DURABLE, p.post_id, post=p) for p in truth if p.post_id not in legit]
+    unexpired = {p.post_id for p in _within_item_ttl(stores, truth)}
+    drift += [Drift(MISSING, DURABLE, p.post_id, post=p) for p in truth
+              if p.post_id not in legit and p.post_id in unexpired]
     return drift + cache_drift(stores, snap, truth)
 
 
@@ -193,7 +200,7 @@ def cache_drift(stores: Stores, snap: Snapshot, truth: list[Post]) -> list[Drift
         else:
             drift.append(Drift(EXTRA, CACHED, member))
     held = {_member_post_id(m) for m, _ in snap.cached}
-    oldest = snap.cached[-1][1] if snap.cached else 0
+    oldest = snap.cached[-1][1] if snap.cached else _last_write_ms(stores, snap)
     for post in expected.values():
         if post.post_id not in held and post.created_at_ms > oldest:
             drift.append(Drift(MISSING, CACHED, post.post_id, post=post))
@@ -204,6 +211,15 @@ def cache_drift(stores: Stores, snap: Snapshot, truth: list[Post]) -> list[Drift
     if snap.marker_ttl == -1:
         drift.append(Drift(MISSING_TTL, CACHED, "warm marker ttl"))
     return drift
+
+
+def _last_write_ms(stores: Stores, snap: Snapshot) -> float:
+    """The latest time an empty warm cache can have been written (fan-out and rebuilds set the
+    marker's TTL in full); infinite when the marker has no TTL to tell (then reported as such)."""
+    if snap.marker_ttl < 0:
+        return float("inf")
+    elapsed = stores.settings.feed_ttl_seconds - snap.marker_ttl - 1  # TTLs are whole seconds, rounded down
+    return datetime.now(UTC).timestamp() * 1000 - max(0, elapsed) * 1000
 
 
 def _current(stores: Stores, snap: Snapshot, post_id: Any) -> Post | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
@@ -280,6 +281,58 @@ def test_a_warm_feed_lost_while_its_marker_stays_is_found_and_rebuilt(world: Wor
     world.redis.persist(marker)
 
     drift = {(d.kind, d.store) for d in find_drift(world.stores, "r2")}
-    assert drift == {("missing", "redis"), ("missing_ttl", "redis")}
+    # An empty cache is what retractions may leave a warm user: missing members are not judged
+    # (the marker without a TTL cannot date the cache's last write), the marker's TTL is.
+    assert drift == {("missing_ttl", "redis")}
     assert audit_user(world.stores, "r2", repair=True).left == []
     assert world.state() == clean and world.redis.ttl(marker) > 0
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_a_warm_feed_its_retractions_emptied_is_right_and_a_post_fan_out_missed_since_is_found(
+    world: World,
+) -> None:
+    """Retractions empty r1's cache (its newest posts deleted); the marker keeps r1 warm, the
+    durable feed keeps older posts the cache never held: that is the rules' own state. A post
+    that reaches only the durable feed afterwards is one fan-out should have cached."""
+    marker = world.stores.cache.own_keys.warm_marker("r1")
+    for post_id in [json.loads(m)["postId"] for m, _ in world.cached("r1")]:
+        world.app.delete_post(post_id)
+        retract(world.stores, world.image(post_id))
+    assert world.cached("r1") == [] and marker and world.redis.ttl(marker) > 0
+    assert world.durable("r1"), "older posts the cache never held"
+
+    assert find_drift(world.stores, "r1") == []
+
+    world.redis.expire(marker, world.stores.settings.feed_ttl_seconds - 60)  # a minute on, no write since
+    world.app.create_post("ann", "ann", "late", post_id="late", created_at=_now())
+    late = world.image("late")
+    world.stores.table.put_items(feed_items(["r1"], late, world.stores.item_template(late)))
+    assert [(d.kind, d.store, d.ref) for d in find_drift(world.stores, "r1")] == [("missing", "redis", "late")]
+    assert audit_user(world.stores, "r1", repair=True).left == []
+    assert [json.loads(m)["postId"] for m, _ in world.cached("r1")][0] == "late"
+
+
+def test_with_item_expiry_a_post_only_the_cache_still_holds_is_not_missing_but_a_due_one_is(
+    monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]
+) -> None:
+    """Items expire a day after they were written: every post here is older than that, so an
+    item of one that the cache still holds may have expired (DynamoDB's TTL delete); a post of
+    today is due in the durable feed whatever the cache holds."""
+    w = finish(monkeypatch, dynamodb, durable_feed_ttl_days="1")
+    assert all(find_drift(w.stores, user) == [] for user in FOLLOWS)
+    expired = w.items("r1")[0]
+    assert expired["post_id"] in {json.loads(m)["postId"] for m, _ in w.cached("r1")}
+    w.delete_item("r1", expired["SK"])
+
+    assert find_drift(w.stores, "r1") == []
+
+    w.app.create_post("ann", "ann", "today", post_id="today", created_at=_now())
+    publish(w.stores, w.image("today"))
+    today = next(i for i in w.items("r1") if i["post_id"] == "today")
+    w.delete_item("r1", today["SK"])
+    assert [(d.kind, d.store, d.ref) for d in find_drift(w.stores, "r1")] == [("missing", "dynamodb", "today")]
+    w.stores.table.close()

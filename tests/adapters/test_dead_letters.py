@@ -12,6 +12,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry
 
 import feedpipe.runtime
@@ -192,3 +193,40 @@ def test_purge_gives_back_room_a_killed_writer_reserved(letters: DeadLetters) ->
     assert letters.count() == 3
     assert letters.purge() == 1
     assert letters.count() == 0
+
+
+class FailingAfterUnprocessed:
+    """A DynamoDB client whose first BatchWriteItem stores all but the last five items (returned
+    as UnprocessedItems) and whose second fails outright, as a throttled table may answer."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.calls = client, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803 - boto3's name
+        self.calls += 1
+        if self.calls == 1:
+            ((table, requests),) = RequestItems.items()
+            self.client.batch_write_item(RequestItems={table: requests[:-5]})
+            return {"UnprocessedItems": {table: requests[-5:]}}
+        if self.calls == 2:
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                              "BatchWriteItem")
+        return self.client.batch_write_item(RequestItems=RequestItems)  # type: ignore[no-any-return]
+
+
+def test_a_batch_failing_after_a_partial_write_is_retried_without_duplicates_or_a_drifted_count(
+    dynamodb: Any, tables: dict[str, str]
+) -> None:
+    letters = DeadLetters(FailingAfterUnprocessed(dynamodb), TABLE, "feedpipe:dlq")
+    batch = [("stream:shardId-1", "unknown eventName", {"n": n}) for n in range(30)]
+    with pytest.raises(ClientError):
+        letters.add_many(batch)
+
+    letters.add_many(batch)  # the caller's retry
+
+    stored = sorted(entry["payload"]["n"] for page in letters.pages() for entry in page)
+    assert stored == list(range(30)), "each letter once"
+    assert letters.count() == 30

@@ -11,6 +11,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from feedpipe.ops import active_users
 from feedpipe.runtime import build_stores
 
 TABLE = "SocialMediaApp"
+CLOCK_START = datetime(2026, 11, 25, 10, tzinfo=UTC)  # posts' created_at: a second apart from here
 LEASES = "feedpipe-leases"
 AMQP_WAITING_QUEUES = (*QUEUES, *(level_name(level) for level in range(MAX_LEVEL + 1)))
 
@@ -131,6 +133,22 @@ def pipeline_env(aws_env: dict[str, str], redis_urls: tuple[str, str], **overrid
     return env
 
 
+class _GatheredPuts:
+    """What ``AppWriter`` puts, kept for one BatchWriteItem per 25; its counter updates dropped."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def put_item(self, TableName: str, Item: dict[str, Any], **_: Any) -> None:  # noqa: N803 - boto3's names
+        self.items.append(Item)
+
+    def update_item(self, **_: Any) -> None:
+        pass
+
+    def delete_item(self, **_: Any) -> None:
+        raise NotImplementedError("history is written, not taken back: use World.unfollow")
+
+
 @dataclass
 class World:
     """The app's data as written, and what every feed must end as (contract section 2)."""
@@ -183,12 +201,36 @@ class World:
         self.follows[author].discard(follower)
 
     def post(self, author: str, post_id: str, visibility: str = "public") -> str:
+        return self._post(self.app, author, post_id, visibility)
+
+    def _post(self, app: AppWriter, author: str, post_id: str, visibility: str) -> str:
         self.clock += 1
-        created = f"2026-11-25T10:{self.clock // 60:02d}:{self.clock % 60:02d}.000Z"
-        self.app.create_post(author, f"user_{author}", f"{post_id} says hello " * 3,
-                             post_id=post_id, created_at=created, visibility=visibility)
+        created = (CLOCK_START + timedelta(seconds=self.clock)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        app.create_post(author, f"user_{author}", f"{post_id} says hello " * 3,
+                        post_id=post_id, created_at=created, visibility=visibility)
         self.posts[post_id] = (author, visibility != "private")
         return post_id
+
+    def load_history(self, users: Iterable[str], follows: Iterable[tuple[str, str]],
+                     posts: Iterable[tuple[str, str, str]]) -> None:
+        """Set-up shortcut for a big table: the app's own items (users, follow edges as
+        (follower, author), posts as (author, post id, visibility)) and its Redis side effects,
+        the items written 25 at a time by BatchWriteItem (one call where the app makes one per
+        item); the counter updates the app makes beside them are left out (feeds never read them)."""
+        sink = _GatheredPuts()
+        app = AppWriter(sink, self.redis, TABLE, transactional=False)
+        for user_id in users:
+            app.create_user(user_id)
+            self.users.add(user_id)
+        for follower, author in follows:
+            app.follow(follower, author)
+            self.follows[author].add(follower)
+        for author, post_id, visibility in posts:
+            self._post(app, author, post_id, visibility)
+        for i in range(0, len(sink.items), 25):
+            request: dict[str, Any] = {TABLE: [{"PutRequest": {"Item": item}} for item in sink.items[i:i + 25]]}
+            while request:
+                request = self.dynamodb.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
 
     def delete(self, post_id: str) -> None:
         self.app.delete_post(post_id)

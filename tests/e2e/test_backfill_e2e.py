@@ -9,6 +9,10 @@ and makes every feed exact again.
 
 moto cannot enable a stream on an existing table, so the history is written with the stream on
 and no consumer; the consumer's first start passes over it.
+
+CI runs a small table; ``dev.py reliability`` a big one (tests/reliability.py's LONG_MODE:
+thousands of users, tens of thousands of follows and posts), on a moto whose Query and Scan
+read only what they can match (tests/e2e/fast_moto.py), the history loaded by BatchWriteItem.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,15 +34,34 @@ from feedpipe.adapters.leases import LATEST, LeaseTable
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.core import keys
 from feedpipe.core.records import post_from_image
+from feedpipe.local import MotoServer
 from tests.e2e.harness import LEASES, TABLE, Processes, World, pipeline_env, wait_until
-
-pytestmark = pytest.mark.e2e
+from tests.reliability import report_path, write_report
 
 # dev.py reliability runs it on a bigger table (tests/reliability.py's LONG_MODE).
-USERS = [f"u{i:03d}" for i in range(int(os.environ.get("FEEDPIPE_FIRST_DEPLOY_USERS", "20")))]
-WARM = USERS[:10]
+USER_COUNT = int(os.environ.get("FEEDPIPE_FIRST_DEPLOY_USERS", "20"))
+USERS = [f"u{i:0{max(3, len(str(USER_COUNT - 1)))}d}" for i in range(USER_COUNT)]
+FOLLOWS_PER_USER = int(os.environ.get("FEEDPIPE_FIRST_DEPLOY_FOLLOWS", str(4 * USER_COUNT))) // USER_COUNT
+POSTS = int(os.environ.get("FEEDPIPE_FIRST_DEPLOY_POSTS", str(USER_COUNT * 5 // 2)))
+HISTORY_POSTS_PER_AUTHOR = 15  # under the backfill depth (20), with room for live posts
+WARM = USERS[:max(10, USER_COUNT // 10)]
+LIVE_STEPS = max(4, USER_COUNT // 20)  # app writes before the backfill is killed, and again after
+BIG = USER_COUNT > 200
 SEGMENTS = 6
+SLOW = 1 + USER_COUNT // 20  # waits scale with the table (ceilings, not sleeps)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600 * max(1, USER_COUNT // 100))]
 Found = set[tuple[str, str, str]]  # (user, store, kind)
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[MotoServer]:
+    """moto whose Query and Scan read only what they can match: on plain moto every one of
+    the backfill's GSI Queries reads the whole table."""
+    server = MotoServer(module="tests.e2e.fast_moto").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -46,15 +73,19 @@ def history(world: World, rng: random.Random) -> None:
     """The app's writes before feedpipe: follows, posts (under the backfill depth per author, so
     every live post of a followee belongs in the feed), deletes and private posts, and the app's
     own stale caches of some users' feeds."""
-    world.user(*USERS)
-    for user in USERS:
-        for author in rng.sample([u for u in USERS if u != user], 4):
-            world.follow(user, author)
-    posts = len(USERS) * 5 // 2  # about 2.5 an author: all under the backfill depth
-    for n in range(posts):
-        world.post(rng.choice(USERS), f"h{n:04d}", visibility="private" if n % 13 == 5 else "public")
-    for n in range(0, posts, 9):
-        world.delete(f"h{n:04d}")
+    follows = [(user, author) for user in USERS
+               for author in rng.sample([u for u in USERS if u != user], FOLLOWS_PER_USER)]
+    per_author: Counter[str] = Counter()
+    posts = []
+    for n in range(POSTS):
+        author = rng.choice(USERS)
+        while per_author[author] >= HISTORY_POSTS_PER_AUTHOR:
+            author = rng.choice(USERS)
+        per_author[author] += 1
+        posts.append((author, f"h{n:05d}", "private" if n % 13 == 5 else "public"))
+    world.load_history(USERS, follows, posts)
+    for n in range(0, POSTS, 9):
+        world.delete(f"h{n:05d}")
     for user in WARM:
         world.redis.zadd(f"feed:{user}", {json.dumps({"postId": "from-before"}): 1})
         world.redis.expire(f"feed:{user}", 3600)
@@ -73,50 +104,78 @@ def live_traffic(world: World, rng: random.Random, step: int) -> None:
         world.unfollow(user, author)
     else:
         world.follow(user, author)
-    world.post(rng.choice(USERS), f"live{step:03d}")
+    world.post(rng.choice(USERS), f"live{step:04d}")
     if step % 3 == 2:
-        world.delete(f"live{step - 1:03d}")
+        world.delete(f"live{step - 1:04d}")
 
 
-def first_deploy(world: World, procs: Processes) -> None:
+def first_deploy(world: World, procs: Processes) -> AssertionError | None:
+    """The history, then the pipeline started on it; None once every feed is right, else why not."""
     rng = random.Random(11)
     history(world, rng)
     early = procs.run("backfill", "--segments", str(SEGMENTS))
     assert early.returncode == 2 and "start `feedpipe consume` first" in early.stderr, early.stderr
     procs.consumer()
-    worker = procs.worker()
+    concurrency = 4 if BIG else 2  # the tasks mostly wait on moto
+    worker = procs.worker(concurrency)
     wait_until(lambda: pinned(world), 60, "the consumer to pin each shard at its newest record")
 
     progress = BackfillProgress(world.dynamodb, LEASES)
     command = procs._spawn("backfill", "backfill", "--segments", str(SEGMENTS), "--poll-seconds", "0.2")
-    for step in range(4):
+    for step in range(LIVE_STEPS):
         live_traffic(world, rng, step)
-    wait_until(lambda: any(s.users for s in progress.all(SEGMENTS)), 120, "the backfill to start")
+    wait_until(lambda: any(s.users for s in progress.all(SEGMENTS)), 120 * SLOW, "the backfill to start")
     assert not all(s.done for s in progress.all(SEGMENTS)), "killed mid-run"
     procs.kill9(command)
     procs.kill9(worker)
-    for step in range(4, 8):
+    for step in range(LIVE_STEPS, 2 * LIVE_STEPS):
         live_traffic(world, rng, step)
 
-    procs.worker()
-    rerun = procs.run("backfill", "--segments", str(SEGMENTS), "--poll-seconds", "0.2", timeout=300)
+    procs.worker(concurrency)
+    rerun = procs.run("backfill", "--segments", str(SEGMENTS), "--poll-seconds", "0.2", timeout=300 * SLOW)
     assert rerun.returncode == 0, rerun.stderr[-3000:] + procs.logs()
     assert f"backfilled {len(USERS)} users" in rerun.stdout, rerun.stdout
-    wait_until(world.settled, 240, "every feed to be right")
     assert "first start at its newest record" in procs.logs(tail=10**6)
+    try:
+        wait_until(world.settled, 240 * SLOW, "every feed to be right")
+    except AssertionError as exc:
+        return exc
+    return None
+
+
+def wrong_items(world: World) -> tuple[int, int]:
+    """(feed items checked, feed items wrong): durable and cached, each missing or extra item."""
+    durable, expected = world.durable_feeds(), world.expected_feeds()
+    cached, want = world.cached_feeds(), world.expected_cached()
+    pairs = [(durable.get(u, set()), expected.get(u, set())) for u in set(durable) | set(expected)]
+    pairs += [(cached.get(u, set()), want.get(u, set())) for u in set(cached) | set(want)]
+    return sum(len(w) for _, w in pairs), sum(len(h ^ w) for h, w in pairs)
+
+
+def write_figures(world: World, report_file: Path, started: float) -> None:
+    checked, wrong = wrong_items(world)
+    write_report(report_file, {
+        "test": "first_deploy", "users": len(USERS), "follows": sum(map(len, world.follows.values())),
+        "posts": len(world.posts), "dead_or_private": sum(1 for _, live in world.posts.values() if not live),
+        "warm": len(WARM), "feed_items_checked": checked, "feed_items_wrong": wrong,
+        "seconds": round(time.monotonic() - started, 1),
+    })
 
 
 def test_a_first_deploy_is_built_exactly_and_every_drift_after_it_is_found_and_repaired(
-    world: World, procs: Processes
+    world: World, procs: Processes, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    first_deploy(world, procs)
+    started = time.monotonic()
+    unsettled = first_deploy(world, procs)
+    write_figures(world, report_path(tmp_path_factory.getbasetemp()), started)
+    assert unsettled is None, str(unsettled)
     world.assert_feeds_right()
     procs.stop_all()  # so the delete below is one the pipeline never sees
 
     injected = corrupt(world)
-    table = procs.run("audit", *sorted({u for u, store, _ in injected if store == "redis"}))
+    table = procs.run("audit", *sorted({u for u, store, _ in injected if store == "redis"}), timeout=120 * SLOW)
     assert table.returncode == 1 and "missing_ttl" in table.stdout, table.stdout
-    result = procs.run("audit", "--all", "--repair", "--json", timeout=300)
+    result = procs.run("audit", "--all", "--repair", "--json", timeout=300 * SLOW)
     report = json.loads(result.stdout)
     found = {(r["user_id"], d["store"], d["kind"]) for r in report["results"] for d in r["found"]}
     assert found == injected, f"missed {injected - found}, falsely reported {found - injected}"
