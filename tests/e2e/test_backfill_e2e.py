@@ -34,7 +34,7 @@ from feedpipe.adapters.leases import LATEST, LeaseTable
 from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.core import keys
 from feedpipe.core.records import post_from_image
-from feedpipe.local import MotoServer
+from feedpipe.dev.local import MotoServer
 from tests.e2e.harness import LEASES, TABLE, Processes, World, pipeline_env, wait_until
 from tests.reliability import report_path, write_report
 
