@@ -83,7 +83,10 @@ def real_redis(redis_urls: tuple[str, str], broker_server: LocalRedis) -> Iterat
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    server = MotoServer().start()
+    """moto's server, with Query and Scan narrowed to what they can match (tests/e2e/fast_moto.py:
+    the same answers, without reading the whole table on every call, which the end-to-end
+    tests' workers and waits otherwise spend most of their time on)."""
+    server = MotoServer(module="tests.e2e.fast_moto").start()
     try:
         yield server
     finally:
