@@ -45,6 +45,9 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+WRITE_BUDGET_NEEDS_PLAIN_REDIS = "FEEDPIPE_WRITE_BUDGET_WCU needs a plain Redis (not a Redis Cluster) for now"
+
+
 class RedisClusterMode(StrEnum):
     """``auto`` asks the node at start (``INFO cluster``); ``on``/``off`` skip the question."""
 
@@ -230,6 +233,8 @@ class Settings(BaseSettings):
                 raise ValueError("a Redis Cluster is reached over TCP: FEEDPIPE_REDIS_URL must be redis:// or rediss://")
             if self.broker_url is None:
                 raise ValueError(CLUSTER_NEEDS_BROKER)
+            if self.write_budget_wcu:
+                raise ValueError(WRITE_BUDGET_NEEDS_PLAIN_REDIS)
         return self
 
     @model_validator(mode="after")

@@ -25,7 +25,15 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
-from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode, Settings, TlsCertReqs, redact_url
+from feedpipe.config import (
+    CLUSTER_NEEDS_BROKER,
+    WRITE_BUDGET_NEEDS_PLAIN_REDIS,
+    ConfigError,
+    RedisClusterMode,
+    Settings,
+    TlsCertReqs,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +198,8 @@ def check_redis(settings: Settings, broker: bool = False) -> Settings:
             raise
         except (redis.RedisError, RedisClusterException, OSError) as exc:
             _explain(name, url, settings, _reason(exc))
+    if settings.write_budget_wcu and settings.redis_cluster is RedisClusterMode.ON:  # ``auto`` found a cluster
+        raise ConfigError(WRITE_BUDGET_NEEDS_PLAIN_REDIS)
     if broker:
         check_durable_broker(settings)
     return settings

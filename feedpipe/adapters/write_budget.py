@@ -31,7 +31,7 @@ from limits.storage import RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from feedpipe.adapters.redis_client import RedisClient
-from feedpipe.config import ConfigError
+from feedpipe.config import WRITE_BUDGET_NEEDS_PLAIN_REDIS, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ MIN_SHARE = 0.05
 GROWTH_PER_SECOND = 0.05  # back from the floor to the whole budget in about 19 s
 CUT_HOLDOFF_SECONDS = 1.0
 MIN_POLL_SECONDS = 0.01
+PIECES_PER_SECOND = 4  # a charge is taken in pieces of at most a quarter of the budget
 BUDGET_SCOPE = "table"
 
 Clock = Callable[[], float]
@@ -103,7 +104,9 @@ class WriteBudget:
         charge = math.ceil(writes * WCU_PER_FEED_WRITE / self.share.current())
         deadline = self._clock() + self.max_wait_seconds
         while charge > 0:
-            piece = min(charge, self.wcu_per_second)  # a hit above the limit never fits
+            # A hit above the limit never fits, and one near it fits only in an idle window: a
+            # process whose share was cut (its charge multiplied) would starve beside busy peers.
+            piece = min(charge, max(1, self.wcu_per_second // PIECES_PER_SECOND))
             self._acquire_piece(piece, deadline)
             charge -= piece
 
@@ -123,7 +126,7 @@ def redis_hit(client: RedisClient, prefix: str, wcu_per_second: int) -> Hit:
     """A hit of the shared sliding-window counter in ``client``'s Redis, keys under ``prefix``."""
     pool = getattr(client, "connection_pool", None)
     if pool is None:
-        raise ConfigError("FEEDPIPE_WRITE_BUDGET_WCU needs a plain Redis (not a Redis Cluster) for now")
+        raise ConfigError(WRITE_BUDGET_NEEDS_PLAIN_REDIS)
     storage = RedisStorage("redis://", connection_pool=pool, key_prefix=prefix)
     limiter = SlidingWindowCounterRateLimiter(storage)
     item = RateLimitItemPerSecond(wcu_per_second)

@@ -121,7 +121,9 @@ def retry_rest(task: Task, rest: list[Any], exc: Exception) -> None:
             runtime().stores.dead_letters.add_many([DeadLetter(f"task:{task.name}", reason, p) for p in rest])
         log.error("%s: %s", task.name, reason)
         return
-    countdown = round(full_jitter(RETRY_BASE_SECONDS, retries, longest_wait()), 1)
+    # Whole seconds: RabbitMQ's native delayed delivery refuses a countdown under one second
+    # (int(0.3) == 0), and the retry would then come straight back with no backoff.
+    countdown = round(full_jitter(RETRY_BASE_SECONDS, retries, longest_wait()))
     log.warning("%s retrying %d payloads in %ss: %s", task.name, len(rest), countdown, reason_of(exc))
     try:
         # max_retries=None would mean Celery's default of 3, after which the task fails and,

@@ -128,9 +128,25 @@ def test_a_wait_is_bounded_and_sleeps_instead_of_spinning() -> None:
 
 def test_a_write_bigger_than_the_budget_is_charged_in_pieces_that_fit() -> None:
     costs: list[int] = []
-    budget = WriteBudget(lambda cost: costs.append(cost) or True, 30, max_wait_seconds=1)
-    budget.acquire(25)  # 50 WCU against 30 a second
-    assert costs == [30, 20]
+    budget = WriteBudget(lambda cost: costs.append(cost) or True, 40, max_wait_seconds=1)
+    budget.acquire(25)  # 50 WCU against 40 a second
+    assert costs == [10, 10, 10, 10, 10]
+
+
+def test_a_process_whose_share_was_cut_is_not_starved_by_busy_peers() -> None:
+    """Regression: a cut share multiplies the charge, and a piece as big as the whole budget
+    fits only in an idle window, which peers using 60% of it never leave."""
+    clock = FakeClock()
+    limit, peers = 400, 240
+
+    def hit(cost: int) -> bool:  # a window the peers keep 60% full
+        return peers + cost <= limit
+
+    budget = WriteBudget(hit, limit, max_wait_seconds=5, clock=clock, sleep=clock.sleep)
+    for _ in range(4):
+        budget.on_throttle()
+        clock.sleep(CUT_HOLDOFF_SECONDS)
+    budget.acquire(25)  # charged at least 50 WCU x the cut
 
 
 # -- (2) throttles cut the rate, time grows it back -------------------------------------------
@@ -239,3 +255,18 @@ def test_a_budget_on_a_redis_cluster_is_refused_clearly() -> None:
     cluster = mock.Mock(spec=["execute_command"])
     with pytest.raises(ConfigError, match="FEEDPIPE_WRITE_BUDGET_WCU"):
         redis_hit(cluster, OwnKeys().write_budget, 100)
+
+
+def test_a_budget_with_a_redis_cluster_stops_the_process_at_start() -> None:
+    """Not at the first write, inside a task, where a ConfigError is retried for ever."""
+    from feedpipe.adapters.redis_client import check_redis
+    from feedpipe.config import ConfigError, RedisClusterMode, load_settings
+
+    with pytest.raises(ConfigError, match="FEEDPIPE_WRITE_BUDGET_WCU needs a plain Redis"):
+        load_settings({"FEEDPIPE_WRITE_BUDGET_WCU": "1000", "FEEDPIPE_REDIS_CLUSTER": "on",
+                       "FEEDPIPE_BROKER_URL": "redis://127.0.0.1:1/0"})
+    found_cluster = load_settings({"FEEDPIPE_WRITE_BUDGET_WCU": "1000", "FEEDPIPE_BROKER_URL": "redis://127.0.0.1:1/0"})
+    as_a_cluster = lambda name, url, settings: settings.model_copy(update={"redis_cluster": RedisClusterMode.ON})  # noqa: E731
+    with (mock.patch("feedpipe.adapters.redis_client._log_in", as_a_cluster),
+          pytest.raises(ConfigError, match="FEEDPIPE_WRITE_BUDGET_WCU needs a plain Redis")):
+        check_redis(found_cluster)

@@ -278,6 +278,28 @@ def test_a_retry_countdown_never_outlives_a_quarter_of_the_visibility_timeout(
     assert countdowns[0] == 1  # the first retry still waits its second
 
 
+@pytest.mark.parametrize("draw", [0.3, 0.7, 1.4, 5.5])
+def test_a_retry_countdown_is_whole_seconds_for_rabbitmqs_delayed_delivery(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch, draw: float
+) -> None:
+    """Regression: a jittered countdown of 0.3 s reached Celery's native delayed delivery as
+    int(0.3) == 0, which kombu refuses ("countdown must be a positive number"): the retry was
+    rejected and requeued at once, with no backoff and its retry count unchanged."""
+    import random
+
+    install_runtime(load_settings({}))._stores = SimpleNamespace(dead_letters=letters)  # type: ignore[assignment]
+    monkeypatch.setattr(random, "uniform", lambda low, high: min(draw, high))
+
+    def down(event: Any, _: Any) -> None:
+        raise redis.ConnectionError("Redis down")
+
+    task = FakeTask(retries=3)
+    with pytest.raises(Retry):
+        run_events(task, [_follow(1)], down)
+    countdown = task.retried[0]["countdown"]
+    assert isinstance(countdown, int) and countdown == round(draw)
+
+
 def test_a_message_whose_dead_letter_cannot_be_written_backs_off_before_it_comes_back(
     letters: Letters, monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
 ) -> None:
