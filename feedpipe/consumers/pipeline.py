@@ -80,8 +80,8 @@ class RecordPipeline:
         outcome = prepared.outcome
         outcome.by_record[(envelope.event_name, envelope.entity)] += 1
         if envelope.error is not None:
-            if envelope.unexpected:
-                log.error("unexpected error parsing a record from %s: %s", prepared.source, envelope.error)
+            if envelope.unexpected is not None:  # with its traceback, as a parser bug deserves
+                log.error("unexpected error parsing a record from %s", prepared.source, exc_info=envelope.unexpected)
             # A record too deep to parse may be too deep to serialize: the letter keeps what it can.
             prepared.letters.append(DeadLetter(prepared.source, envelope.error, clip_depth(record)))
         elif envelope.ignored is not None:

@@ -60,7 +60,7 @@ class Envelope:
     event: Event | None = None
     ignored: Ignored | None = None
     error: str | None = None  # the dead letter's reason
-    unexpected: bool = False  # the error is a parser bug, not a bad record
+    unexpected: Exception | None = None  # a parser bug, not a bad record: its traceback is worth a log
 
 
 def read_record(record: Any, excluded_visibilities: Collection[str] = ("private",)) -> Envelope:
@@ -73,9 +73,10 @@ def read_record(record: Any, excluded_visibilities: Collection[str] = ("private"
         name = given if isinstance(given, str) and given in _EVENT_NAMES else "unknown"
         parsed = parse_change(change, excluded_visibilities)
     except Exception as exc:  # RecordError, or a parser bug: either way the shard moves on
-        unexpected = not isinstance(exc, RecordError)
-        reason = f"unexpected {type(exc).__name__}: {exc}" if unexpected else str(exc)
-        return Envelope(name, sequence, time_ms, "unparseable", error=reason, unexpected=unexpected)
+        if isinstance(exc, RecordError):
+            return Envelope(name, sequence, time_ms, "unparseable", error=str(exc))
+        reason = f"unexpected {type(exc).__name__}: {exc}"
+        return Envelope(name, sequence, time_ms, "unparseable", error=reason, unexpected=exc)
     if isinstance(parsed, Ignored):
         return Envelope(name, sequence, time_ms, parsed.entity, ignored=parsed)
     return Envelope(name, sequence, time_ms, "post" if parsed.kind.startswith("post") else "follow", event=parsed)

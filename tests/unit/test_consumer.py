@@ -267,7 +267,7 @@ def test_a_post_whose_visibility_is_not_a_string_does_not_stop_the_shard():
     assert [e.kind for e in dispatcher.events] == ["post_published", "follow_started"]
 
 
-def test_a_parser_bug_dead_letters_the_record_and_the_shard_moves_on(monkeypatch):
+def test_a_parser_bug_dead_letters_the_record_and_the_shard_moves_on(monkeypatch, caplog):
     import feedpipe.core.records as records_module
 
     real = records_module.parse_change
@@ -285,6 +285,8 @@ def test_a_parser_bug_dead_letters_the_record_and_the_shard_moves_on(monkeypatch
     _consumer(source, dispatcher=dispatcher, letters=letters, per_read=10).run(stop_when_idle=True)
 
     assert _followed(dispatcher) == ["u2"] and letters.letters[0][1] == "unexpected TypeError: a bug"
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("unexpected error parsing")]
+    assert logged.exc_info is not None and logged.exc_info[0] is TypeError  # the bug's traceback, for its fix
 
 
 def test_a_parent_gone_from_the_stream_is_a_loud_gap_and_its_children_go_on():
