@@ -31,7 +31,7 @@ from feedpipe.core.records import post_from_image
 from feedpipe.dev.local import LOCAL_AWS_ENV, LocalRedis, MotoServer
 from feedpipe.feeds.fanout import deliver_chunk, fan_out_post
 from feedpipe.feeds.stores import Stores
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 
 TABLE = "SocialMediaApp"
 LEASES = "feedpipe-leases"

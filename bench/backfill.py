@@ -36,7 +36,7 @@ from feedpipe.feeds.backfill import backfill_segment
 from feedpipe.feeds.repair import audit_users
 from feedpipe.feeds.stores import Stores
 from feedpipe.ops import rebuild_users
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 
 TABLE, LEASES = "SocialMediaApp", "feedpipe-leases"
 READS = frozenset({"Query", "Scan", "GetItem", "BatchGetItem"})

@@ -49,7 +49,7 @@ from feedpipe.core.backoff import full_jitter
 from feedpipe.core.events import Post
 from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post
 from feedpipe.feeds.stores import Stores
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 from feedpipe.tasks.base import RETRY_BASE_SECONDS, RETRY_MAX_SECONDS, is_permanent
 
 Task = Callable[[Stores], None]

@@ -1,4 +1,5 @@
-"""``feedpipe`` command line: thin commands over the package; settings are built once here."""
+"""``feedpipe`` command line: thin commands over the package. Settings are built once here, and
+each command's services (``services.Services``) from them, handed down explicitly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import click
 
 from feedpipe.config import ConfigError, Settings, load_settings
 from feedpipe.logs import setup_logging
-from feedpipe.runtime import install_runtime
+from feedpipe.services import Services
 
 log = logging.getLogger("feedpipe")
 
@@ -31,21 +32,20 @@ class _Commands(click.Group):
             ctx.exit(2)
 
 
-def _start(ctx: click.Context, redis: bool = True, broker: bool = False) -> Settings:
-    """Settings for this process, built once and validated. The Redis it uses (and the broker,
-    when ``broker``) is logged in to once, so a wrong password or certificate is one line."""
+def _start(ctx: click.Context, redis: bool = True, broker: bool = False) -> Services:
+    """This command's services, on settings built once and validated (nothing connects until a
+    service is first used). The Redis it uses (and the broker, when ``broker``) is logged in to
+    once, so a wrong password or certificate is one line."""
     if ctx.obj is None:
         settings = load_settings()
         setup_logging(settings)
-        install_runtime(settings)
         if redis:
             from feedpipe.adapters.redis_client import check_redis
 
             settings = check_redis(settings, broker=broker)  # with the cluster mode resolved
-            install_runtime(settings)
-        ctx.obj = settings
-    settings_: Settings = ctx.obj
-    return settings_
+        ctx.obj = Services(settings)
+    services: Services = ctx.obj
+    return services
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,7 +58,7 @@ def main() -> None:
 @click.pass_context
 def create_tables_cmd(ctx: click.Context) -> None:
     """Create the app table (as the seed does) and feedpipe's lease and dead-letter tables, idempotently."""
-    settings = _start(ctx, redis=False)
+    settings = _start(ctx, redis=False).settings
     from feedpipe.adapters.dynamo import make_client
     from feedpipe.adapters.tables import create_tables
 
@@ -74,7 +74,7 @@ def create_tables_cmd(ctx: click.Context) -> None:
 @click.pass_context
 def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     """Run the stream consumer."""
-    settings = _start(ctx, broker=True)
+    settings = _start(ctx, broker=True).settings
     from feedpipe.consumers.build import build_consumer
     from feedpipe.health import ConsumerProbe, consumer_stall_seconds
 
@@ -101,12 +101,9 @@ def _process_metrics() -> tuple[Any, Any]:
     from prometheus_client import CollectorRegistry
 
     from feedpipe.metrics import Metrics
-    from feedpipe.runtime import runtime
 
     registry = CollectorRegistry()
-    metrics = Metrics.create(registry)
-    runtime().install_metrics(metrics)
-    return registry, metrics
+    return registry, Metrics.create(registry)
 
 
 def _serve(settings: Settings, role: str, registry: Any, probe: Any) -> None:
@@ -120,13 +117,13 @@ def _serve(settings: Settings, role: str, registry: Any, probe: Any) -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a Celery worker for every feedpipe queue; extra options go to Celery."""
-    _start(ctx, broker=True)
-    from feedpipe.worker import app
+    settings = _start(ctx, broker=True).settings
+    from feedpipe.worker import WorkerApp
 
     argv = ["worker", *ctx.args]
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in ctx.args):
         argv += ["--loglevel", logging.getLevelName(logging.getLogger().level)]
-    app.worker_main(argv)
+    WorkerApp(settings).worker_main(argv)
 
 
 @main.command()
@@ -144,7 +141,7 @@ def up(demo: bool, duration: float | None, concurrency: int) -> None:
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """Run the scheduler of periodic jobs (regen drain, trims, rebuilds); one at a time."""
-    settings = _start(ctx, broker=True)
+    settings = _start(ctx, broker=True).settings
     import threading
 
     from feedpipe.beat import run_beat
@@ -166,13 +163,12 @@ def beat(ctx: click.Context) -> None:
 @click.pass_context
 def rebuild(ctx: click.Context, users: tuple[str, ...], all_active: bool, cache_only: bool) -> None:
     """Rebuild feeds: the durable feed from follows and posts, then the cache from it."""
-    _start(ctx)
+    services = _start(ctx)
     from tqdm import tqdm
 
     from feedpipe.ops import active_users, rebuild_users
-    from feedpipe.runtime import runtime
 
-    stores = runtime().stores
+    stores = services.stores
     targets = list(users) + (active_users(stores) if all_active else [])
     if not targets:
         raise click.UsageError("name users to rebuild, or pass --all-active")
@@ -192,12 +188,10 @@ def rebuild(ctx: click.Context, users: tuple[str, ...], all_active: bool, cache_
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Shards, checkpoints, lag, queue depths and dead letters."""
-    settings = _start(ctx)
+    services = _start(ctx)
     from feedpipe.ops import gather_status
-    from feedpipe.runtime import runtime
 
-    rt = runtime()
-    report = gather_status(settings, rt.stores, rt.redis)
+    report = gather_status(services.settings, services.stores, services.redis)
     click.echo(json.dumps(report, indent=2) if as_json else _render_status(report))
 
 
@@ -235,10 +229,7 @@ def dlq() -> None:
 @click.pass_context
 def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Show the newest dead letters with their reasons, a page at a time."""
-    _start(ctx)
-    from feedpipe.runtime import runtime
-
-    letters = runtime().stores.dead_letters
+    letters = _start(ctx).stores.dead_letters
     shown = 0
     for page in letters.pages(newest_first=True):
         for entry in page[: limit - shown if limit else None]:
@@ -264,12 +255,11 @@ def _render_letter(entry: dict[str, Any]) -> str:
 @click.pass_context
 def dlq_replay(ctx: click.Context, limit: int) -> None:
     """Send dead letters back through the normal path (once the cause is fixed)."""
-    settings = _start(ctx, broker=True)
+    services = _start(ctx, broker=True)
     from feedpipe.consumers.build import build_pipeline
     from feedpipe.ops import replay_dead_letters
-    from feedpipe.runtime import runtime
 
-    result = replay_dead_letters(runtime().stores, build_pipeline(settings), limit)
+    result = replay_dead_letters(services.stores, build_pipeline(services.settings), limit)
     by_source = ", ".join(f"{n} {kind}" for kind, n in sorted(result.sources.items())) or "nothing"
     click.echo(f"replayed {result.replayed} dead letters ({by_source}); {result.failed_again} failed again; "
                f"{result.kept} kept (gap markers, unknown sources); "
@@ -281,11 +271,9 @@ def dlq_replay(ctx: click.Context, limit: int) -> None:
 @click.pass_context
 def dlq_purge(ctx: click.Context, yes: bool) -> None:
     """Delete every dead letter."""
-    _start(ctx)
-    from feedpipe.runtime import runtime
-
+    services = _start(ctx)
     if yes or click.confirm("Delete every dead letter?"):
-        click.echo(f"purged {runtime().stores.dead_letters.purge()} dead letters")
+        click.echo(f"purged {services.stores.dead_letters.purge()} dead letters")
 
 
 def _add_feed_commands() -> None:

@@ -25,17 +25,16 @@ def audit_cmd(
     """Compare feeds with the table and report drift by kind; exits 1 while drift is left."""
     from feedpipe.cli import _start
 
-    settings = _start(ctx)
+    services = _start(ctx)
     from tqdm import tqdm
 
     from feedpipe.adapters import user_scan
     from feedpipe.feeds.repair import audit_users
-    from feedpipe.runtime import runtime
 
     if sum((bool(users), all_users, sample is not None)) != 1:
         raise click.UsageError("name users, or pass one of --all and --sample N")
-    stores = runtime().stores
-    client, table = runtime().dynamodb, settings.table_name
+    stores = services.stores
+    client, table = services.dynamodb, services.settings.table_name
     if all_users:
         targets = list(user_scan.all_users(client, table))
     elif sample is not None:
@@ -96,16 +95,17 @@ def backfill_cmd(ctx: click.Context, segments: int, fresh: bool, poll_seconds: f
     """Build every user's feed from the table (first deploy); resumes where a run stopped."""
     from feedpipe.cli import _start
 
-    settings = _start(ctx, broker=True)
+    services = _start(ctx, broker=True)
+    settings = services.settings
     import time
 
     from tqdm import tqdm
 
     from feedpipe.adapters.backfill_progress import BackfillProgress
-    from feedpipe.runtime import runtime
+    from feedpipe.adapters.celery_app import publisher_app
     from feedpipe.tasks.backfill import send_segment
 
-    client = runtime().dynamodb
+    client = services.dynamodb
     if not _consumer_pinned(settings, client):
         click.echo("feedpipe: start `feedpipe consume` first and wait until `feedpipe status` shows a checkpoint "
                    "for every shard: the backfill must read the table after the stream's start is fixed", err=True)
@@ -114,9 +114,10 @@ def backfill_cmd(ctx: click.Context, segments: int, fresh: bool, poll_seconds: f
     if fresh:
         progress.clear(segments)
     states = progress.start(segments)
+    publisher = publisher_app(settings)
     for state in states:
         if not state.done:
-            send_segment(segments, state.segment)  # a second copy of a running one just stops
+            send_segment(publisher, segments, state.segment)  # a second copy of a running one just stops
     started, first = time.monotonic(), sum(s.users for s in states)
     with tqdm(total=segments, unit="segment", desc="backfilling", file=sys.stderr) as bar:
         while True:

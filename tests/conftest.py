@@ -17,19 +17,17 @@ import redis
 
 from feedpipe.dev.kinesalite import Kinesalite, missing_tools
 from feedpipe.dev.local import LOCAL_AWS_ENV, LocalRedis, LocalRedisCluster, MotoServer, redis_server_binary
-from feedpipe.runtime import reset_runtime
 
 
 @pytest.fixture(autouse=True)
-def _fresh_runtime() -> Iterator[None]:
-    """No process global outlives a test: the runtime, and the root logger's level and handlers
-    (an in-process Celery worker sets the level to ERROR, ``setup_logging`` replaces handlers),
-    which would hide later tests' log lines depending on which tests shared the process."""
-    reset_runtime()
+def _fresh_logging() -> Iterator[None]:
+    """No process global outlives a test: the root logger's level and handlers (an in-process
+    Celery worker sets the level to ERROR, ``setup_logging`` replaces handlers), which would hide
+    later tests' log lines depending on which tests shared the process. (Services are never
+    global: each test builds its own.)"""
     root = logging.getLogger()
     level, handlers = root.level, root.handlers[:]
     yield
-    reset_runtime()
     root.setLevel(level)
     root.handlers[:] = handlers
 

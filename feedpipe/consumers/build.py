@@ -17,7 +17,7 @@ from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.metrics import Metrics, noop_metrics
-from feedpipe.runtime import build_dead_letters
+from feedpipe.services import build_dead_letters
 
 
 def build_source(settings: Settings, dynamodb: object) -> ShardSource:

@@ -19,7 +19,7 @@ from feedpipe.config import Settings
 from feedpipe.core.catalog import QUEUES
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.rebuild import rebuild_cache
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 
 USERS = ("ana", "ben", "cleo", "dev", "eli", "fay", "gus", "hal")
 ACTIVE = frozenset({"ana", "ben", "cleo", "dev"})

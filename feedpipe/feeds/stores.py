@@ -1,7 +1,7 @@
 """The storage a feed operation works on, passed down from the process that built it.
 
 Each store is typed by the small interface the rules use (``feeds.ports``): the real adapters
-are built in ``runtime.build_stores``, in-memory ones in ``feeds.memory.memory_stores``."""
+are built in ``services.build_stores``, in-memory ones in ``feeds.memory.memory_stores``."""
 
 from __future__ import annotations
 

@@ -3,19 +3,19 @@ segment on to a fresh message until it is done (see ``feeds.backfill``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Celery
 
 from feedpipe import tasks
 from feedpipe.adapters.backfill_progress import BackfillProgress
 from feedpipe.feeds.backfill import backfill_segment
-from feedpipe.runtime import runtime
-from feedpipe.tasks.base import PermanentError, requeue_on_failure, run_payloads
-from feedpipe.worker import app
+from feedpipe.tasks.base import FeedpipeTask, PermanentError, requeue_on_failure, run_payloads
 
 
-def send_segment(total: int, segment: int) -> None:
+def send_segment(app: Celery, total: int, segment: int) -> None:
+    """Publish a segment's task through ``app`` (any feedpipe app: the catalog routes it)."""
     app.send_task(tasks.BACKFILL_SEGMENT, args=[[{"total": total, "segment": segment}]])
 
 
@@ -28,18 +28,21 @@ def _segment(payload: Any) -> tuple[int, int]:
     return total, segment
 
 
-@app.task(name=tasks.BACKFILL_SEGMENT, bind=True)
-def backfill_segment_task(self: Task, payloads: Any) -> None:
+def backfill_segment_task(self: FeedpipeTask, payloads: Any) -> None:
     """Errors as in ``tasks.base``: a transient one retries from the last page recorded."""
 
     def handle(payload: Any) -> None:
         total, segment = _segment(payload)
-        rt = runtime()
-        stores = rt.stores
-        progress = BackfillProgress(rt.dynamodb, stores.settings.lease_table_name)
+        services = self.services
+        stores = services.stores
+        progress = BackfillProgress(services.dynamodb, stores.settings.lease_table_name)
         step = backfill_segment(stores, progress, total, segment, stores.settings.task_budget_seconds)
         if not step.finished:
-            with requeue_on_failure("hand the segment on"):
-                send_segment(total, segment)
+            with requeue_on_failure(services, "hand the segment on"):
+                send_segment(self.app, total, segment)
 
     run_payloads(self, payloads, handle)
+
+
+# The worker app runs it as a bound task of this name (``worker.WorkerApp``).
+TASKS: dict[str, Callable[..., object]] = {tasks.BACKFILL_SEGMENT: backfill_segment_task}

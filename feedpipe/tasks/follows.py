@@ -4,50 +4,53 @@ again once GSI1 has caught up with it (``gsi_lag_seconds``; see README "Guarante
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
-
-from celery import Task
 
 from feedpipe import tasks
 from feedpipe.core.events import Event, FollowEnded, FollowStarted
 from feedpipe.feeds.follows import apply_follow, apply_unfollow, recheck_follow
-from feedpipe.runtime import runtime
-from feedpipe.tasks.base import PermanentError, run_events
-from feedpipe.worker import app
+from feedpipe.tasks.base import FeedpipeTask, PermanentError, run_events
 
 
-def _apply(event: Event, payload: dict[str, Any]) -> None:
-    stores = runtime().stores
+def _apply(task: FeedpipeTask, event: Event, payload: dict[str, Any]) -> None:
+    stores = task.services.stores
     if isinstance(event, FollowStarted):
         apply_follow(stores, event.follower_id, event.followed_id)
-        _schedule_recheck(payload)
+        _schedule_recheck(task, payload)
     elif isinstance(event, FollowEnded):
         apply_unfollow(stores, event.follower_id, event.followed_id)
     else:
         raise PermanentError(f"expected a follow event, got {event.kind}")
 
 
-def _schedule_recheck(payload: dict[str, Any]) -> None:
+def _schedule_recheck(task: FeedpipeTask, payload: dict[str, Any]) -> None:
     """Twice the lag bound: a post whose fan-out missed this follow was written before GSI1
     showed the follow, and GSI1 shows that post one bound later still."""
-    lag = runtime().settings.gsi_lag_seconds
+    lag = task.services.settings.gsi_lag_seconds
     if lag:  # a broker that refuses it fails this event, which is retried: backfills are idempotent
         # Whole seconds: Celery's native delayed delivery on RabbitMQ refuses a fraction under 1.
         countdown = math.ceil(2 * lag)
-        app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], countdown=countdown)
+        task.app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], countdown=countdown)
 
 
-def _recheck(event: Event, _: dict[str, Any]) -> None:
+def _recheck(task: FeedpipeTask, event: Event, _: dict[str, Any]) -> None:
     if not isinstance(event, FollowStarted):
         raise PermanentError(f"expected a follow, got {event.kind}")
-    recheck_follow(runtime().stores, event.follower_id, event.followed_id)
+    recheck_follow(task.services.stores, event.follower_id, event.followed_id)
 
 
-@app.task(name=tasks.APPLY_FOLLOWS, bind=True)
-def apply_follows(self: Task, payloads: list[dict[str, Any]]) -> None:
-    run_events(self, payloads, _apply)
+def apply_follows(self: FeedpipeTask, payloads: list[dict[str, Any]]) -> None:
+    run_events(self, payloads, partial(_apply, self))
 
 
-@app.task(name=tasks.RECHECK_FOLLOWS, bind=True)
-def recheck_follows(self: Task, payloads: list[dict[str, Any]]) -> None:
-    run_events(self, payloads, _recheck)
+def recheck_follows(self: FeedpipeTask, payloads: list[dict[str, Any]]) -> None:
+    run_events(self, payloads, partial(_recheck, self))
+
+
+# The worker app runs each as a bound task of this name (``worker.WorkerApp``).
+TASKS: dict[str, Callable[..., object]] = {
+    tasks.APPLY_FOLLOWS: apply_follows,
+    tasks.RECHECK_FOLLOWS: recheck_follows,
+}

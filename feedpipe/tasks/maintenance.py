@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -16,8 +17,7 @@ from feedpipe import tasks
 from feedpipe.adapters.redis_client import SCAN_START
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds
-from feedpipe.runtime import runtime
-from feedpipe.worker import app
+from feedpipe.tasks.base import FeedpipeTask
 
 log = logging.getLogger(__name__)
 
@@ -25,24 +25,22 @@ ACTIVE_REBUILD_SLICE_SECONDS = 20.0
 ACTIVE_SCAN_COUNT = 200
 
 
-@app.task(name=tasks.TRIM_CACHES)
-def trim_caches(cursor: str = SCAN_START) -> dict[str, Any]:
+def trim_caches(self: FeedpipeTask, cursor: str = SCAN_START) -> dict[str, Any]:
     """One budgeted stretch of the cache sweep; the rest goes on in a fresh message from the
     cursor it reached (beat starts each sweep with none)."""
-    rt = runtime()
-    stores = rt.stores
-    stats = sweep_cached_feeds(rt.redis, stores.settings.feed_max_length,
+    services = self.services
+    stores = services.stores
+    stats = sweep_cached_feeds(services.redis, stores.settings.feed_max_length,
                                cursor=str(cursor), budget_seconds=stores.settings.task_budget_seconds)
     if stats.next_cursor != SCAN_START:
-        app.send_task(tasks.TRIM_CACHES, args=[stats.next_cursor])
+        self.app.send_task(tasks.TRIM_CACHES, args=[stats.next_cursor])
     log.info("cache trim sweep: %s", stats)
     return asdict(stats)
 
 
-@app.task(name=tasks.TRIM_DURABLE)
-def trim_durable() -> dict[str, Any]:
-    rt = runtime()
-    stores, key = rt.stores, rt.own_keys.durable_trim_cursor
+def trim_durable(self: FeedpipeTask) -> dict[str, Any]:
+    services = self.services
+    stores, key = services.stores, services.own_keys.durable_trim_cursor
     if not stores.settings.durable_feed_max_items:
         return {"skipped": "FEEDPIPE_DURABLE_FEED_MAX_ITEMS=0"}
     raw = stores.cursors.load(key)
@@ -52,17 +50,16 @@ def trim_durable() -> dict[str, Any]:
         stores.cursors.clear(key)
     else:
         stores.cursors.save(key, json.dumps(sweep.next_cursor))
-        app.send_task(tasks.TRIM_DURABLE)  # the next slice
+        self.app.send_task(tasks.TRIM_DURABLE)  # the next slice
     log.info("durable trim slice: %s", sweep)
     return asdict(sweep)
 
 
-@app.task(name=tasks.REBUILD_ACTIVE)
-def rebuild_active() -> dict[str, int | str]:
+def rebuild_active(self: FeedpipeTask) -> dict[str, int | str]:
     """Rebuild warm caches from durable feeds, keeping each key's TTL: repairs drift without
     keeping inactive users warm."""
-    rt = runtime()
-    stores, key = rt.stores, rt.own_keys.active_rebuild_cursor
+    services = self.services
+    stores, key = services.stores, services.own_keys.active_rebuild_cursor
     cursor = stores.cursors.load(key) or SCAN_START
     budget = min(ACTIVE_REBUILD_SLICE_SECONDS, stores.settings.task_budget_seconds)
     deadline, rebuilt = time.monotonic() + budget, 0
@@ -75,7 +72,15 @@ def rebuild_active() -> dict[str, int | str]:
             break
     if cursor != SCAN_START:
         stores.cursors.save(key, cursor)
-        app.send_task(tasks.REBUILD_ACTIVE)
+        self.app.send_task(tasks.REBUILD_ACTIVE)
     else:
         stores.cursors.clear(key)
     return {"rebuilt": rebuilt, "cursor": cursor}
+
+
+# The worker app runs each as a bound task of this name (``worker.WorkerApp``).
+TASKS: dict[str, Callable[..., object]] = {
+    tasks.TRIM_CACHES: trim_caches,
+    tasks.TRIM_DURABLE: trim_durable,
+    tasks.REBUILD_ACTIVE: rebuild_active,
+}

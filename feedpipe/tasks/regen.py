@@ -4,35 +4,34 @@ queue, and the rebuilds it hands out in groups, which every worker takes a share
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from celery import Task
-
 from feedpipe import tasks
 from feedpipe.feeds.rebuild import HandOnRebuild, RebuildResume
-from feedpipe.feeds.regen import Rebuild, drain, rebuild_user
-from feedpipe.runtime import runtime
-from feedpipe.tasks.base import PermanentError, run_payloads
-from feedpipe.worker import app
+from feedpipe.feeds.regen import HandOut, Rebuild, drain, rebuild_user
+from feedpipe.tasks.base import FeedpipeTask, PermanentError, run_payloads
 
 log = logging.getLogger(__name__)
 
 DRAIN_MAX_SECONDS = 30.0
 
 
-def _hand_out(group: list[Rebuild]) -> None:
-    payloads = [{"user_id": user_id, "durable": durable} for user_id, durable in group]
-    app.send_task(tasks.REGEN_REBUILD, args=[payloads])
+def _hand_out(task: FeedpipeTask) -> HandOut:
+    def send(group: list[Rebuild]) -> None:
+        payloads = [{"user_id": user_id, "durable": durable} for user_id, durable in group]
+        task.app.send_task(tasks.REGEN_REBUILD, args=[payloads])
+
+    return send
 
 
-@app.task(name=tasks.REGEN_DRAIN)
-def drain_regen_queue() -> dict[str, Any]:
-    stores = runtime().stores
+def drain_regen_queue(self: FeedpipeTask) -> dict[str, Any]:
+    stores = self.services.stores
     # Well inside the visibility timeout, so a live drain is never redelivered; short even
     # when that timeout is long, so the next scheduled drain is not kept waiting.
     budget = min(DRAIN_MAX_SECONDS, stores.settings.task_budget_seconds)
-    stats = drain(stores, stores.regen_queue, budget, hand_out=_hand_out)
+    stats = drain(stores, stores.regen_queue, budget, hand_out=_hand_out(self))
     stores.metrics.regen_jobs.inc(stats.jobs)
     if stats.jobs or stats.recovered:
         log.info("regen drain: %s", stats)
@@ -59,23 +58,29 @@ def _resume(payload: dict[str, Any]) -> RebuildResume | None:
     return RebuildResume(step, after)
 
 
-def _hand_on(user_id: str) -> HandOnRebuild:
+def _hand_on(task: FeedpipeTask, user_id: str) -> HandOnRebuild:
     def send(resume: RebuildResume) -> None:
         payload = {"user_id": user_id, "durable": True, "resume": {"step": resume.step, "after": resume.after}}
-        app.send_task(tasks.REGEN_REBUILD, args=[[payload]])
+        task.app.send_task(tasks.REGEN_REBUILD, args=[[payload]])
 
     return send
 
 
-@app.task(name=tasks.REGEN_REBUILD, bind=True)
-def rebuild_feeds(self: Task, payloads: Any) -> None:
+def rebuild_feeds(self: FeedpipeTask, payloads: Any) -> None:
     """Rebuild each user in ``payloads`` (errors handled as in ``tasks.base``); a durable
     rebuild over budget goes on in a fresh message (``"resume"``)."""
 
     def handle(payload: Any) -> None:
-        stores = runtime().stores
+        stores = self.services.stores
         user_id, durable = _rebuild(payload)
-        if rebuild_user(stores, user_id, durable, _resume(payload), _hand_on(user_id)):
+        if rebuild_user(stores, user_id, durable, _resume(payload), _hand_on(self, user_id)):
             stores.metrics.regen_rebuilds.inc()
 
     run_payloads(self, payloads, handle)
+
+
+# The worker app runs each as a bound task of this name (``worker.WorkerApp``).
+TASKS: dict[str, Callable[..., object]] = {
+    tasks.REGEN_DRAIN: drain_regen_queue,
+    tasks.REGEN_REBUILD: rebuild_feeds,
+}

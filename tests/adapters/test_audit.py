@@ -17,7 +17,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-import feedpipe.runtime
+import feedpipe.services
 from feedpipe.adapters.user_scan import all_users, sample_users
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
@@ -30,7 +30,7 @@ from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.repair import audit_user, audit_users
 from feedpipe.feeds.stores import Stores
 from feedpipe.feeds.trimming import trim_durable_feed
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 from tests.adapters.conftest import APP_TABLE, publish, retract
 
 MAX, BACKFILL, DURABLE_CAP = 4, 3, 8
@@ -85,7 +85,7 @@ class World:
 
 
 def make_stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, redis: fakeredis.FakeRedis, **extra: str) -> Stores:
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
     env = {
         "FEEDPIPE_TABLE_NAME": APP_TABLE, "FEEDPIPE_FEED_MAX_LENGTH": str(MAX),
         "FEEDPIPE_BACKFILL_POSTS": str(BACKFILL), "FEEDPIPE_DURABLE_FEED_MAX_ITEMS": str(DURABLE_CAP),
@@ -253,11 +253,11 @@ def test_huge_authors_posts_kept_out_of_feeds_are_not_missing(
 
 
 def test_the_sampled_audit_task_repairs_what_it_finds_and_counts_it(world: World) -> None:
-    from feedpipe.runtime import Runtime
-    from feedpipe.tasks.audit import audit_sample
+    from feedpipe import tasks
+    from feedpipe.services import Services
+    from feedpipe.worker import WorkerApp
 
-    runtime = Runtime(world.stores.settings, _stores=world.stores)
-    feedpipe.runtime._current = runtime
+    audit_sample = WorkerApp(services=Services(world.stores.settings, _stores=world.stores)).tasks[tasks.AUDIT_SAMPLE]
     metrics = world.stores.metrics
     before = (metrics.audit_users._value.get(), metrics.audit_repairs._value.get(),
               metrics.audit_drift_items.labels("missing_ttl", "redis")._value.get())

@@ -15,12 +15,12 @@ import pytest
 from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry
 
-import feedpipe.runtime
+import feedpipe.services
 from feedpipe.adapters.dead_letters import DeadLetterLimits, DeadLetters
 from feedpipe.config import load_settings
 from feedpipe.core.letters import decode_payload, encode_payload
 from feedpipe.metrics import Metrics
-from feedpipe.runtime import build_dead_letters, build_stores
+from feedpipe.services import build_dead_letters, build_stores
 from tests.adapters.conftest import APP_TABLE
 
 EVENTS = Path(__file__).parent.parent / "events"
@@ -71,7 +71,7 @@ def test_letters_live_in_dynamodb_and_survive_the_cache_redis_flushed(
     """Regression: they were a list in the app's cache Redis; a restart (empty) lost them all,
     and large ones filled a maxmemory Redis."""
     redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
     stores = build_stores(load_settings({"FEEDPIPE_TABLE_NAME": APP_TABLE}), dynamodb)
     big = {**event("bad_event_name"), "padding": "x" * 100_000}
     stores.dead_letters.add_many([("stream:shardId-1", "unknown eventName 'UPSERT'", big)] * 3)

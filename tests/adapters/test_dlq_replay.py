@@ -116,11 +116,11 @@ def test_dlq_list_and_purge_page_through_every_letter(
 
     import feedpipe.cli
     from feedpipe.config import load_settings
-    from feedpipe.runtime import install_runtime
+    from feedpipe.services import Services
 
     letters.add_many([("regen", f"bad {n:03d}", f"job {n}") for n in range(250)])
-    install_runtime(load_settings({}))._stores = SimpleNamespace(dead_letters=letters)  # type: ignore[assignment]
-    monkeypatch.setattr(feedpipe.cli, "_start", lambda ctx, **_: None)
+    services = Services(load_settings({}), _stores=SimpleNamespace(dead_letters=letters))  # type: ignore[arg-type]
+    monkeypatch.setattr(feedpipe.cli, "_start", lambda ctx, **_: services)
     limits: list[int] = []
     dynamodb.meta.events.register("provide-client-params.dynamodb.Query",
                                   lambda params, **_: limits.append(params["Limit"]))
@@ -141,10 +141,11 @@ def test_every_task_that_dead_letters_its_payloads_can_be_replayed():
     (a backfill segment's letter was kept for ever when it did not)."""
     import inspect
 
+    from feedpipe.config import load_settings
     from feedpipe.core.catalog import REPLAYABLE_TASKS
-    from feedpipe.worker import app
+    from feedpipe.worker import WorkerApp
 
-    app.loader.import_default_modules()
+    app = WorkerApp(load_settings({}))
     dead_lettering = {
         name for name, task in app.tasks.items()
         if name.startswith("feedpipe.") and "payloads" in inspect.signature(task.run).parameters

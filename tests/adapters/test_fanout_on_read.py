@@ -16,7 +16,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-import feedpipe.runtime
+import feedpipe.services
 from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post
@@ -26,7 +26,7 @@ from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
 from feedpipe.feeds.stores import Stores
 from feedpipe.reader import read_feed
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 from tests.adapters.conftest import inject, publish, retract
 
 from .conftest import APP_TABLE
@@ -84,7 +84,7 @@ class World:
 
 def make_world(dynamodb: Any, monkeypatch: pytest.MonkeyPatch, threshold: int) -> World:
     redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
     settings = load_settings({
         "FEEDPIPE_TABLE_NAME": APP_TABLE,
         "FEEDPIPE_FANOUT_CHUNK_SIZE": "2",

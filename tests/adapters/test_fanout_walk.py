@@ -17,14 +17,14 @@ import fakeredis
 import pytest
 
 import feedpipe.feeds.fanout as fanout_module
-import feedpipe.runtime
+import feedpipe.services
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post, retract_chunk, retract_post
 from feedpipe.feeds.stores import Stores
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 
 from .conftest import APP_TABLE
 
@@ -64,7 +64,7 @@ class Planner:
 @pytest.fixture
 def stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[Stores]:
     redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
     clock = [0.0]
 
     def look() -> float:

@@ -12,15 +12,17 @@ from typing import Any
 import fakeredis
 import pytest
 
-import feedpipe.runtime
+import feedpipe.services
 import feedpipe.tasks.follows as follow_tasks
+from feedpipe import tasks
 from feedpipe.config import load_settings
 from feedpipe.core.events import FollowEnded, FollowStarted, Post, to_payload
 from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.follows import apply_follow, recheck_follow
 from feedpipe.feeds.stores import Stores
-from feedpipe.runtime import build_stores, install_runtime
+from feedpipe.services import Services, build_stores
+from feedpipe.worker import WorkerApp
 from tests.adapters.conftest import APP_TABLE, publish, retract
 from tests.adapters.gsi_lag import LaggingGsi
 
@@ -60,7 +62,7 @@ class World:
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[World]:
     redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
     stores = build_stores(load_settings({"FEEDPIPE_TABLE_NAME": APP_TABLE}), dynamodb)
     app = AppWriter(dynamodb, redis, APP_TABLE, transactional=False)
     for user in (AUTHOR, USER):
@@ -134,24 +136,27 @@ def test_a_recheck_after_an_unfollow_leaves_the_author_out(world: World) -> None
 # -- the follow task schedules the re-check ----------------------------------------------------
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(follow_tasks.app, "send_task", lambda name, **kw: calls.append({"name": name, **kw}))
+def _follow_task(monkeypatch: pytest.MonkeyPatch, lag: str, sent: list[dict[str, Any]]) -> Any:
+    """The follow task of a worker app on ``lag``, whose sends are recorded in ``sent``."""
+    services = Services(load_settings({"FEEDPIPE_GSI_LAG_SECONDS": lag}), _stores=SimpleNamespace())  # type: ignore[arg-type]
+    app = WorkerApp(services=services)
+    monkeypatch.setattr(app, "send_task", lambda name, **kw: sent.append({"name": name, **kw}))
     monkeypatch.setattr(follow_tasks, "apply_follow", lambda *args: 0)
     monkeypatch.setattr(follow_tasks, "apply_unfollow", lambda *args: 0)
-    return calls
+    return app.tasks[tasks.APPLY_FOLLOWS]
 
 
 @pytest.mark.parametrize(("lag", "countdown"), [("2", 4), ("0.5", 1), ("0.3", 1), ("0", None)])  # whole seconds
-def test_a_follow_task_schedules_its_recheck_after_twice_the_lag(sent, lag: str, countdown: float | None) -> None:
-    runtime = install_runtime(load_settings({"FEEDPIPE_GSI_LAG_SECONDS": lag}))
-    runtime._stores = SimpleNamespace()  # type: ignore[assignment]
+def test_a_follow_task_schedules_its_recheck_after_twice_the_lag(
+    monkeypatch: pytest.MonkeyPatch, lag: str, countdown: float | None
+) -> None:
+    sent: list[dict[str, Any]] = []
+    task = _follow_task(monkeypatch, lag, sent)
     follow, unfollow = FollowStarted(USER, AUTHOR), FollowEnded(USER, AUTHOR)
-    follow_tasks._apply(follow, to_payload(follow))
-    follow_tasks._apply(unfollow, to_payload(unfollow))
+    follow_tasks._apply(task, follow, to_payload(follow))
+    follow_tasks._apply(task, unfollow, to_payload(unfollow))
     if countdown is None:
         assert sent == []
     else:
         assert sent == [{"name": "feedpipe.follows.recheck", "args": [[to_payload(follow)]], "countdown": countdown}]
-        assert follow_tasks.app.amqp.router.route({}, sent[0]["name"])["queue"].name == "follows"
+        assert task.app.amqp.router.route({}, sent[0]["name"])["queue"].name == "follows"

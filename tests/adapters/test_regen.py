@@ -21,7 +21,7 @@ import pytest
 
 import feedpipe.adapters.regen_queue as regen_queue_module
 import feedpipe.feeds.regen as regen_module
-import feedpipe.runtime
+import feedpipe.services
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
@@ -34,7 +34,7 @@ from feedpipe.feeds.delivery import add_post, remove_post
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.regen import DrainStats, drain
 from feedpipe.feeds.stores import Stores
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 from tests.adapters.conftest import inject
 
 from .conftest import APP_TABLE
@@ -154,7 +154,7 @@ def make_world(
     monkeypatch: pytest.MonkeyPatch, dynamodb: Any, **settings: str
 ) -> tuple[World, fakeredis.FakeRedis]:
     redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
     env = {
         "FEEDPIPE_TABLE_NAME": APP_TABLE,
         "FEEDPIPE_KEY_PREFIX": PREFIX,

@@ -19,7 +19,7 @@ import fakeredis
 import pytest
 import redis
 
-import feedpipe.runtime
+import feedpipe.services
 from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post
@@ -29,7 +29,7 @@ from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.memory import memory_stores
 from feedpipe.feeds.stores import Stores
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 from tests.adapters.conftest import APP_TABLE
 from tests.memory_app import memory_app
 
@@ -310,7 +310,7 @@ class TestRealStores(StoreContract):
     @pytest.fixture
     def backend(self, monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[Backend]:
         redis = fakeredis.FakeRedis()
-        monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+        monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
         stores = build_stores(load_settings(ENV), dynamodb, redis=redis)
         yield Backend(stores, AppWriter(dynamodb, redis, APP_TABLE, transactional=False))
         redis.close()
@@ -322,6 +322,6 @@ class TestRealRedisStores(StoreContract):
     @pytest.fixture
     def backend(self, monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str],
                 real_redis: redis.Redis) -> Backend:
-        monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: real_redis)
+        monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: real_redis)
         stores = build_stores(load_settings(ENV), dynamodb, redis=real_redis)
         return Backend(stores, AppWriter(dynamodb, real_redis, APP_TABLE, transactional=False))

@@ -220,25 +220,26 @@ def test_a_sweep_over_budget_stops_after_a_slice_and_goes_on_from_its_cursor(red
 def test_the_trim_task_hands_the_rest_of_its_sweep_on_to_fresh_messages(redis_client, monkeypatch):
     """The sweep used to walk every key in one task, however many there were, and outlive
     the visibility timeout on a big Redis."""
-    import feedpipe.tasks.maintenance as maintenance
+    from feedpipe import tasks as catalog
     from feedpipe.config import load_settings
-    from feedpipe.runtime import install_runtime
+    from feedpipe.services import Services
+    from feedpipe.worker import WorkerApp
 
     users = [f"u{i}" for i in range(1200)]  # more than one SCAN slice (500) holds
     for user_id in users:
         _fill_feed(redis_client, user_id, 7)
     settings = load_settings({"FEEDPIPE_FEED_MAX_LENGTH": "5"})
-    rt = install_runtime(settings)
-    rt._stores = SimpleNamespace(settings=settings)  # type: ignore[assignment]
-    rt._redis = redis_client
+    services = Services(settings, _stores=SimpleNamespace(settings=settings), _redis=redis_client)  # type: ignore[arg-type]
+    app = WorkerApp(services=services)
+    trim_caches = app.tasks[catalog.TRIM_CACHES]
     _over_budget_clock(monkeypatch)
     sent: list[list[Any]] = []
-    monkeypatch.setattr(maintenance.app, "send_task", lambda name, args, **_: sent.append(args))
+    monkeypatch.setattr(app, "send_task", lambda name, args, **_: sent.append(args))
 
-    maintenance.trim_caches.run()  # as beat sends it: no cursor
+    trim_caches.run()  # as beat sends it: no cursor
     tasks = 1
     while sent:
-        maintenance.trim_caches.run(*sent.pop())
+        trim_caches.run(*sent.pop())
         tasks += 1
 
     assert tasks > 1

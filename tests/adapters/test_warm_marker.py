@@ -11,7 +11,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-import feedpipe.runtime
+import feedpipe.services
 from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
@@ -23,7 +23,7 @@ from feedpipe.feeds.delivery import remove_post
 from feedpipe.feeds.regen import drain
 from feedpipe.feeds.stores import Stores
 from feedpipe.ops import active_users
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 from tests.adapters.conftest import APP_TABLE, FEED_TTL_SECONDS, publish
 
 OWN = OwnKeys()
@@ -116,7 +116,7 @@ def test_the_warm_user_walk_finds_marked_empty_feeds_and_unmarked_ones_once(cach
 @pytest.fixture
 def stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[Stores]:
     redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.runtime, "connect_redis", lambda url: redis)
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
     built = build_stores(load_settings({"FEEDPIPE_TABLE_NAME": APP_TABLE}), dynamodb)
     yield built
     built.table.close()

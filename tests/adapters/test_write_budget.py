@@ -28,7 +28,7 @@ from feedpipe.adapters.write_budget import (
 )
 from feedpipe.config import ConfigError, load_settings
 from feedpipe.core.keys import OwnKeys
-from feedpipe.runtime import build_write_budget
+from feedpipe.services import build_write_budget
 
 TABLE = "SocialMediaApp"
 

@@ -36,7 +36,7 @@ from feedpipe.dev.appsim import AppWriter
 from feedpipe.dev.local import LocalBackendError, stop_process, wait_for
 from feedpipe.feeds.delivery import add_post
 from feedpipe.ops import active_users
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 
 TABLE = "SocialMediaApp"
 CLOCK_START = datetime(2026, 11, 25, 10, tzinfo=UTC)  # posts' created_at: a second apart from here

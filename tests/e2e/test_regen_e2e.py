@@ -12,7 +12,7 @@ import pytest
 from feedpipe.core import keys
 from feedpipe.feeds.delivery import add_post
 from feedpipe.feeds.regen import drain
-from feedpipe.runtime import build_stores
+from feedpipe.services import build_stores
 from tests.e2e.harness import Processes, World, pipeline_env, wait_until
 from tests.unit.conftest import make_post
 

@@ -9,7 +9,6 @@ from feedpipe import tasks
 from feedpipe.adapters.celery_app import celery_config
 from feedpipe.core.catalog import FOLLOWS_QUEUE
 from feedpipe.core.events import FollowStarted, to_payload
-from feedpipe.runtime import install_runtime
 from tests.e2e.harness import Processes, World, make_world, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -19,7 +18,6 @@ pytestmark = pytest.mark.e2e
 def world_and_procs(aws_env, redis_urls, real_redis, tmp_path):
     env = pipeline_env(aws_env, redis_urls)
     world = make_world(env, real_redis)
-    install_runtime(world.settings)
     world.user("star", "trusted", "attacker_target")
     world.bulk_follow(["trusted", "attacker_target"], "star")
     world.post("star", "s1")

@@ -11,10 +11,12 @@ import pytest
 import redis
 from botocore.exceptions import ClientError
 
+from feedpipe import tasks
 from feedpipe.config import load_settings
 from feedpipe.core.events import FollowStarted, to_payload
-from feedpipe.runtime import install_runtime
+from feedpipe.services import Services
 from feedpipe.tasks.base import run_events
+from feedpipe.worker import WorkerApp
 
 
 class Retry(Exception):
@@ -24,7 +26,8 @@ class Retry(Exception):
 class FakeTask:
     name = "feedpipe.test"
 
-    def __init__(self, retries: int = 0) -> None:
+    def __init__(self, services: Services, retries: int = 0) -> None:
+        self.services = services
         self.request = SimpleNamespace(retries=retries)
         self.retried: list[dict[str, Any]] = []
         self.handed_on: list[dict[str, Any]] = []
@@ -60,34 +63,41 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 @pytest.fixture
 def letters() -> Letters:
-    runtime = install_runtime(load_settings({"FEEDPIPE_TASK_MAX_RETRIES": "3"}))
-    sink = Letters()
-    runtime._stores = SimpleNamespace(dead_letters=sink)  # type: ignore[assignment]
-    return sink
+    return Letters()
+
+
+def _services(letters: Letters, env: dict[str, str], **stores: Any) -> Services:
+    """Services on ``env``'s settings whose only store is ``letters`` (and ``stores``)."""
+    return Services(load_settings(env), _stores=SimpleNamespace(dead_letters=letters, **stores))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def services(letters: Letters) -> Services:
+    return _services(letters, {"FEEDPIPE_TASK_MAX_RETRIES": "3"})
 
 
 def _follow(n: int) -> dict[str, Any]:
     return to_payload(FollowStarted(f"u{n}", "star"))
 
 
-def test_a_bad_payload_is_dead_lettered_and_the_batch_goes_on(letters: Letters) -> None:
+def test_a_bad_payload_is_dead_lettered_and_the_batch_goes_on(letters: Letters, services: Services) -> None:
     done = []
     broken = {"type": "post_published", "post": {"post_id": "x"}}
 
-    run_events(FakeTask(), [_follow(1), broken, _follow(2)], lambda e, _: done.append(e.follower_id))
+    run_events(FakeTask(services), [_follow(1), broken, _follow(2)], lambda e, _: done.append(e.follower_id))
 
     assert done == ["u1", "u2"]
     assert [(s, p) for s, _, p in letters.letters] == [("task:feedpipe.test", broken)]
     assert "malformed post_published payload" in letters.letters[0][1]
 
 
-def test_a_request_dynamodb_rejects_as_invalid_is_permanent(letters: Letters) -> None:
+def test_a_request_dynamodb_rejects_as_invalid_is_permanent(letters: Letters, services: Services) -> None:
     invalid = ClientError({"Error": {"Code": "ValidationException", "Message": "Item too large"}}, "BatchWriteItem")
 
     def handle(event: Any, _: Any) -> None:
         raise invalid
 
-    run_events(FakeTask(), [_follow(1)], handle)
+    run_events(FakeTask(services), [_follow(1)], handle)
 
     assert "ValidationException" in letters.letters[0][1]
 
@@ -98,9 +108,11 @@ def test_a_request_dynamodb_rejects_as_invalid_is_permanent(letters: Letters) ->
         {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "BatchWriteItem"
     ),
 ])
-def test_a_transient_error_retries_the_rest_of_the_batch_with_backoff(letters: Letters, error: Exception) -> None:
+def test_a_transient_error_retries_the_rest_of_the_batch_with_backoff(
+    letters: Letters, services: Services, error: Exception
+) -> None:
     done: list[str] = []
-    task = FakeTask(retries=2)
+    task = FakeTask(services, retries=2)
 
     def handle(event: Any, _: Any) -> None:
         if event.follower_id == "u2":
@@ -117,19 +129,23 @@ def test_a_transient_error_retries_the_rest_of_the_batch_with_backoff(letters: L
     assert letters.letters == []
 
 
-def test_when_retries_run_out_the_rest_is_dead_lettered_with_the_last_error(letters: Letters) -> None:
+def test_when_retries_run_out_the_rest_is_dead_lettered_with_the_last_error(
+    letters: Letters, services: Services
+) -> None:
     def handle(event: Any, _: Any) -> None:
         raise redis.ConnectionError("still down")
 
-    run_events(FakeTask(retries=3), [_follow(1), _follow(2)], handle)
+    run_events(FakeTask(services, retries=3), [_follow(1), _follow(2)], handle)
 
     assert [p for _, _, p in letters.letters] == [_follow(1), _follow(2)]
     assert all("gave up after 3 retries: ConnectionError: still down" in r for _, r, _ in letters.letters)
 
 
 @pytest.mark.parametrize("payload", [{"user_id": 5}, {"user_id": ""}, "u1", {"user_id": "u1", "durable": "yes"}])
-def test_a_rebuild_payload_that_cannot_be_read_is_dead_lettered(letters: Letters, payload: Any) -> None:
-    from feedpipe.tasks.regen import rebuild_feeds
+def test_a_rebuild_payload_that_cannot_be_read_is_dead_lettered(
+    letters: Letters, services: Services, payload: Any
+) -> None:
+    rebuild_feeds = WorkerApp(services=services).tasks[tasks.REGEN_REBUILD]
 
     rebuild_feeds.apply(args=[[payload]])
 
@@ -144,8 +160,7 @@ def test_a_batch_that_outlasts_a_quarter_of_the_visibility_timeout_hands_its_res
     goes on in a fresh message, so no copy of this one is redelivered while it still runs."""
     import feedpipe.tasks.base as base
 
-    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "20"}))._stores = (
-        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    services = _services(letters, {"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "20"})
     clock = [1000.0]
     monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     done: list[str] = []
@@ -154,7 +169,7 @@ def test_a_batch_that_outlasts_a_quarter_of_the_visibility_timeout_hands_its_res
         done.append(event.follower_id)
         clock[0] += 2.0  # a big fan-out each
 
-    task = FakeTask()
+    task = FakeTask(services)
     run_events(task, [_follow(n) for n in range(6)], slow)
 
     assert done == ["u0", "u1", "u2"]  # 6 s > 5 s once the third is done
@@ -164,11 +179,13 @@ def test_a_batch_that_outlasts_a_quarter_of_the_visibility_timeout_hands_its_res
 
 @pytest.mark.parametrize("resume", ["page 2", {"start": {}, "walked": 3}, {"start": {"PK": "x"}, "walked": 1},
                                     {"start": {"PK": {"S": "USER#a"}}, "walked": -1}])
-def test_a_fan_out_resume_that_cannot_be_read_is_dead_lettered(letters: Letters, resume: Any) -> None:
+def test_a_fan_out_resume_that_cannot_be_read_is_dead_lettered(
+    letters: Letters, services: Services, resume: Any
+) -> None:
     from feedpipe.core.events import PostPublished
-    from feedpipe.tasks.fanout import fan_out_posts
     from tests.unit.conftest import make_post
 
+    fan_out_posts = WorkerApp(services=services).tasks[tasks.FANOUT_POSTS]
     payload = {**to_payload(PostPublished(make_post("p1"))), "resume": resume}
     fan_out_posts.apply(args=[[payload]])
 
@@ -184,8 +201,7 @@ def test_transient_failures_are_retried_up_to_our_limit_not_celerys_default_of_t
     import feedpipe.tasks.regen as regen_tasks
     from feedpipe.metrics import noop_metrics
 
-    install_runtime(load_settings({"FEEDPIPE_TASK_MAX_RETRIES": "8"}))._stores = SimpleNamespace(  # type: ignore[assignment]
-        dead_letters=letters, metrics=noop_metrics())
+    app = WorkerApp(services=_services(letters, {"FEEDPIPE_TASK_MAX_RETRIES": "8"}, metrics=noop_metrics()))
     monkeypatch.setattr("feedpipe.tasks.base.full_jitter", lambda *a, **k: 0)
     calls: list[str] = []
 
@@ -195,13 +211,15 @@ def test_transient_failures_are_retried_up_to_our_limit_not_celerys_default_of_t
             raise redis.ConnectionError("Redis restarting")
 
     monkeypatch.setattr(regen_tasks, "rebuild_user", flaky)
-    result = regen_tasks.rebuild_feeds.apply(args=[[{"user_id": "u1", "durable": False}]])
+    result = app.tasks[tasks.REGEN_REBUILD].apply(args=[[{"user_id": "u1", "durable": False}]])
 
     assert result.successful(), result.traceback
     assert calls == ["u1"] * 6 and letters.letters == []
 
 
-def test_a_retry_the_broker_cannot_take_puts_the_message_back_instead_of_dropping_it(letters: Letters) -> None:
+def test_a_retry_the_broker_cannot_take_puts_the_message_back_instead_of_dropping_it(
+    letters: Letters, services: Services
+) -> None:
     from celery.exceptions import Reject
 
     class BrokerDown(FakeTask):
@@ -212,7 +230,7 @@ def test_a_retry_the_broker_cannot_take_puts_the_message_back_instead_of_droppin
         raise redis.ConnectionError("Redis down")
 
     with pytest.raises(Reject) as rejected:
-        run_events(BrokerDown(), [_follow(1)], handle)
+        run_events(BrokerDown(services), [_follow(1)], handle)
 
     assert rejected.value.requeue is True
     assert letters.letters == []
@@ -223,8 +241,7 @@ def test_a_batch_that_cannot_hand_its_rest_on_puts_the_message_back(letters: Let
 
     import feedpipe.tasks.base as base
 
-    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4"}))._stores = (
-        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    services = _services(letters, {"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4"})
     clock = [0.0]
     monkeypatch.setattr(base, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=lambda _: None))
 
@@ -236,11 +253,11 @@ def test_a_batch_that_cannot_hand_its_rest_on_puts_the_message_back(letters: Let
         clock[0] += 2.0
 
     with pytest.raises(Reject) as rejected:
-        run_events(BrokerDown(), [_follow(1), _follow(2)], slow)
+        run_events(BrokerDown(services), [_follow(1), _follow(2)], slow)
     assert rejected.value.requeue is True
 
 
-def test_a_dead_letter_that_cannot_be_written_puts_the_message_back(letters: Letters) -> None:
+def test_a_dead_letter_that_cannot_be_written_puts_the_message_back(letters: Letters, services: Services) -> None:
     from celery.exceptions import Reject
 
     def broken_store(*_: Any) -> None:
@@ -248,7 +265,7 @@ def test_a_dead_letter_that_cannot_be_written_puts_the_message_back(letters: Let
 
     letters.add = broken_store  # type: ignore[method-assign]
     with pytest.raises(Reject) as rejected:
-        run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+        run_events(FakeTask(services), [{"type": "nonsense"}], lambda e, _: None)
     assert rejected.value.requeue is True
 
 
@@ -260,8 +277,7 @@ def test_a_retry_countdown_never_outlives_a_quarter_of_the_visibility_timeout(
     timeout (up to 120 s, against 5 s) was delivered again while it waited, and ran 4 times."""
     import random
 
-    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": visibility}))._stores = (
-        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    services = _services(letters, {"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": visibility})
     monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the jitter's longest draw
 
     def down(event: Any, _: Any) -> None:
@@ -269,7 +285,7 @@ def test_a_retry_countdown_never_outlives_a_quarter_of_the_visibility_timeout(
 
     countdowns = []
     for retries in range(12):
-        task = FakeTask(retries=retries)
+        task = FakeTask(services, retries=retries)
         with pytest.raises(Retry):
             run_events(task, [_follow(1)], down)
         countdowns.append(task.retried[0]["countdown"])
@@ -287,13 +303,13 @@ def test_a_retry_countdown_is_whole_seconds_for_rabbitmqs_delayed_delivery(
     rejected and requeued at once, with no backoff and its retry count unchanged."""
     import random
 
-    install_runtime(load_settings({}))._stores = SimpleNamespace(dead_letters=letters)  # type: ignore[assignment]
+    services = _services(letters, {})
     monkeypatch.setattr(random, "uniform", lambda low, high: min(draw, high))
 
     def down(event: Any, _: Any) -> None:
         raise redis.ConnectionError("Redis down")
 
-    task = FakeTask(retries=3)
+    task = FakeTask(services, retries=3)
     with pytest.raises(Retry):
         run_events(task, [_follow(1)], down)
     countdown = task.retried[0]["countdown"]
@@ -309,8 +325,7 @@ def test_a_message_whose_dead_letter_cannot_be_written_backs_off_before_it_comes
 
     from celery.exceptions import Reject
 
-    install_runtime(load_settings({"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "40"}))._stores = (
-        SimpleNamespace(dead_letters=letters))  # type: ignore[assignment]
+    services = _services(letters, {"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "40"})
     monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the jitter's longest draw
     store_down = [True]
 
@@ -322,19 +337,19 @@ def test_a_message_whose_dead_letter_cannot_be_written_backs_off_before_it_comes
     letters.add = add  # type: ignore[method-assign]
     for _ in range(6):
         with pytest.raises(Reject):
-            run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+            run_events(FakeTask(services), [{"type": "nonsense"}], lambda e, _: None)
     assert sleeps == [1, 2, 4, 8, 10, 10]  # capped at the budget: a quarter of 40 s
 
     store_down[0] = False
-    run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+    run_events(FakeTask(services), [{"type": "nonsense"}], lambda e, _: None)
     store_down[0] = True
     with pytest.raises(Reject):
-        run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+        run_events(FakeTask(services), [{"type": "nonsense"}], lambda e, _: None)
     assert sleeps[-1] == 1  # a write that worked ends the streak
     assert len(letters.letters) == 1
 
 
-def test_the_backoff_is_full_jitter(letters: Letters, sleeps: list[float]) -> None:
+def test_the_backoff_is_full_jitter(letters: Letters, services: Services, sleeps: list[float]) -> None:
     from celery.exceptions import Reject
 
     def broken_store(*_: Any) -> None:
@@ -343,7 +358,7 @@ def test_the_backoff_is_full_jitter(letters: Letters, sleeps: list[float]) -> No
     letters.add = broken_store  # type: ignore[method-assign]
     for _ in range(60):
         with pytest.raises(Reject):
-            run_events(FakeTask(), [{"type": "nonsense"}], lambda e, _: None)
+            run_events(FakeTask(services), [{"type": "nonsense"}], lambda e, _: None)
     assert all(0 <= wait <= 120 for wait in sleeps) and len(set(sleeps[10:])) > 5
 
 
@@ -356,8 +371,8 @@ def test_a_durable_rebuild_handed_on_goes_on_in_a_fresh_rebuild_message(
     from feedpipe.feeds.rebuild import RebuildResume
     from feedpipe.metrics import noop_metrics
 
-    install_runtime(load_settings({}))._stores = SimpleNamespace(  # type: ignore[assignment]
-        dead_letters=letters, metrics=noop_metrics())
+    app = WorkerApp(services=_services(letters, {}, metrics=noop_metrics()))
+    rebuild_feeds = app.tasks[tasks.REGEN_REBUILD]
     seen: list[RebuildResume | None] = []
     sent: list[dict[str, Any]] = []
 
@@ -369,23 +384,24 @@ def test_a_durable_rebuild_handed_on_goes_on_in_a_fresh_rebuild_message(
         return True
 
     monkeypatch.setattr(regen_tasks, "rebuild_user", rebuild)
-    router = regen_tasks.app.amqp.router
-    monkeypatch.setattr(regen_tasks.app, "send_task", lambda name, args, **options: sent.append(
+    router = app.amqp.router
+    monkeypatch.setattr(app, "send_task", lambda name, args, **options: sent.append(
         {"name": name, "args": args, "queue": router.route(options, name)["queue"].name}))
 
-    regen_tasks.rebuild_feeds.apply(args=[[{"user_id": "bob", "durable": True}]])
+    rebuild_feeds.apply(args=[[{"user_id": "bob", "durable": True}]])
     [message] = sent
     assert (message["name"], message["queue"]) == ("feedpipe.regen.rebuild", "regen")
-    regen_tasks.rebuild_feeds.apply(args=message["args"])
+    rebuild_feeds.apply(args=message["args"])
 
     assert seen == [None, RebuildResume(1, "carol")] and letters.letters == []
 
 
 @pytest.mark.parametrize("resume", ["step 1", {"step": 3, "after": "a"}, {"step": True, "after": "a"},
                                     {"step": 1, "after": 7}])
-def test_a_rebuild_resume_that_cannot_be_read_is_dead_lettered(letters: Letters, resume: Any) -> None:
-    from feedpipe.tasks.regen import rebuild_feeds
-
+def test_a_rebuild_resume_that_cannot_be_read_is_dead_lettered(
+    letters: Letters, services: Services, resume: Any
+) -> None:
+    rebuild_feeds = WorkerApp(services=services).tasks[tasks.REGEN_REBUILD]
     payload = {"user_id": "bob", "durable": True, "resume": resume}
     rebuild_feeds.apply(args=[[payload]])
 

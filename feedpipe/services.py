@@ -1,7 +1,9 @@
-"""Per-process services: the settings and the stores, built once, lazily, after any fork.
+"""A process's services: the settings and what is built from them (stores, clients, metrics).
 
-A prefork worker's parent never touches them, so every child opens its own connections.
-Tests call ``reset_runtime`` (an autouse fixture) so no global leaks between them.
+Each is built on first use, so an object made before a fork connects nothing; whoever owns a
+``Services`` hands it down explicitly. The worker's app owns one per process (a prefork child
+builds its own: ``worker.WorkerApp.services``); the CLI builds one per command from the settings
+it loaded. There is no process-wide instance.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ from feedpipe.adapters.redis_client import RedisClient
 from feedpipe.adapters.redis_feeds import FeedCache, RedisCursors, connect_redis
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.adapters.write_budget import WriteBudget, redis_hit
-from feedpipe.config import Settings, load_settings
+from feedpipe.config import Settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.feeds.stores import Stores
 from feedpipe.metrics import Metrics, count_throttles, dead_letter_labels, in_multiprocess_mode, noop_metrics
 
 
 @dataclass
-class Runtime:
+class Services:
     settings: Settings
-    pid: int = field(default_factory=os.getpid)
+    pid: int = field(default_factory=os.getpid)  # the process they were made in
     requeue_streak: int = 0  # messages put back in a row (``tasks.base``): how long the next one waits
     _stores: Stores | None = None
     _metrics: Metrics | None = None
@@ -58,13 +60,10 @@ class Runtime:
     @property
     def metrics(self) -> Metrics:
         """This process's metrics: a prefork child's go to the shared multiprocess files; a
-        process that serves its own ``/metrics`` installs them with ``install_metrics``."""
+        process that serves its own ``/metrics`` passes its own in (``_metrics``)."""
         if self._metrics is None:
             self._metrics = Metrics.create(None) if in_multiprocess_mode() else noop_metrics()
         return self._metrics
-
-    def install_metrics(self, metrics: Metrics) -> None:
-        self._metrics = metrics
 
     @property
     def own_keys(self) -> OwnKeys:
@@ -124,27 +123,3 @@ def build_dead_letters(settings: Settings, dynamodb: Any, metrics: Metrics | Non
         DeadLetterLimits(settings.dead_letter_max_bytes, settings.dead_letter_max_count),
         on_letter=count, on_drop=drop,
     )
-
-
-_current: Runtime | None = None
-
-
-def runtime() -> Runtime:
-    """This process's runtime; built from the environment on first use (and again after fork)."""
-    global _current
-    if _current is None or _current.pid != os.getpid():
-        settings = _current.settings if _current is not None else load_settings()
-        _current = Runtime(settings)
-    return _current
-
-
-def install_runtime(settings: Settings) -> Runtime:
-    """Use these settings for this process (the CLI builds them once at start)."""
-    global _current
-    _current = Runtime(settings)
-    return _current
-
-
-def reset_runtime() -> None:
-    global _current
-    _current = None
