@@ -1,6 +1,6 @@
 """Every Celery task feedpipe runs: its name, its queue, and the task each stream event goes to.
 
-The one place routing is written. The task decorators, the consumer's dispatch, beat's
+The one place routing is written. The worker's tasks, the consumer's dispatch, beat's
 schedule, ``dlq replay``, the queue-depth metrics and Celery's ``task_routes`` all read it, so
 a message is routed by its task's name whoever sends it. Pure: no Celery, no I/O.
 """
