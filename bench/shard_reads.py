@@ -4,7 +4,7 @@ default, 16).
 
 Everything on the path is feedpipe's and real except the stream: ``StreamConsumer`` with
 ``DynamoDBStreamSource`` on a real botocore client (requests built and signed, answers parsed:
-the records kept raw, as feedpipe does), ``RecordPipeline`` parsing each record, ``TaskDispatcher``
+the records kept raw, as ``build_source`` does), ``RecordPipeline`` parsing each record, ``TaskDispatcher``
 publishing to a real Redis broker (a throwaway ``redis-server``), checkpoints on
 ``tests.fakes.FakeLeaseTable``. The stream is ``bench.stream_model``: 64 closed shards holding the
 records of ``bench.consumer`` (80% feed-item inserts, 15% events), each GetRecords answered after
@@ -29,7 +29,7 @@ from feedpipe.adapters.celery_app import publisher_app
 from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.redis_feeds import connect_redis
-from feedpipe.adapters.streams import DynamoDBStreamSource
+from feedpipe.adapters.streams import DynamoDBStreamSource, keep_records_raw
 from feedpipe.config import load_settings
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
@@ -53,7 +53,7 @@ def consume(app: Any, records: list[dict[str, Any]], concurrency: int, per_read:
     streams, dynamodb = make_client("dynamodbstreams", max_pool=max(10, concurrency)), make_client("dynamodb")
     model.attach(streams, dynamodb)
     consumer = StreamConsumer(
-        DynamoDBStreamSource(streams, dynamodb, TABLE), LeaseCoordinator(FakeLeaseTable(), "bench"),
+        DynamoDBStreamSource(keep_records_raw(streams), dynamodb, TABLE), LeaseCoordinator(FakeLeaseTable(), "bench"),
         RecordPipeline(TaskDispatcher(app, 200), FakeDeadLetters(), {"private"}),
         records_per_read=per_read, read_concurrency=concurrency, idle_poll_seconds=0.001,
     )

@@ -75,11 +75,11 @@ def map_stream_error(exc: ClientError) -> Exception:
 
 
 class DynamoDBStreamSource:
-    """The table's latest stream, read through the ``dynamodbstreams`` API (its records kept
-    as the service sends them: ``keep_records_raw``)."""
+    """The table's latest stream, read through the ``dynamodbstreams`` API (a client from
+    ``keep_records_raw`` reads records faster; botocore's parsed ones read the same)."""
 
     def __init__(self, streams_client: Any, dynamodb_client: Any, table_name: str) -> None:
-        self.client = keep_records_raw(streams_client)
+        self.client = streams_client
         self.dynamodb = dynamodb_client
         self.table_name = table_name
         self._arn: str | None = None

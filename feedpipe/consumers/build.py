@@ -11,7 +11,7 @@ from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.dynamo import DEFAULT_POOL, make_client
 from feedpipe.adapters.kinesis import KinesisSource
 from feedpipe.adapters.leases import LeaseTable
-from feedpipe.adapters.streams import DynamoDBStreamSource, ShardSource
+from feedpipe.adapters.streams import DynamoDBStreamSource, ShardSource, keep_records_raw
 from feedpipe.config import ConfigError, InitialPosition, Settings, Source
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
@@ -27,7 +27,8 @@ def build_source(settings: Settings, dynamodb: object) -> ShardSource:
         if not settings.kinesis_stream:  # load_settings requires it already; this narrows the type
             raise ConfigError("bad setting FEEDPIPE_KINESIS_STREAM: required when FEEDPIPE_SOURCE=kinesis")
         return KinesisSource(make_client("kinesis", max_pool=pool), settings.kinesis_stream)
-    return DynamoDBStreamSource(make_client("dynamodbstreams", max_pool=pool), dynamodb, settings.table_name)
+    streams = keep_records_raw(make_client("dynamodbstreams", max_pool=pool))
+    return DynamoDBStreamSource(streams, dynamodb, settings.table_name)
 
 
 def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> RecordPipeline:

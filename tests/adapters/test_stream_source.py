@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from feedpipe.adapters.dynamo import make_client
-from feedpipe.adapters.streams import DynamoDBStreamSource, _take_records
+from feedpipe.adapters.streams import DynamoDBStreamSource, _take_records, keep_records_raw
 from feedpipe.adapters.tables import create_tables
 from feedpipe.core.records import read_record
 from feedpipe.dev.local import LOCAL_AWS_ENV, MotoServer
@@ -52,7 +52,7 @@ def test_raw_records_read_as_botocore_parsed_ones_do(dynamodb: Any, app: AppWrit
     app.follow("u_bob", "u_alice")
     dynamodb.delete_item(TableName=APP_TABLE, Key={"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}})
 
-    raw = _read_all(DynamoDBStreamSource(make_client("dynamodbstreams"), dynamodb, APP_TABLE))
+    raw = _read_all(DynamoDBStreamSource(keep_records_raw(make_client("dynamodbstreams")), dynamodb, APP_TABLE))
     parsed = _parsed_by_botocore(dynamodb)
 
     assert [r["eventName"] for r in raw] == ["INSERT", "INSERT", "REMOVE"]
