@@ -12,8 +12,8 @@ from pathlib import Path
 
 from bench.figures import Figure
 
-MODULES = ["bench.cpu", "bench.redis_feeds", "bench.consumer", "bench.fanout", "bench.huge", "bench.backfill",
-           "bench.million"]
+MODULES = ["bench.cpu", "bench.redis_feeds", "bench.consumer", "bench.shard_reads", "bench.fanout", "bench.huge",
+           "bench.backfill", "bench.million"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
         0, ge=0, description="WCU per second all workers together write to the app's table (0: no budget)",
     )
     records_per_read: int = Field(1000, ge=1, le=10_000)
+    shard_read_concurrency: int = Field(
+        16, ge=1, le=256, description="GetRecords calls a consumer has in flight at once, each on its own shard",
+    )
     events_per_message: int = Field(200, ge=1, le=5000)
     idle_poll_seconds: float = Field(1.0, gt=0, le=60)
     task_visibility_timeout_seconds: int = Field(600, ge=1)

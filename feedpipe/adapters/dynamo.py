@@ -32,13 +32,14 @@ from feedpipe.core.records import RecordError, is_live, post_from_image
 READ_BATCH_LIMIT = 100  # BatchGetItem's limit per call
 UNPROCESSED_ATTEMPTS = 8
 BACKOFF_MAX_SECONDS = 5.0
+DEFAULT_POOL = 10  # connections a client keeps: botocore's own default
 
 
 class UnprocessedError(Exception):
     """DynamoDB left part of a batch unprocessed after every retry; the task retries later."""
 
 
-def make_client(service: str, max_pool: int = 10, validate: bool = True) -> Any:
+def make_client(service: str, max_pool: int = DEFAULT_POOL, validate: bool = True) -> Any:
     """A boto3 client; endpoint, region and credentials come from boto3's own configuration."""
     config = Config(
         retries={"mode": "standard", "max_attempts": 5},

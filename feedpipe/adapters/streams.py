@@ -5,6 +5,7 @@ The consumer sees only ``ShardSource``; a Kinesis source implements the same pro
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,7 +75,8 @@ def map_stream_error(exc: ClientError) -> Exception:
 
 
 class DynamoDBStreamSource:
-    """The table's latest stream, read through the ``dynamodbstreams`` API."""
+    """The table's latest stream, read through the ``dynamodbstreams`` API (a client from
+    ``keep_records_raw`` reads records faster; botocore's parsed ones read the same)."""
 
     def __init__(self, streams_client: Any, dynamodb_client: Any, table_name: str) -> None:
         self.client = streams_client
@@ -123,3 +125,25 @@ class DynamoDBStreamSource:
         except ClientError as exc:
             raise map_stream_error(exc) from exc
         return ReadResult(response.get("Records", []), response.get("NextShardIterator"))
+
+
+RAW_RECORDS_EVENT = "before-parse.dynamodb-streams.GetRecords"
+
+
+def keep_records_raw(streams_client: Any) -> Any:
+    """GetRecords gives its records as DynamoDB sends them, in the JSON wire format a Lambda
+    event carries too (``ApproximateCreationDateTime`` in epoch seconds, binary values in
+    base64), which ``read_record`` reads already. botocore's parser would walk every attribute
+    of every image against the shape model: about 180 µs a record, ten times what parsing and
+    publishing it costs feedpipe, on the reader threads that share the consumer's one core.
+    The rest of the response, and every error, is still botocore's to parse."""
+    streams_client.meta.events.register_first(RAW_RECORDS_EVENT, _take_records, unique_id="feedpipe-raw-records")
+    return streams_client
+
+
+def _take_records(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+    if response_dict.get("status_code", 500) >= 300 or not response_dict.get("body"):
+        return
+    body = json.loads(response_dict["body"])
+    customized_response_dict["Records"] = body.pop("Records", [])
+    response_dict["body"] = json.dumps(body).encode()

@@ -8,10 +8,10 @@ import uuid
 
 from feedpipe.adapters.celery_app import publisher_app
 from feedpipe.adapters.dispatch import TaskDispatcher
-from feedpipe.adapters.dynamo import make_client
+from feedpipe.adapters.dynamo import DEFAULT_POOL, make_client
 from feedpipe.adapters.kinesis import KinesisSource
 from feedpipe.adapters.leases import LeaseTable
-from feedpipe.adapters.streams import DynamoDBStreamSource, ShardSource
+from feedpipe.adapters.streams import DynamoDBStreamSource, ShardSource, keep_records_raw
 from feedpipe.config import ConfigError, InitialPosition, Settings, Source
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
@@ -21,11 +21,14 @@ from feedpipe.services import build_dead_letters
 
 
 def build_source(settings: Settings, dynamodb: object) -> ShardSource:
+    # One connection for each read in flight, so concurrent reads never wait on the pool.
+    pool = max(DEFAULT_POOL, settings.shard_read_concurrency)
     if settings.source is Source.KINESIS:
         if not settings.kinesis_stream:  # load_settings requires it already; this narrows the type
             raise ConfigError("bad setting FEEDPIPE_KINESIS_STREAM: required when FEEDPIPE_SOURCE=kinesis")
-        return KinesisSource(make_client("kinesis"), settings.kinesis_stream)
-    return DynamoDBStreamSource(make_client("dynamodbstreams"), dynamodb, settings.table_name)
+        return KinesisSource(make_client("kinesis", max_pool=pool), settings.kinesis_stream)
+    streams = keep_records_raw(make_client("dynamodbstreams", max_pool=pool))
+    return DynamoDBStreamSource(streams, dynamodb, settings.table_name)
 
 
 def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> RecordPipeline:
@@ -56,5 +59,6 @@ def build_consumer(settings: Settings, metrics: Metrics | None = None) -> Stream
         metrics=metrics,
         source_label=settings.source.value,
         records_per_read=settings.records_per_read,
+        read_concurrency=settings.shard_read_concurrency,
         idle_poll_seconds=settings.idle_poll_seconds,
     )

@@ -2,8 +2,10 @@
 
 Each round reads one batch from every shard whose lease this consumer holds (a child is only
 leased once its parents have ended), publishes the batch's tasks, and only then moves the
-shard's checkpoint past it. A restart, or another consumer taking the lease over, resumes
-after the checkpoint, so a record is delivered at least once; tasks are idempotent.
+shard's checkpoint past it. The reads of different shards overlap, on a pool of threads
+(``read_pool``); publishing and checkpointing stay on the consumer's thread, one batch at a
+time, so each shard's batches go out in order. A restart, or another consumer taking the lease
+over, resumes after the checkpoint, so a record is delivered at least once; tasks are idempotent.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -32,6 +35,8 @@ from feedpipe.adapters.streams import (
 from feedpipe.consumers.initial_position import find_newest
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import BatchOutcome, Prepared, RecordPipeline
+from feedpipe.consumers.progress import ConsumerTotals, Fetched, Pinned, ShardState
+from feedpipe.consumers.read_pool import ReadPool
 from feedpipe.core.backoff import full_jitter
 from feedpipe.core.letters import DeadLetter
 from feedpipe.health import Heartbeat
@@ -48,46 +53,12 @@ NOT_READ = -1
 
 
 @dataclass
-class ShardState:
-    shard: Shard
-    checkpoint: str | None = None
-    iterator: str | None = None
-    checkpointed_at: float = field(default_factory=time.monotonic)
-    failures: int = 0  # AWS errors in a row on this shard
-    resume_at: float = 0.0  # monotonic time before which the shard is not read again
-
-    def checkpoint_age(self) -> float:
-        return time.monotonic() - self.checkpointed_at
-
-    @property
-    def finished(self) -> bool:
-        return self.checkpoint == SHARD_END
-
-
-@dataclass
-class ConsumerTotals:
-    records: int = 0
-    dispatched: int = 0
-    messages: int = 0
-    dead_lettered: int = 0
-    ignored: int = 0
-    checkpoints: int = 0
-    rounds: int = 0
-
-    def add(self, outcome: BatchOutcome) -> None:
-        self.records += outcome.records
-        self.dispatched += outcome.dispatched
-        self.messages += outcome.messages
-        self.dead_lettered += outcome.dead_lettered
-        self.ignored += sum(outcome.ignored.values())
-
-
-@dataclass
 class StreamConsumer:
     source: ShardSource
     leases: LeaseCoordinator
     pipeline: RecordPipeline
     records_per_read: int = 1000
+    read_concurrency: int = 16  # shards read at once; 1 reads them one after another
     idle_poll_seconds: float = 1.0
     aws_backoff_seconds: float = 0.5  # first wait when AWS is unavailable; doubles, capped
     metrics: Metrics = field(default_factory=noop_metrics)
@@ -108,37 +79,41 @@ class StreamConsumer:
 
     def run(self, stop_when_idle: bool = False) -> ConsumerTotals:
         """Consume until stopped (or, with ``stop_when_idle``, until every shard is drained)."""
-        idle_rounds = 0
         try:
-            while not self.stop_event.is_set():
-                self.loop_heartbeat.beat()
-                try:
-                    self._maybe_refresh_shards()
-                    polls = [self._poll(state) for state in self._owned_shards()]
-                except Exception as exc:
-                    if self.stop_event.is_set() and isinstance(exc, BROKER_ERRORS):
-                        log.warning("stopping with a batch unpublished; it is re-read after restart")
-                        break
-                    if not is_transient_aws_error(exc):
-                        raise
-                    self._wait_out_aws(exc)
-                    continue
-                self._aws_failures = 0
-                self.totals.rounds += 1
-                self.round_heartbeat.beat()
-                read = sum(n for n in polls if n > 0)
-                # Idle: every unfinished shard is ours, and each was read and had nothing new.
-                busy = read or NOT_READ in polls or self.leases.unheld_ready or self._behind
-                self._behind = False
-                idle_rounds = 0 if busy else idle_rounds + 1
-                if stop_when_idle and idle_rounds >= IDLE_ROUNDS_TO_STOP:
-                    break
-                if not read:
-                    self.stop_event.wait(self.idle_poll_seconds)
+            with ReadPool(self.read_concurrency) as pool:
+                self._consume(pool, stop_when_idle)
         finally:
             self._release_all()
         log.info("consumer stopped: %s", self.totals)
         return self.totals
+
+    def _consume(self, pool: ReadPool, stop_when_idle: bool) -> None:
+        idle_rounds = 0
+        while not self.stop_event.is_set():
+            self.loop_heartbeat.beat()
+            try:
+                self._maybe_refresh_shards()
+                polls = self._poll_all(pool, self._owned_shards())
+            except Exception as exc:
+                if self.stop_event.is_set() and isinstance(exc, BROKER_ERRORS):
+                    log.warning("stopping with a batch unpublished; it is re-read after restart")
+                    return
+                if not is_transient_aws_error(exc):
+                    raise
+                self._wait_out_aws(exc)
+                continue
+            self._aws_failures = 0
+            self.totals.rounds += 1
+            self.round_heartbeat.beat()
+            read = sum(n for n in polls if n > 0)
+            # Idle: every unfinished shard is ours, and each was read and had nothing new.
+            busy = read or NOT_READ in polls or self.leases.unheld_ready or self._behind
+            self._behind = False
+            idle_rounds = 0 if busy else idle_rounds + 1
+            if stop_when_idle and idle_rounds >= IDLE_ROUNDS_TO_STOP:
+                return
+            if not read:
+                self.stop_event.wait(self.idle_poll_seconds)
 
     def _wait_out_aws(self, exc: BaseException) -> None:
         """DynamoDB or the stream is unavailable after botocore's own retries: hold every
@@ -185,14 +160,32 @@ class StreamConsumer:
         self._observe_shards()
         return list(self.shards.values())
 
-    def _poll(self, state: ShardState) -> int:
-        """Read, publish and checkpoint one batch of ``state``'s shard; returns records read,
+    def _poll_all(self, pool: ReadPool, states: list[ShardState]) -> list[int]:
+        """One batch of every shard not waiting out a failure: read at once, each handled here
+        as its read comes back. The round ends when every read has (a stop drains it)."""
+        now = time.monotonic()
+        ready = [state for state in states if now >= state.resume_at]
+        polls = [NOT_READ] * (len(states) - len(ready))
+        with pool.read_each(ready, self._fetch) as fetched:
+            polls += [self._poll(state, outcome) for state, outcome in fetched]
+        return polls
+
+    def _fetch(self, state: ShardState) -> Fetched:
+        """On a pool thread: the stream only, never the broker or the lease table."""
+        if state.checkpoint == LATEST:
+            return Pinned(*find_newest(self.source, state.shard.shard_id, self.records_per_read))
+        if state.iterator is None:
+            after = None if state.checkpoint == TRIM_HORIZON else state.checkpoint
+            state.iterator = self.source.iterator(state.shard.shard_id, after)
+        with self.metrics.stream_read_seconds.time():
+            return self.source.read(state.iterator, self.records_per_read)
+
+    def _poll(self, state: ShardState, fetched: Callable[[], Fetched]) -> int:
+        """Publish and checkpoint the batch read from ``state``'s shard; returns records read,
         or NOT_READ when the read itself failed (expired, throttled, trimmed, AWS unavailable:
         then this shard waits, the others go on)."""
-        if time.monotonic() < state.resume_at:
-            return NOT_READ
         try:
-            return self._read_and_publish(state)
+            return self._read_and_publish(state, fetched)
         except Exception as exc:
             if not is_transient_aws_error(exc):
                 raise
@@ -203,15 +196,9 @@ class StreamConsumer:
                         state.shard.shard_id, exc, delay)
             return NOT_READ
 
-    def _read_and_publish(self, state: ShardState) -> int:
+    def _read_and_publish(self, state: ShardState, fetched: Callable[[], Fetched]) -> int:
         try:
-            if state.checkpoint == LATEST:
-                return self._pin_newest(state)
-            if state.iterator is None:
-                after = None if state.checkpoint == TRIM_HORIZON else state.checkpoint
-                state.iterator = self.source.iterator(state.shard.shard_id, after)
-            with self.metrics.stream_read_seconds.time():
-                result = self.source.read(state.iterator, self.records_per_read)
+            result = fetched()
         except IteratorExpiredError:
             log.info("iterator of shard %s expired; renewing from %s", state.shard.shard_id, state.checkpoint)
             state.iterator = None
@@ -225,6 +212,9 @@ class StreamConsumer:
         except ThrottledError:
             self._back_off()
             return NOT_READ
+        if isinstance(result, Pinned):
+            self._pin_newest(state, result)
+            return 0
         self._throttles = 0
         state.failures = 0
         if result.millis_behind:
@@ -239,12 +229,10 @@ class StreamConsumer:
             log.info("shard %s ended", state.shard.shard_id)
         return len(result.records)
 
-    def _pin_newest(self, state: ShardState) -> int:
-        checkpoint, passed = find_newest(self.source, state.shard.shard_id, self.records_per_read)
+    def _pin_newest(self, state: ShardState, pinned: Pinned) -> None:
         log.info("shard %s: first start at its newest record (checkpoint %s), %d earlier records passed over",
-                 state.shard.shard_id, checkpoint, passed)
-        self._checkpoint(state, checkpoint)
-        return 0
+                 state.shard.shard_id, pinned.checkpoint, pinned.passed)
+        self._checkpoint(state, pinned.checkpoint)
 
     def _publish(self, state: ShardState, prepared: Prepared) -> bool:
         """Publish a parsed batch, then checkpoint it; False when the shard's lease was lost."""

@@ -26,6 +26,7 @@ def test_defaults_follow_the_contract():
     assert settings.backfill_posts == 20
     assert settings.excluded_visibilities == frozenset({"private"})
     assert settings.member_format is MemberFormat.FULL
+    assert settings.shard_read_concurrency == 16
     assert settings.metrics_port is None
     # Each role has its own port, so consume, worker and beat run side by side on one host.
     ports = [settings.metrics_port_for(role) for role in ("consume", "worker", "beat")]
@@ -75,6 +76,7 @@ def test_without_a_mapping_the_process_environment_is_read(monkeypatch):
     [
         ("FEEDPIPE_FEED_MAX_LENGTH", "lots"),  # not an int
         ("FEEDPIPE_FEED_MAX_LENGTH", "0"),  # out of range
+        ("FEEDPIPE_SHARD_READ_CONCURRENCY", "0"),
         ("FEEDPIPE_METRICS_PORT", "http"),
         ("FEEDPIPE_SOURCE", "sqs"),  # not one of the enum's values
         ("FEEDPIPE_MEMBER_FORMAT", "xml"),

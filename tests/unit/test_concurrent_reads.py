@@ -1,0 +1,238 @@
+"""One consumer reads its shards at once: the reads overlap, yet every shard's batches are
+published in order and checkpointed only once published, a failing shard holds nobody back, and
+a stop drains the reads in flight."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from botocore.exceptions import ClientError
+
+from feedpipe.adapters.leases import SHARD_END, Lease
+from feedpipe.consumers.consumer import StreamConsumer
+from feedpipe.consumers.leasing import LeaseCoordinator
+from feedpipe.consumers.pipeline import RecordPipeline
+from feedpipe.dev.local import wait_for
+from tests.fakes import FakeDeadLetters, FakeDispatcher, FakeLeaseTable, FakeShardSource, follow_record
+
+DEADLINE = 10.0  # seconds a gated read waits for the others before the test fails
+
+
+@dataclass
+class GatedSource(FakeShardSource):
+    """Shards of records whose reads first pass ``gate(shard_id)``, on whatever thread reads."""
+
+    gate: Callable[[str], None] = lambda shard_id: None
+    reader_threads: set[str] = field(default_factory=set)
+
+    def read(self, iterator, limit):  # type: ignore[no-untyped-def]
+        shard_id = iterator.partition("|")[0]
+        self.reader_threads.add(threading.current_thread().name)
+        self.gate(shard_id)
+        return super().read(iterator, limit)
+
+
+def _stream(shards: int, per_shard: int, closed: bool = True) -> GatedSource:
+    source = GatedSource()
+    for k in range(shards):
+        shard = f"s{k}"
+        source.add_shard(shard, [follow_record(k * 1000 + i, shard, f"{shard}-{i}") for i in range(1, per_shard + 1)],
+                         closed=closed)
+    return source
+
+
+@dataclass
+class CheckedLeases(FakeLeaseTable):
+    """Fails the consumer at once if a checkpoint names a record not yet published."""
+
+    dispatcher: FakeDispatcher = field(default_factory=FakeDispatcher)
+
+    def checkpoint(self, lease: Lease, owner: str, checkpoint: str, last_record_ms: int | None) -> Lease:
+        if checkpoint != SHARD_END:
+            published = {e.meta.sequence_number for e in self.dispatcher.events}
+            assert checkpoint in published, f"checkpoint {checkpoint} of {lease.shard_id} before its publish"
+        return super().checkpoint(lease, owner, checkpoint, last_record_ms)
+
+
+def _consumer(source: FakeShardSource, concurrency: int, per_read: int = 2,
+              dispatcher: FakeDispatcher | None = None, leases: FakeLeaseTable | None = None) -> StreamConsumer:
+    pipeline = RecordPipeline(dispatcher or FakeDispatcher(), FakeDeadLetters(), {"private"})
+    coordinator = LeaseCoordinator(leases if leases is not None else FakeLeaseTable(), "solo")
+    return StreamConsumer(source, coordinator, pipeline, records_per_read=per_read, idle_poll_seconds=0.001,
+                          aws_backoff_seconds=0.001, read_concurrency=concurrency)
+
+
+def _by_shard(dispatcher: FakeDispatcher) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = defaultdict(list)
+    for event in dispatcher.events:
+        seen[event.follower_id].append(int(event.meta.sequence_number))  # type: ignore[attr-defined]
+    return seen
+
+
+def _reads_running() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("shard-read")]
+
+
+def test_reads_of_different_shards_are_in_flight_together():
+    """Each shard's first read waits until every shard's first read has started: one after
+    another, that could never finish."""
+    shards = 6
+    source = _stream(shards, 4)
+    everyone = threading.Barrier(shards, timeout=DEADLINE)
+    first = set()
+
+    def all_at_once(shard_id: str) -> None:
+        if shard_id not in first:
+            first.add(shard_id)
+            everyone.wait()
+
+    source.gate = all_at_once
+    dispatcher = FakeDispatcher()
+    _consumer(source, concurrency=shards, dispatcher=dispatcher).run(stop_when_idle=True)
+
+    assert _by_shard(dispatcher) == {f"s{k}": [k * 1000 + i for i in range(1, 5)] for k in range(shards)}
+
+
+def test_with_a_concurrency_of_one_shards_are_read_one_after_another_on_the_consumers_thread():
+    source = _stream(2, 4)
+    together = threading.Barrier(2, timeout=0.2)
+    source.gate = lambda shard_id: together.wait()
+
+    with pytest.raises(threading.BrokenBarrierError):  # the second read never came while the first waited
+        _consumer(source, concurrency=1).run(stop_when_idle=True)
+
+    assert source.reader_threads == {threading.current_thread().name}
+
+
+def test_each_shard_is_published_in_order_and_checkpointed_only_after_its_publish():
+    """Reads come back last shard first (each waits for the next shard's batch to be
+    published), so the consumer handles them in another order than it started them."""
+    shards, per_shard, per_read = 5, 12, 3
+    source = _stream(shards, per_shard)
+    dispatcher = FakeDispatcher()
+    leases = CheckedLeases(dispatcher=dispatcher)
+    reads: Counter[str] = Counter()
+    changed = threading.Condition()
+
+    def batches_published(shard_id: str) -> int:
+        return sum(1 for e in dispatcher.events if e.follower_id == shard_id) // per_read  # type: ignore[attr-defined]
+
+    def after_the_next_shard(shard_id: str) -> None:
+        k = int(shard_id[1:])
+        with changed:
+            reads[shard_id] += 1
+            later = f"s{k + 1}"
+            if k + 1 < shards and not changed.wait_for(lambda: batches_published(later) >= reads[shard_id], DEADLINE):
+                raise AssertionError(f"{later}'s batch was never published")
+
+    def publish_and_tell(events):  # type: ignore[no-untyped-def]
+        with changed:
+            dispatcher.events.extend(events)
+            changed.notify_all()
+        return 1
+
+    source.gate = after_the_next_shard
+    dispatcher.dispatch = publish_and_tell  # type: ignore[method-assign]
+    _consumer(source, concurrency=shards, per_read=per_read, dispatcher=dispatcher, leases=leases).run(
+        stop_when_idle=True)
+
+    seen = _by_shard(dispatcher)
+    assert seen == {f"s{k}": [k * 1000 + i for i in range(1, per_shard + 1)] for k in range(shards)}
+    assert dispatcher.events[0].follower_id == f"s{shards - 1}"  # type: ignore[attr-defined]
+    assert leases.saved == {f"s{k}": SHARD_END for k in range(shards)}
+    assert [c for s, c in leases.history if s == "s0"] == [f"{i:021d}" for i in (3, 6, 9, 12)] + [SHARD_END]
+
+
+def test_never_more_reads_in_flight_than_the_setting_and_never_two_of_one_shard():
+    concurrency = 4
+    source = _stream(12, 10)
+    lock = threading.Condition()
+    running: Counter[str] = Counter()
+    peak = [0]
+
+    def counted(shard_id: str) -> None:
+        with lock:
+            running[shard_id] += 1
+            peak[0] = max(peak[0], sum(running.values()))
+            assert running[shard_id] == 1, f"{shard_id} read by two threads at once"
+            lock.notify_all()
+            lock.wait_for(lambda: peak[0] >= concurrency, DEADLINE)  # overlap for real, at least once
+            running[shard_id] -= 1
+
+    source.gate = counted
+    dispatcher = FakeDispatcher()
+    _consumer(source, concurrency=concurrency, dispatcher=dispatcher).run(stop_when_idle=True)
+
+    assert peak[0] == concurrency
+    assert all(seqs == sorted(seqs) and len(seqs) == 10 for seqs in _by_shard(dispatcher).values())
+    assert len(_by_shard(dispatcher)) == 12
+
+
+def test_a_shard_whose_reads_fail_does_not_stall_the_others():
+    source = _stream(4, 6, closed=False)
+    failures = [0]
+
+    def s0_down(shard_id: str) -> None:
+        if shard_id == "s0":
+            failures[0] += 1
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"},
+                               "ResponseMetadata": {"HTTPStatusCode": 500}}, "GetRecords")
+
+    source.gate = s0_down
+    dispatcher, leases = FakeDispatcher(), FakeLeaseTable()
+    consumer = _consumer(source, concurrency=4, dispatcher=dispatcher, leases=leases)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: all(leases.saved.get(f"s{k}") == f"{k * 1000 + 6:021d}" for k in (1, 2, 3)), DEADLINE,
+                 "the healthy shards to be checkpointed to their ends")
+    finally:
+        consumer.request_stop()
+        thread.join(DEADLINE)
+
+    assert failures[0] >= 1 and "s0" not in leases.saved and not thread.is_alive()
+    assert sorted(_by_shard(dispatcher)) == ["s1", "s2", "s3"]
+
+
+def test_an_error_that_stops_the_consumer_leaves_no_read_running():
+    source = _stream(4, 6)
+    all_started = threading.Barrier(4, timeout=DEADLINE)
+    denied = threading.Event()
+    finished: list[str] = []
+
+    def deny_s0(shard_id: str) -> None:
+        all_started.wait()
+        if shard_id == "s0":
+            denied.set()
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"},
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetRecords")
+        denied.wait(DEADLINE)  # still in flight when s0's error reaches the consumer's thread
+        finished.append(shard_id)
+
+    source.gate = deny_s0
+    with pytest.raises(ClientError):
+        _consumer(source, concurrency=4).run(stop_when_idle=True)
+
+    assert _reads_running() == []
+    assert sorted(finished) == ["s1", "s2", "s3"]  # the consumer waited for every read in flight
+
+
+def test_a_stop_publishes_and_checkpoints_the_reads_in_flight_then_returns():
+    shards = 4
+    source = _stream(shards, 6, closed=False)
+    dispatcher, leases = FakeDispatcher(), FakeLeaseTable()
+    consumer = _consumer(source, concurrency=shards, dispatcher=dispatcher, leases=leases)
+    # The stop comes once every shard's first read is in flight, before any returns.
+    in_flight = threading.Barrier(shards, action=consumer.request_stop, timeout=DEADLINE)
+    source.gate = lambda shard_id: in_flight.wait()
+
+    consumer.run()
+
+    assert _by_shard(dispatcher) == {f"s{k}": [k * 1000 + 1, k * 1000 + 2] for k in range(shards)}
+    assert leases.saved == {f"s{k}": f"{k * 1000 + 2:021d}" for k in range(shards)}
+    assert all(lease.owner is None for lease in leases.leases.values())  # handed back
+    assert _reads_running() == []
