@@ -158,6 +158,7 @@ class World:
     app: AppWriter = field(init=False)
     follows: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # author -> followers
     posts: dict[str, tuple[str, bool]] = field(default_factory=dict)  # post_id -> (author, live)
+    written_at: dict[str, int] = field(default_factory=dict)  # post_id -> its created_at, as the clock's tick
     users: set[str] = field(default_factory=set)
     warm: set[str] = field(default_factory=set)
     clock: int = 0
@@ -205,6 +206,7 @@ class World:
 
     def _post(self, app: AppWriter, author: str, post_id: str, visibility: str) -> str:
         self.clock += 1
+        self.written_at[post_id] = self.clock
         created = (CLOCK_START + timedelta(seconds=self.clock)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         app.create_post(author, f"user_{author}", f"{post_id} says hello " * 3,
                         post_id=post_id, created_at=created, visibility=visibility)
@@ -318,10 +320,12 @@ class World:
         return set(active_users(self.stores))
 
     def expected_cached(self) -> dict[str, set[str]]:
-        """Warm users' caches hold their whole (small) feed; cold users have none, and neither
-        has a warm user whose feed is empty (Redis keeps no empty sorted set: the marker does)."""
-        expected = self.expected_feeds()
-        return {u: expected[u] for u in self.warm if expected[u]}
+        """Warm users' caches hold the newest ``feed_max_length`` items of their feed; cold users
+        have none, and neither has a warm user whose feed is empty (Redis keeps no empty sorted
+        set: the marker does)."""
+        expected, cap = self.expected_feeds(), self.settings.feed_max_length
+        newest = {u: set(sorted(expected[u], key=lambda p: self.written_at.get(p, 0))[-cap:]) for u in self.warm}
+        return {u: feed for u, feed in newest.items() if feed}
 
     def feeds_right(self) -> bool:
         return self.durable_feeds() == self.expected_feeds() and self.cached_feeds() == self.expected_cached()
