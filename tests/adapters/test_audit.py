@@ -21,7 +21,6 @@ import feedpipe.services
 from feedpipe.adapters.user_scan import all_users, sample_users
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.audit import find_drift
@@ -84,14 +83,17 @@ class World:
         self.app.dynamodb.delete_item(TableName=APP_TABLE, Key={"PK": {"S": f"FEED#{user}"}, "SK": {"S": sk}})
 
 
-def make_stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, redis: fakeredis.FakeRedis, **extra: str) -> Stores:
-    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
-    env = {
+def settings_env(**extra: str) -> dict[str, str]:
+    return {
         "FEEDPIPE_TABLE_NAME": APP_TABLE, "FEEDPIPE_FEED_MAX_LENGTH": str(MAX),
         "FEEDPIPE_BACKFILL_POSTS": str(BACKFILL), "FEEDPIPE_DURABLE_FEED_MAX_ITEMS": str(DURABLE_CAP),
         "FEEDPIPE_WRITE_CONCURRENCY": "1", **{f"FEEDPIPE_{k.upper()}": v for k, v in extra.items()},
     }
-    return build_stores(load_settings(env), dynamodb)
+
+
+def make_stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, redis: fakeredis.FakeRedis, **extra: str) -> Stores:
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
+    return build_stores(load_settings(settings_env(**extra)), dynamodb)
 
 
 def finish(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, **extra: str) -> World:
@@ -173,9 +175,9 @@ def inject_everything(w: World) -> dict[str, set[tuple[str, str, str]]]:
     # r3: both feeds over length with the right posts.
     for post_id in ("a5", "b5"):
         post = w.image(post_id)
-        w.stores.table.put_items(feed_items(["r3"], post, w.stores.item_template(post)))
-    older = [(p.created_at_ms, w.stores.member(p)) for p in (w.image(i) for i in ("b8", "a8"))]
-    w.redis.zadd("feed:r3", {m: s for s, m in older})
+        w.stores.table.put_items(w.stores.format.items(["r3"], post))
+    older = [w.stores.format.entry(p) for p in (w.image(i) for i in ("b8", "a8"))]
+    w.redis.zadd("feed:r3", {e.member: e.score_ms for e in older})
     return {
         "r1": {("missing", "dynamodb", r1[0]["post_id"]), ("extra", "dynamodb", "2024-03-01T09:00:00.000Z#ghost"),
                ("missing", "redis", json.loads(second)["postId"]), ("extra", "redis", foreign),
@@ -310,7 +312,7 @@ def test_a_warm_feed_its_retractions_emptied_is_right_and_a_post_fan_out_missed_
     world.redis.expire(marker, world.stores.settings.feed_ttl_seconds - 60)  # a minute on, no write since
     world.app.create_post("ann", "ann", "late", post_id="late", created_at=_now())
     late = world.image("late")
-    world.stores.table.put_items(feed_items(["r1"], late, world.stores.item_template(late)))
+    world.stores.table.put_items(world.stores.format.items(["r1"], late))
     assert [(d.kind, d.store, d.ref) for d in find_drift(world.stores, "r1")] == [("missing", "redis", "late")]
     assert audit_user(world.stores, "r1", repair=True).left == []
     assert [json.loads(m)["postId"] for m, _ in world.cached("r1")][0] == "late"

@@ -25,7 +25,6 @@ import feedpipe.services
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_items
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.core.letters import decode_payload
 from feedpipe.core.records import post_from_image
@@ -83,7 +82,7 @@ class World:
 
     def put_durable(self, posts: list[Post], users: list[str]) -> None:
         for post in posts:
-            self.stores.table.put_items(feed_items(users, post, self.stores.item_template(post)))
+            self.stores.table.put_items(self.stores.format.items(users, post))
 
     def delete_durable_by_hand(self, user: str, author: str | None = None) -> None:
         """An operator deletes ``FEED#{user}`` items with the plain client (all, or one author's)."""

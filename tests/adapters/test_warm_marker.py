@@ -14,6 +14,7 @@ import pytest
 import feedpipe.services
 from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.config import load_settings
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.core.members import encode_member
@@ -47,7 +48,7 @@ def test_an_empty_rebuild_leaves_the_user_warm_and_the_next_post_is_cached(cache
     assert 0 < redis_client.ttl(OWN.warm_marker("u1")) <= FEED_TTL_SECONDS
     assert cache.is_warm("u1") and not cache.is_warm("u2")
 
-    assert cache.add_to_warm_feeds(["u1", "u2"], 1000, member("p1")) == 1
+    assert cache.add_to_warm_feeds(["u1", "u2"], CacheEntry(1000, member("p1"))) == 1
     assert get_feed(redis_client, "u1") == ["p1"]
     assert not redis_client.exists("feed:u2"), "fan-out created a cold user's feed"
     assert redis_client.keys("*u2*") == []
@@ -56,7 +57,7 @@ def test_an_empty_rebuild_leaves_the_user_warm_and_the_next_post_is_cached(cache
 def test_a_write_refreshes_both_ttls(cache: FeedCache, redis_client) -> None:
     cache.replace_feed("u1", [])
     redis_client.expire(OWN.warm_marker("u1"), 5)
-    assert cache.add_many_if_warm("u1", [(1000, member("p1")), (2000, member("p2"))])
+    assert cache.add_many_if_warm("u1", [CacheEntry(1000, member("p1")), CacheEntry(2000, member("p2"))])
     assert redis_client.ttl("feed:u1") == redis_client.ttl(OWN.warm_marker("u1")) == FEED_TTL_SECONDS
 
 
@@ -73,7 +74,7 @@ def test_removals_that_empty_a_warm_feed_leave_the_user_warm_for_the_rest_of_its
     assert not redis_client.exists("feed:u1")
     assert 0 < redis_client.ttl(OWN.warm_marker("u1")) <= 100
 
-    assert cache.add_to_warm_feeds(["u1"], 2000, member("p2")) == 1
+    assert cache.add_to_warm_feeds(["u1"], CacheEntry(2000, member("p2"))) == 1
     assert get_feed(redis_client, "u1") == ["p2"]
 
 
@@ -82,7 +83,7 @@ def test_a_scheduled_rebuild_keeps_an_empty_feeds_remaining_ttl(cache: FeedCache
     redis_client.expire(OWN.warm_marker("u1"), 50)
     cache.replace_feed("u1", [], keep_ttl=True)
     assert 0 < redis_client.ttl(OWN.warm_marker("u1")) <= 50
-    cache.replace_feed("u1", [(1000, member("p1"))], keep_ttl=True)
+    cache.replace_feed("u1", [CacheEntry(1000, member("p1"))], keep_ttl=True)
     assert 0 < redis_client.ttl("feed:u1") <= 50 and 0 < redis_client.ttl(OWN.warm_marker("u1")) <= 50
 
 
@@ -90,14 +91,14 @@ def test_a_user_whose_id_no_marker_can_share_a_slot_with_is_warm_only_by_the_fee
     assert OWN.warm_marker("a}b") is None
     cache.replace_feed("a}b", [])
     assert not cache.is_warm("a}b") and redis_client.keys("*") == []
-    cache.replace_feed("a}b", [(1000, member("p1"))])
-    assert cache.add_to_warm_feeds(["a}b"], 2000, member("p2")) == 1
+    cache.replace_feed("a}b", [CacheEntry(1000, member("p1"))])
+    assert cache.add_to_warm_feeds(["a}b"], CacheEntry(2000, member("p2"))) == 1
 
 
 def test_the_warm_user_walk_finds_marked_empty_feeds_and_unmarked_ones_once(cache: FeedCache, redis_client) -> None:
     marked = [f"m{i}" for i in range(30)]
     for user in marked:
-        cache.replace_feed(user, [(1000, member("p1"))] if user < "m2" else [])
+        cache.replace_feed(user, [CacheEntry(1000, member("p1"))] if user < "m2" else [])
     redis_client.zadd("feed:legacy", {member("p1"): 1000})
     redis_client.set("feedpipe:warm:not-a-marker", 1)
     found: list[str] = []
