@@ -1,18 +1,19 @@
 """Warm users with empty feeds (contract section 3): a regenerated feed keeps its user warm
 until its TTL even with nothing in it, through a marker in ``feed:{user}``'s slot that the app's
-``getFeed`` (ZREVRANGE, then JSON.parse of each member) never sees. On fakeredis and moto."""
+``getFeed`` (ZREVRANGE, then JSON.parse of each member) never sees. The cache's own behaviour on
+fakeredis; the feed rules on the in-memory stores (held to fakeredis and moto by
+``test_store_contract``), with the regen queue on fakeredis."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import fakeredis
 import pytest
 
-import feedpipe.services
 from feedpipe.adapters.redis_feeds import FeedCache
+from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import load_settings
 from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
@@ -21,11 +22,14 @@ from feedpipe.core.members import encode_member
 from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.delivery import remove_post
+from feedpipe.feeds.memory import memory_stores
+from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.regen import drain
 from feedpipe.feeds.stores import Stores
 from feedpipe.ops import active_users
-from feedpipe.services import build_stores
 from tests.adapters.conftest import APP_TABLE, FEED_TTL_SECONDS, publish
+from tests.fakes import FakeDeadLetters
+from tests.memory_app import MemoryDynamo, MemoryFeedsRedis
 
 OWN = OwnKeys()
 
@@ -34,7 +38,7 @@ def member(post_id: str, author: str = "alice") -> str:
     return json.dumps({"postId": post_id, "authorId": author})
 
 
-def get_feed(redis: fakeredis.FakeRedis, user: str) -> list[str]:
+def get_feed(redis: fakeredis.FakeRedis | MemoryFeedsRedis, user: str) -> list[str]:
     """The seed's getFeed: every member must parse, and each is a post."""
     return [json.loads(m)["postId"] for m in redis.zrevrange(f"feed:{user}", 0, -1)]
 
@@ -115,18 +119,19 @@ def test_the_warm_user_walk_finds_marked_empty_feeds_and_unmarked_ones_once(cach
 
 
 @pytest.fixture
-def stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[Stores]:
-    redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
-    built = build_stores(load_settings({"FEEDPIPE_TABLE_NAME": APP_TABLE}), dynamodb)
-    yield built
-    built.table.close()
-    redis.close()
+def world() -> Iterator[tuple[Stores, MemoryFeedsRedis]]:
+    fake = fakeredis.FakeRedis()
+    settings = load_settings({"FEEDPIPE_TABLE_NAME": APP_TABLE})
+    queue = RegenQueue(fake, OwnKeys(settings.key_prefix), settings.regen_lease_seconds)
+    built = memory_stores(settings, dead_letters=FakeDeadLetters(), regen_queue=queue)
+    assert isinstance(built.cache, MemoryCache)
+    yield built, MemoryFeedsRedis(built.cache, fake)
+    fake.close()
 
 
-def test_users_who_follow_before_anyone_posts_get_their_feeds_cached(stores: Stores, dynamodb: Any) -> None:
-    redis: fakeredis.FakeRedis = stores.cache.client  # type: ignore[assignment]
-    app = AppWriter(dynamodb, redis, APP_TABLE, transactional=False)
+def test_users_who_follow_before_anyone_posts_get_their_feeds_cached(world: tuple[Stores, MemoryFeedsRedis]) -> None:
+    stores, redis = world
+    app = AppWriter(MemoryDynamo(stores.table), redis, APP_TABLE, transactional=False)
     for user in ("alice", "newbie", "lurker"):
         app.create_user(user)
     app.follow("newbie", "alice")  # the app pushes a regen job on every follow
