@@ -2,8 +2,9 @@
 client) for ``feedpipe.dev.appsim.AppWriter`` and the tests' own raw writes to run unchanged on a
 ``MemoryTable`` and a ``MemoryCache``.
 
-Only the expressions the app's writes use are understood (``SET a = :v, ...``, ``ADD a :v``,
-``attribute_not_exists(PK)``); anything else fails loudly rather than being half-applied.
+Only the expressions the app's writes (and the tests' own) use are understood (``SET a = :v,
+...``, ``ADD a :v``, ``REMOVE a``, ``#names``, ``attribute_not_exists(PK)``); anything else
+fails loudly rather than being half-applied.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from feedpipe.feeds.memory import MemoryTable
 from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.stores import Stores
 
-_CLAUSE = re.compile(r"(SET|ADD)\s+(.*?)(?=\s+(?:SET|ADD)\s+|$)")
+_CLAUSE = re.compile(r"(SET|ADD|REMOVE)\s+(.*?)(?=\s+(?:SET|ADD|REMOVE)\s+|$)")
 
 
 class ConditionalCheckFailedError(Exception):
@@ -52,15 +53,19 @@ class MemoryDynamo:
 
     def update_item(
         self, Key: dict[str, Any], UpdateExpression: str,  # noqa: N803
-        ExpressionAttributeValues: dict[str, Any], **_: Any,  # noqa: N803
+        ExpressionAttributeValues: dict[str, Any] | None = None,  # noqa: N803
+        ExpressionAttributeNames: dict[str, str] | None = None, **_: Any,  # noqa: N803
     ) -> None:
-        key, values = from_image(Key), from_image(ExpressionAttributeValues)
+        key, values = from_image(Key), from_image(ExpressionAttributeValues or {})
+        names = ExpressionAttributeNames or {}
         item = self.table.items.setdefault((key["PK"], key["SK"]), dict(key))
         for verb, body in _CLAUSE.findall(UpdateExpression.strip()):
             for action in body.split(","):
-                if verb == "SET":
+                if verb == "REMOVE":
+                    item.pop(names.get(action.strip(), action.strip()), None)
+                elif verb == "SET":
                     name, value = (part.strip() for part in action.split("="))
-                    item[name] = values[value]
+                    item[names.get(name, name)] = values[value]
                 else:
                     name, value = action.split()
                     total = Decimal(str(item.get(name, 0))) + Decimal(str(values[value]))
