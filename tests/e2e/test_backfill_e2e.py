@@ -245,9 +245,10 @@ def put_raw(world: World, user: str, item: dict[str, Any]) -> None:
 
 
 def caches_canonical(world: World) -> bool:
-    """Every warm cache holds exactly the canonical members of its durable feed, with a TTL."""
+    """Every warm cache holds exactly the canonical members of its durable feed's newest
+    ``feed_max_length`` items, with a TTL."""
     for user in world.warm:
-        items = world.stores.table.feed_items(user)
+        items = world.stores.table.feed_items(user, limit=world.settings.feed_max_length)
         member = world.stores.format.member
         want = [member(post_from_image(world.stores.table.post_image(i["post_id"]) or {})) for i in items]
         have = [m.decode() for m in world.redis.zrevrange(f"feed:{user}", 0, -1)]

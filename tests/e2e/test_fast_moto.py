@@ -3,6 +3,8 @@ feedpipe and the tests make exactly as moto does: the same items, pages and keys
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,3 +93,39 @@ def test_the_narrowed_moto_answers_as_moto_does(clients, name):
     expected = _all_pages(plain, call, TableName=TABLE, **request)
     assert _all_pages(fast, call, TableName=TABLE, **request) == expected
     assert sum(count for _, _, count in expected) > 0
+
+
+KEEPS_NO_ITEM = """
+import boto3, os
+from moto import mock_aws
+from moto.dynamodb.models.dynamo_type import Item
+from feedpipe.adapters.tables import create_tables
+from tests.e2e import fast_moto
+os.environ.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
+if "--narrowed" in __import__("sys").argv:
+    fast_moto.install()
+with mock_aws():
+    client = boto3.client("dynamodb")
+    create_tables(client, "T", "L")
+    for n in range(0, 200, 25):
+        client.batch_write_item(RequestItems={"T": [{"PutRequest": {"Item": {
+            "PK": {"S": f"FEED#u{i % 7}"}, "SK": {"S": f"{i:05d}"}, "post_id": {"S": f"p{i}"}}}}
+            for i in range(n, n + 25)]})
+    before = len(Item.instances_tracked)
+    for _ in range(3):
+        client.scan(TableName="T", ProjectionExpression="PK, post_id")
+    print(len(Item.instances_tracked) - before)
+"""
+
+
+def _items_kept(*argv: str) -> int:
+    out = subprocess.run([sys.executable, "-c", KEEPS_NO_ITEM, *argv], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip())
+
+
+def test_the_narrowed_moto_keeps_no_item_a_read_copied() -> None:
+    """Plain moto keeps every Item it ever made (three Scans of 200 items: 600 copies, plus
+    projections); the narrowed one keeps none, so its memory stays flat however much is read."""
+    assert _items_kept() >= 600
+    assert _items_kept("--narrowed") == 0
