@@ -67,7 +67,7 @@ def run_backfill(stores: Stores, client: Any) -> None:
     progress.clear(SEGMENTS)
     progress.start(SEGMENTS)
     for segment in range(SEGMENTS):
-        backfill_segment(stores, progress, SEGMENTS, segment, budget_seconds=3600)
+        backfill_segment(stores, SEGMENTS, segment, budget_seconds=3600)
 
 
 def measure(calls: Counter[str], work: Any, users: int) -> tuple[float, float]:

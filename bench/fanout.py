@@ -109,7 +109,7 @@ def measure_feedpipe(b: Backends, followers: list[str], concurrency: int, page: 
         "items_per_s": round(phases.written / t[0], 1),
         "write_phase_items_per_s": round(phases.written / writes, 1) if writes else None,
         "moto_cpu_s": round(moto_cpu, 2),
-        "warm_feeds_missing_post": missing_from_warm(b.redis, warm, stores.member(post)),
+        "warm_feeds_missing_post": missing_from_warm(b.redis, warm, stores.format.member(post)),
         "phases": phases.summary(),
     }
 

@@ -46,6 +46,7 @@ from feedpipe.adapters.dynamo import make_client, use_prebuilt_batch_writes
 from feedpipe.adapters.tables import app_table_spec, dead_letter_table_spec
 from feedpipe.config import load_settings
 from feedpipe.core.backoff import full_jitter
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post
 from feedpipe.feeds.stores import Stores
@@ -158,10 +159,10 @@ class Progress:
             self.durable_at = self.clock.now()
             return written
 
-        def warm(user_ids: Iterable[str], score: int, member: str) -> int:
+        def warm(user_ids: Iterable[str], entry: CacheEntry) -> int:
             users = list(user_ids)
             started = time.perf_counter()
-            count = add_to_warm(users, score, member)
+            count = add_to_warm(users, entry)
             spent = time.perf_counter() - started
             self.redis_seconds += spent
             self.clock.sleep(spent)  # a real server's time is modelled time
@@ -237,7 +238,7 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
     finally:
         queue.close()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    missing_warm = _missing_warm(cache, warm, fleet[0].member(post))
+    missing_warm = _missing_warm(cache, warm, fleet[0].format.member(post))
     cache.close()
     usage = model.usage(TABLE)
     return {

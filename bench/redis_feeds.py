@@ -30,6 +30,7 @@ from bench._util import local_redis, make_post, user_id
 from bench.figures import Figure
 from feedpipe.adapters.redis_feeds import FeedCache, connect_redis
 from feedpipe.core import keys
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.core.members import MemberFormat, encode_member
 from feedpipe.core.planning import chunked
@@ -61,9 +62,9 @@ def prefill(client: Any, users: list[str]) -> None:
 def feedpipe_updates(cache: FeedCache, users: list[str], posts: list[Post]) -> int:
     warm = 0
     for post in posts:
-        member = encode_member(post, MemberFormat.FULL)
+        entry = CacheEntry(post.created_at_ms, encode_member(post, MemberFormat.FULL))
         for chunk in chunked(users, CHUNK):
-            warm += cache.add_to_warm_feeds(chunk, post.created_at_ms, member)
+            warm += cache.add_to_warm_feeds(chunk, entry)
     return warm
 
 

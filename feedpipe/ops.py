@@ -11,7 +11,7 @@ from typing import Any
 from feedpipe.adapters.celery_app import broker_queue_depths
 from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.leases import LeaseTable
-from feedpipe.adapters.redis_client import SCAN_START, RedisClient
+from feedpipe.adapters.redis_client import RedisClient
 from feedpipe.adapters.streams import StreamError
 from feedpipe.config import Settings
 from feedpipe.consumers.build import build_source
@@ -20,6 +20,7 @@ from feedpipe.core.catalog import REPLAYABLE_TASKS
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.core.letters import decode_payload
 from feedpipe.core.timestamps import now_timestamp
+from feedpipe.feeds.ports import WALK_START
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 
@@ -159,9 +160,9 @@ ACTIVE_SCAN_COUNT = 1000
 def active_users(stores: Stores) -> list[str]:
     """Warm users: a cached feed or a warm marker (SCAN, never KEYS)."""
     users: set[str] = set()
-    cursor = SCAN_START
+    cursor = WALK_START
     while True:
         cursor, found = stores.cache.warm_users_page(cursor, ACTIVE_SCAN_COUNT)
         users.update(found)
-        if cursor == SCAN_START:
+        if cursor == WALK_START:
             return sorted(users)

@@ -40,7 +40,7 @@ def huge_followed(stores: Stores, user_id: str, following: Iterable[str] | None 
 
 def own_feed(stores: Stores, user_id: str, limit: int) -> Source:
     """The warm cached feed, else the durable one (never warming a cold user)."""
-    return stores.cache.members(user_id, limit) or [(m, s) for s, m in newest_entries(stores, user_id, limit)]
+    return stores.cache.members(user_id, limit) or newest_entries(stores, user_id, limit)
 
 
 def author_lists(stores: Stores, authors: list[str], limit: int) -> list[Source]:

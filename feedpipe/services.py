@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feedpipe.adapters.author_posts import AuthorPosts
+from feedpipe.adapters.backfill_progress import BackfillProgress
 from feedpipe.adapters.dead_letters import DeadLetterLimits, DeadLetters
 from feedpipe.adapters.dynamo import FeedTable, make_client, use_prebuilt_batch_writes
 from feedpipe.adapters.huge_authors import HugeAuthorTable
@@ -22,7 +23,7 @@ from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.adapters.write_budget import WriteBudget, redis_hit
 from feedpipe.config import Settings
 from feedpipe.core.keys import OwnKeys
-from feedpipe.feeds.stores import Stores
+from feedpipe.feeds.stores import Stores, feed_format
 from feedpipe.metrics import Metrics, count_throttles, dead_letter_labels, in_multiprocess_mode, noop_metrics
 
 
@@ -96,6 +97,8 @@ def build_stores(
         author_posts=AuthorPosts(redis_client, own, settings.feed_max_length, settings.author_posts_ttl_seconds),
         huge_authors=HugeAuthorTable(table),
         cursors=RedisCursors(redis_client),
+        backfill_progress=BackfillProgress(client, settings.lease_table_name),
+        format=feed_format(settings),
     )
 
 

@@ -2,8 +2,9 @@
 client) for ``feedpipe.dev.appsim.AppWriter`` and the tests' own raw writes to run unchanged on a
 ``MemoryTable`` and a ``MemoryCache``.
 
-Only the expressions the app's writes use are understood (``SET a = :v, ...``, ``ADD a :v``,
-``attribute_not_exists(PK)``); anything else fails loudly rather than being half-applied.
+Only the expressions the app's writes (and the tests' own) use are understood (``SET a = :v,
+...``, ``ADD a :v``, ``REMOVE a``, ``#names``, ``attribute_not_exists(PK)``); anything else
+fails loudly rather than being half-applied.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
+from feedpipe.core.entries import CacheEntry
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.memory import MemoryTable
 from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.stores import Stores
 
-_CLAUSE = re.compile(r"(SET|ADD)\s+(.*?)(?=\s+(?:SET|ADD)\s+|$)")
+_CLAUSE = re.compile(r"(SET|ADD|REMOVE)\s+(.*?)(?=\s+(?:SET|ADD|REMOVE)\s+|$)")
 
 
 class ConditionalCheckFailedError(Exception):
@@ -50,15 +53,19 @@ class MemoryDynamo:
 
     def update_item(
         self, Key: dict[str, Any], UpdateExpression: str,  # noqa: N803
-        ExpressionAttributeValues: dict[str, Any], **_: Any,  # noqa: N803
+        ExpressionAttributeValues: dict[str, Any] | None = None,  # noqa: N803
+        ExpressionAttributeNames: dict[str, str] | None = None, **_: Any,  # noqa: N803
     ) -> None:
-        key, values = from_image(Key), from_image(ExpressionAttributeValues)
+        key, values = from_image(Key), from_image(ExpressionAttributeValues or {})
+        names = ExpressionAttributeNames or {}
         item = self.table.items.setdefault((key["PK"], key["SK"]), dict(key))
         for verb, body in _CLAUSE.findall(UpdateExpression.strip()):
             for action in body.split(","):
-                if verb == "SET":
+                if verb == "REMOVE":
+                    item.pop(names.get(action.strip(), action.strip()), None)
+                elif verb == "SET":
                     name, value = (part.strip() for part in action.split("="))
-                    item[name] = values[value]
+                    item[names.get(name, name)] = values[value]
                 else:
                     name, value = action.split()
                     total = Decimal(str(item.get(name, 0))) + Decimal(str(values[value]))
@@ -102,3 +109,74 @@ def memory_app(stores: Stores, table_name: str = "SocialMediaApp") -> AppWriter:
     """The app, writing (item by item, not in transactions) to in-memory stores."""
     assert isinstance(stores.table, MemoryTable) and isinstance(stores.cache, MemoryCache)
     return AppWriter(MemoryDynamo(stores.table), MemoryAppRedis(stores.cache), table_name, transactional=False)
+
+
+class MemoryFeedsRedis:
+    """The app's Redis as a test reads and writes it by hand, with the feeds in memory: the keys
+    a ``MemoryCache`` holds (``feed:{user}`` and the warm markers) are its keyspace; every other
+    key (the regeneration queue and its leases, the follow caches) is ``rest``'s, a fakeredis
+    the regen queue works on. Replies are bytes, as redis-py's."""
+
+    def __init__(self, cache: MemoryCache, rest: Any) -> None:
+        self.cache, self.rest = cache, rest
+        self.space = cache.space
+
+    def _ours(self, name: str | bytes) -> bool:
+        text = name.decode() if isinstance(name, bytes) else name
+        return text.startswith(keys.FEED_CACHE_PREFIX) or self.cache.own_keys.user_of_warm_marker(text) is not None
+
+    def __getattr__(self, command: str) -> Any:  # lists, SCAN, ...: the rest's
+        return getattr(self.rest, command)
+
+    def exists(self, *names: str) -> int:
+        return sum(self.space.exists(n) if self._ours(n) else self.rest.exists(n) for n in names)
+
+    def delete(self, *names: str) -> int:
+        gone = 0
+        for name in names:
+            if self._ours(name):
+                gone += self.space.exists(name)
+                self.space.delete(name)
+            else:
+                gone += self.rest.delete(name)
+        return gone
+
+    def zadd(self, name: str, mapping: dict[str, float]) -> int:
+        if not self._ours(name):
+            return int(self.rest.zadd(name, mapping))
+        fresh = [m for m in mapping if m not in self.space.zset(name)]
+        self.space.zadd(name, [CacheEntry(int(score), member) for member, score in mapping.items()])
+        return len(fresh)
+
+    def zrem(self, name: str, *members: str | bytes) -> int:
+        if not self._ours(name):
+            return int(self.rest.zrem(name, *members))
+        return self.space.zrem(name, [m.decode() if isinstance(m, bytes) else m for m in members])
+
+    def zrevrange(self, name: str, start: int, end: int, withscores: bool = False) -> list[Any]:
+        if not self._ours(name):
+            return list(self.rest.zrevrange(name, start, end, withscores=withscores))
+        ranked = self.space.ranked(name)[::-1]
+        picked = ranked[start : None if end == -1 else end + 1]
+        return [(m.encode(), s) if withscores else m.encode() for m, s in picked]
+
+    def zscore(self, name: str, member: str) -> float | None:
+        return self.space.zset(name).get(member) if self._ours(name) else self.rest.zscore(name, member)
+
+    def zcard(self, name: str) -> int:
+        return len(self.space.zset(name)) if self._ours(name) else int(self.rest.zcard(name))
+
+    def expire(self, name: str, seconds: int) -> bool:
+        if not self._ours(name):
+            return bool(self.rest.expire(name, seconds))
+        existed = self.space.exists(name)
+        self.space.pexpire(name, seconds * 1000)
+        return existed
+
+    def persist(self, name: str) -> bool:
+        if not self._ours(name):
+            return bool(self.rest.persist(name))
+        return self.space.exists(name) and self.space.deadlines.pop(name, None) is not None
+
+    def ttl(self, name: str) -> int:
+        return self.space.ttl(name) if self._ours(name) else int(self.rest.ttl(name))

@@ -17,7 +17,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from feedpipe.adapters.redis_client import eval_many
-from feedpipe.adapters.redis_feeds import ADD_IF_WARM, REMOVE_POST, flat_entries
+from feedpipe.adapters.redis_feeds import ADD_IF_WARM, REMOVE_POST, flat_entries, read_entries
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.keys import OwnKeys
 
 # Keeps the huge-author set in existence when no author is huge: the set existing means "loaded
@@ -48,7 +49,7 @@ redis.call('SADD', KEYS[1], ARGV[1])
 return 1
 """
 
-Entries = Sequence[tuple[int, str]]  # (score, member)
+Entries = Sequence[CacheEntry]
 
 
 class AuthorPosts:
@@ -85,14 +86,14 @@ class AuthorPosts:
         calls = [(key, [score, post_id]) for score, post_id in posts]
         return sum(int(r) for r in eval_many(self.client, self._remove_post, calls)) if calls else 0
 
-    def newest(self, author_ids: Sequence[str], limit: int) -> dict[str, list[tuple[str, int]]]:
-        """Each author's newest ``limit`` (member, score) pairs, in one round trip; an author whose
+    def newest(self, author_ids: Sequence[str], limit: int) -> dict[str, list[CacheEntry]]:
+        """Each author's newest ``limit`` entries, in one round trip; an author whose
         list is missing maps to an empty list (Redis never keeps an empty sorted set)."""
         pipe = self.client.pipeline(transaction=False)
         for author_id in author_ids:
             pipe.zrevrange(self.own.author_posts(author_id), 0, limit - 1, withscores=True)
         replies: list[list[tuple[bytes, float]]] = pipe.execute()
-        return {a: [(m.decode(), int(s)) for m, s in r] for a, r in zip(author_ids, replies, strict=True)}
+        return {a: read_entries(r) for a, r in zip(author_ids, replies, strict=True)}
 
     def _args(self, entries: Entries) -> list[Any]:
         return [self.max_length, self.ttl_seconds, *flat_entries(entries)]

@@ -10,26 +10,16 @@ page in hand, built again (every build is idempotent).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
-
-Cursor = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentProgress:
-    total: int
-    segment: int
-    resume: Cursor | None = None
-    users: int = 0
-    done: bool = False
-    version: int = 0
+from feedpipe.core.segments import Cursor, SegmentProgress
 
 
 class BackfillProgress:
+    """``feeds.ports.BackfillSegments`` in the lease table."""
+
     def __init__(self, client: Any, lease_table: str) -> None:
         self.client = client
         self.table = lease_table
@@ -62,7 +52,7 @@ class BackfillProgress:
 
     def advance(self, seen: SegmentProgress, resume: Cursor | None, users: int) -> SegmentProgress | None:
         """Record a page built after ``seen``; None when someone else moved the segment first."""
-        moved = SegmentProgress(seen.total, seen.segment, resume, seen.users + users, resume is None, seen.version + 1)
+        moved = seen.advanced(resume, users)
         values: dict[str, Any] = {
             ":users": {"N": str(moved.users)}, ":done": {"BOOL": moved.done},
             ":next": {"N": str(moved.version)}, ":seen": {"N": str(seen.version)},

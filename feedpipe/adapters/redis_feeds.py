@@ -9,12 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import redis
+
 from feedpipe.adapters.redis_client import SCAN_START, RedisClient, eval_many, scan_page
 from feedpipe.adapters.redis_client import connect_redis as connect_redis  # where callers find it
 from feedpipe.core import keys
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.keys import OwnKeys
 
 FEEDS_PHASE = "feeds|"  # a warm-user walk's cursor once the markers are done
+_WRONGTYPE = "WRONGTYPE"
 
 # Every script takes KEYS[1] the feed and, when the user has one, KEYS[2] their warm marker (in
 # the feed's slot, see keys.py): a user is warm while either exists, so an empty feed (Redis
@@ -104,13 +108,13 @@ class FeedCache:
         marker = self.own_keys.warm_marker(user_id)
         return [keys.feed_cache(user_id)] + ([marker] if marker else [])
 
-    def add_to_warm_feeds(self, user_ids: Iterable[str], score: int, member: str) -> int:
-        """Add one member to each warm feed; returns how many feeds were warm."""
-        args = [self.max_length, self.ttl_seconds, score, member]
+    def add_to_warm_feeds(self, user_ids: Iterable[str], entry: CacheEntry) -> int:
+        """Add one entry to each warm feed; returns how many feeds were warm."""
+        args = [self.max_length, self.ttl_seconds, *flat_entries([entry])]
         calls = [(self.feed_keys(user_id), args) for user_id in user_ids]
         return sum(int(r) for r in eval_many(self.client, self._add, calls))
 
-    def add_many_if_warm(self, user_id: str, entries: Sequence[tuple[int, str]]) -> bool:
+    def add_many_if_warm(self, user_id: str, entries: Sequence[CacheEntry]) -> bool:
         if not entries:
             return False
         args = [self.max_length, self.ttl_seconds, *flat_entries(entries)]
@@ -127,7 +131,7 @@ class FeedCache:
     def remove_author(self, user_id: str, author_id: str) -> int:
         return int(self._remove_author(keys=self.feed_keys(user_id), args=[author_id]))
 
-    def replace_feed(self, user_id: str, entries: Sequence[tuple[int, str]], keep_ttl: bool = False) -> int:
+    def replace_feed(self, user_id: str, entries: Sequence[CacheEntry], keep_ttl: bool = False) -> int:
         """Swap the whole feed for ``entries`` (newest first) in one atomic call; the user is
         warm afterwards, even with no entries."""
         args = [self.ttl_seconds, int(keep_ttl), *flat_entries(entries[: self.max_length])]
@@ -165,7 +169,7 @@ class FeedCache:
         pipe.delete(keys.following_cache(follower_id))
         pipe.execute()
 
-    def members_with_ttl(self, user_id: str) -> tuple[list[tuple[str, int]], int, int]:
+    def members_with_ttl(self, user_id: str) -> tuple[list[CacheEntry], int, int]:
         """The whole cached feed, newest first, with the TTLs in seconds of the feed and of the
         warm marker (-1: none, -2: no key), read in one round trip."""
         feed, marker = keys.feed_cache(user_id), self.own_keys.warm_marker(user_id)
@@ -175,23 +179,48 @@ class FeedCache:
         if marker:
             pipe.ttl(marker)
         raw, ttl, *marked = pipe.execute()
-        return [(m.decode(), int(s)) for m, s in raw], int(ttl), int(marked[0]) if marked else -2
+        return read_entries(raw), int(ttl), int(marked[0]) if marked else -2
 
-    def members(self, user_id: str, limit: int | None = None) -> list[tuple[str, int]]:
-        """The cached feed (its newest ``limit``, or all), newest first, as (member, score) pairs."""
+    def members(self, user_id: str, limit: int | None = None) -> list[CacheEntry]:
+        """The cached feed (its newest ``limit``, or all), newest first."""
         raw: list[tuple[bytes, float]] = self.client.zrevrange(  # type: ignore[assignment]
             keys.feed_cache(user_id), 0, -1 if limit is None else limit - 1, withscores=True
         )
-        return [(m.decode(), int(s)) for m, s in raw]
+        return read_entries(raw)
+
+    def feed_keys_page(self, cursor: str, count: int) -> tuple[str, list[str]]:
+        """One SCAN step over the sorted sets named ``feed:*``: SCAN's TYPE filter skips the
+        app's other ``feed:`` names, so they are never touched."""
+        at, found = scan_page(self.client, cursor, keys.FEED_CACHE_PREFIX + "*", count, "zset")
+        return at, [_text(n) for n in found]
+
+    def trim_feeds(self, feed_keys: Sequence[str], max_length: int) -> list[int]:
+        """One pipeline, not a transaction: Redis may serve other clients between its commands."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in feed_keys:
+            pipe.zremrangebyrank(key, 0, -(max_length + 1))
+        removed: list[int] = []
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, redis.ResponseError):
+                if not str(reply).startswith(_WRONGTYPE):
+                    raise reply
+                reply = 0  # deleted and recreated as another type since the SCAN: not a feed now
+            removed.append(int(reply))
+        return removed
 
 
 def _text(name: bytes | str) -> str:
     return name.decode() if isinstance(name, bytes) else name
 
 
-def flat_entries(entries: Iterable[tuple[int, str]]) -> list[Any]:
-    """(score, member) pairs as a script's ARGV tail: score, member, score, member, ..."""
-    return [part for pair in entries for part in pair]
+def flat_entries(entries: Iterable[CacheEntry]) -> list[Any]:
+    """Entries as a script's ARGV tail, as ZADD takes them: score, member, score, member, ..."""
+    return [part for entry in entries for part in (entry.score_ms, entry.member)]
+
+
+def read_entries(raw: Iterable[tuple[bytes, float]]) -> list[CacheEntry]:
+    """ZREVRANGE's (member, score) pairs ``WITHSCORES`` as entries."""
+    return [CacheEntry(int(score), member.decode()) for member, score in raw]
 
 
 class RedisCursors:

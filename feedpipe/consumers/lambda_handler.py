@@ -21,7 +21,7 @@ from typing import Any
 
 from feedpipe.config import Settings, load_settings
 from feedpipe.consumers import build
-from feedpipe.consumers.pipeline import BatchOutcome, DeadLetterSink, RecordPipeline
+from feedpipe.consumers.pipeline import DeadLetterSink, RecordCounts, RecordPipeline
 from feedpipe.core.letters import DeadLetter
 from feedpipe.core.records import record_sequence
 
@@ -36,19 +36,8 @@ class EventShapeError(ValueError):
 
 
 @dataclass
-class InvocationSummary:
-    records: int = 0
-    dispatched: int = 0
-    messages: int = 0
-    dead_lettered: int = 0
-    ignored: int = 0
+class InvocationSummary(RecordCounts):
     failures: int = 0
-
-    def add(self, outcome: BatchOutcome) -> None:
-        self.dispatched += outcome.dispatched
-        self.messages += outcome.messages
-        self.dead_lettered += outcome.dead_lettered
-        self.ignored += sum(outcome.ignored.values())
 
 
 @dataclass
@@ -69,12 +58,13 @@ def process_event(event: Any, pipeline: RecordPipeline) -> BatchResponse:
     """Handle one Lambda stream event with ``pipeline``; the partial-batch response."""
     records = event_records(event)
     source = event_source(records)
-    summary = InvocationSummary(records=len(records))
+    summary = InvocationSummary()
     sink = _RememberingSink(pipeline.dead_letters)
     remembering = replace(pipeline, dead_letters=sink)
     published = _handle_batch(remembering, records, source, summary)
     failed = None if published else _handle_one_by_one(remembering, sink, records, source, summary)
     failures = [] if failed is None else [{"itemIdentifier": _sequence(records[failed])}]
+    summary.records = len(records)  # the invocation's, whichever pass handled them (or none)
     summary.failures = len(failures)
     log.info(
         "lambda batch from %s: %d records, %d dispatched in %d messages, %d dead-lettered, "

@@ -42,6 +42,25 @@ class BatchOutcome:
 
 
 @dataclass
+class RecordCounts:
+    """What batches came to, summed: the one counter the consumer (``progress.ConsumerTotals``)
+    and the Lambda handler (``lambda_handler.InvocationSummary``) keep, each with its own extras."""
+
+    records: int = 0
+    dispatched: int = 0
+    messages: int = 0
+    dead_lettered: int = 0
+    ignored: int = 0
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.records += outcome.records
+        self.dispatched += outcome.dispatched
+        self.messages += outcome.messages
+        self.dead_lettered += outcome.dead_lettered
+        self.ignored += sum(outcome.ignored.values())
+
+
+@dataclass
 class Prepared:
     """A parsed batch waiting to be delivered."""
 

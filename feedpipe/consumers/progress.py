@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from feedpipe.adapters.leases import SHARD_END
 from feedpipe.adapters.streams import ReadResult, Shard
-from feedpipe.consumers.pipeline import BatchOutcome
+from feedpipe.consumers.pipeline import RecordCounts
 
 
 @dataclass
@@ -42,18 +42,6 @@ Fetched = ReadResult | Pinned
 
 
 @dataclass
-class ConsumerTotals:
-    records: int = 0
-    dispatched: int = 0
-    messages: int = 0
-    dead_lettered: int = 0
-    ignored: int = 0
+class ConsumerTotals(RecordCounts):
     checkpoints: int = 0
     rounds: int = 0
-
-    def add(self, outcome: BatchOutcome) -> None:
-        self.records += outcome.records
-        self.dispatched += outcome.dispatched
-        self.messages += outcome.messages
-        self.dead_lettered += outcome.dead_lettered
-        self.ignored += sum(outcome.ignored.values())

@@ -1,5 +1,5 @@
 """Merging feed sources for a reader: the user's own feed and the lists of the huge authors they
-follow (fan-out-on-read). Pure: sources come in as (member, score) pairs, as Redis returns them.
+follow (fan-out-on-read). Pure: sources come in as cache entries.
 """
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-Source = Sequence[tuple[str, int]]  # (member, score), any order
+from feedpipe.core.entries import CacheEntry
+
+Source = Sequence[CacheEntry]  # any order
 
 
 def merge_feeds(sources: Iterable[Source], limit: int) -> list[dict[str, Any]]:
@@ -16,15 +18,13 @@ def merge_feeds(sources: Iterable[Source], limit: int) -> list[dict[str, Any]]:
     a post pushed before its author became huge is in both the feed and the author's list).
     Ties on the score go to the greater member, as ZREVRANGE orders them; members that are not
     JSON objects with a ``postId`` are skipped."""
-    entries = sorted(
-        ((score, member) for source in sources for member, score in source), reverse=True
-    )
+    entries = sorted((entry for source in sources for entry in source), reverse=True)
     merged: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for _, member in entries:
+    for entry in entries:
         if len(merged) >= limit:
             break
-        body = decode_member(member)
+        body = decode_member(entry.member)
         if body is None or body["postId"] in seen:
             continue
         seen.add(body["postId"])

@@ -114,7 +114,7 @@ class Dashboard:
                 durable = len(self.stores.table.feed_items(user))
                 members = cache.members(user)
                 empty = "(warm, empty)" if cache.is_warm(user) else "(cold)"
-                newest = json.loads(members[0][0]).get("contentPreview", "")[:50] if members else empty
+                newest = json.loads(members[0].member).get("contentPreview", "")[:50] if members else empty
                 cached = str(len(members)) if members else "-"
                 lines.append(f"   {user:<6}{durable:>8}{cached:>8}  {newest}")
         return "\n".join(lines)

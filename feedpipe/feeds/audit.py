@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from feedpipe.core import keys
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.core.records import RecordError, is_live, post_from_feed_item, post_from_image
 from feedpipe.feeds.fanout_on_read import huge_among
@@ -78,7 +79,7 @@ class Snapshot:
     items: list[dict[str, Any]]
     images: dict[str, dict[str, Any]]
     required: list[Post]
-    cached: list[tuple[str, int]]
+    cached: list[CacheEntry]  # newest first
     cache_ttl: int
     marker_ttl: int
 
@@ -94,7 +95,7 @@ def read_snapshot(stores: Stores, user_id: str) -> Snapshot:
     followees = set(stores.table.followees(user_id))
     items = stores.table.feed_items(user_id)
     wanted = {str(i.get("post_id")) for i in items if isinstance(i.get("post_id"), str)}
-    wanted |= {pid for pid in (_member_post_id(m) for m, _ in cached) if pid}
+    wanted |= {pid for pid in (_member_post_id(e.member) for e in cached) if pid}
     images = stores.table.post_images(wanted)
     # A huge author's new posts go to their own list, not to followers' feeds: only what the
     # follow backfilled is in the feed, so nothing of theirs is judged missing.
@@ -169,8 +170,8 @@ def _truth(stores: Stores, legit: dict[str, Post], snap: Snapshot) -> list[Post]
     posts = dict(legit)
     for post in snap.required:
         posts.setdefault(post.post_id, post)
-    for member, _ in snap.cached:
-        current = _current(stores, snap, _member_post_id(member))
+    for entry in snap.cached:
+        current = _current(stores, snap, _member_post_id(entry.member))
         if current is not None and current.author_id in snap.followees:
             posts.setdefault(current.post_id, current)
     ordered = sorted(posts.values(), key=lambda p: keys.feed_sk(p.created_at, p.post_id), reverse=True)
@@ -182,14 +183,15 @@ def cache_drift(stores: Stores, snap: Snapshot, truth: list[Post]) -> list[Drift
     if not snap.warm:
         return []  # a cold user: fan-out does not write their feed
     limit = stores.settings.feed_max_length
-    expected = {stores.member(p): p for p in truth[:limit]}
+    expected = {stores.format.member(p): p for p in truth[:limit]}
     expected_ids = {p.post_id: p for p in expected.values()}
     older = {p.post_id for p in truth[limit:]}
     drift: list[Drift] = []
-    for rank, (member, score) in enumerate(snap.cached):
+    for rank, entry in enumerate(snap.cached):
+        member = entry.member
         post = expected.get(member)
         if post is not None:
-            if score != post.created_at_ms:
+            if entry.score_ms != post.created_at_ms:
                 drift.append(Drift(STALE, CACHED, member, post=post))
             continue
         post_id = _member_post_id(member)
@@ -199,8 +201,8 @@ def cache_drift(stores: Stores, snap: Snapshot, truth: list[Post]) -> list[Drift
             continue  # counted once below, as over_long
         else:
             drift.append(Drift(EXTRA, CACHED, member))
-    held = {_member_post_id(m) for m, _ in snap.cached}
-    oldest = snap.cached[-1][1] if snap.cached else _last_write_ms(stores, snap)
+    held = {_member_post_id(e.member) for e in snap.cached}
+    oldest = snap.cached[-1].score_ms if snap.cached else _last_write_ms(stores, snap)
     for post in expected.values():
         if post.post_id not in held and post.created_at_ms > oldest:
             drift.append(Drift(MISSING, CACHED, post.post_id, post=post))
@@ -234,7 +236,7 @@ def _current(stores: Stores, snap: Snapshot, post_id: Any) -> Post | None:
 
 
 def _is_stale(stores: Stores, held: Post, current: Post) -> bool:
-    return stores.member(held) != stores.member(current)
+    return stores.format.member(held) != stores.format.member(current)
 
 
 def _member_post_id(member: str) -> str | None:

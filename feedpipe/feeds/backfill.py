@@ -1,7 +1,7 @@
 """``feedpipe backfill``: every user's feed built from the table, on a first deploy.
 
 The users are found by a parallel Scan cut into segments; a task works through one segment a
-page at a time, recording after each page where its Scan goes on (``adapters.backfill_progress``),
+page at a time, recording after each page where its Scan goes on (``Stores.backfill_progress``),
 so a ``kill -9`` anywhere costs the page in hand. Each user's durable feed is built by the same
 rule a ``rebuild`` uses (``rebuild_durable``: each followee's newest live posts, every step
 settled against the table), and the cache of a warm user is rebuilt from it. Because every step
@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from feedpipe.adapters.backfill_progress import BackfillProgress, SegmentProgress
+from feedpipe.core.segments import SegmentProgress
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 
@@ -34,11 +34,10 @@ class SegmentStep:
         return self.progress is None or self.progress.done
 
 
-def backfill_segment(
-    stores: Stores, progress: BackfillProgress, total: int, segment: int, budget_seconds: float
-) -> SegmentStep:
+def backfill_segment(stores: Stores, total: int, segment: int, budget_seconds: float) -> SegmentStep:
     """Build the users of segment ``segment`` of ``total`` from where it got to, page by page,
     until it is done or ``budget_seconds`` have passed (the caller then hands the rest on)."""
+    progress = stores.backfill_progress
     state: SegmentProgress | None = progress.get(total, segment)
     deadline, built = time.monotonic() + budget_seconds, 0
     while state is not None and not state.done:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_item_key, feed_items
+from feedpipe.core.items import feed_item_key
 from feedpipe.core.records import is_live
 from feedpipe.feeds.stores import Stores
 
@@ -26,10 +26,10 @@ def add_post(stores: Stores, post: Post, user_ids: Collection[str]) -> int:
     follows the durable write (the second ZADD of the same member changes nothing otherwise)."""
     if not user_ids:
         return 0
-    score, member = post.created_at_ms, stores.member(post)
-    warm = stores.cache.add_to_warm_feeds(user_ids, score, member)
-    written = stores.table.put_items(feed_items(user_ids, post, stores.item_template(post)))
-    stores.cache.add_to_warm_feeds(user_ids, score, member)
+    entry = stores.format.entry(post)
+    warm = stores.cache.add_to_warm_feeds(user_ids, entry)
+    written = stores.table.put_items(stores.format.items(user_ids, post))
+    stores.cache.add_to_warm_feeds(user_ids, entry)
     count_written(stores, written, warm)
     return written
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.feeds.delivery import settle
 from feedpipe.feeds.stores import Stores
@@ -113,5 +114,5 @@ def settle_author_posts(stores: Stores, author_id: str, present: set[Post], abse
     )
 
 
-def _entries(stores: Stores, posts: Collection[Post]) -> list[tuple[int, str]]:
-    return [(p.created_at_ms, stores.member(p)) for p in sorted(posts, key=lambda p: -p.created_at_ms)]
+def _entries(stores: Stores, posts: Collection[Post]) -> list[CacheEntry]:
+    return [stores.format.entry(p) for p in sorted(posts, key=lambda p: -p.created_at_ms)]

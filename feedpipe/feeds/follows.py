@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_item_key, feed_items
+from feedpipe.core.items import feed_item_key
 from feedpipe.core.records import RecordError, post_from_feed_item
 from feedpipe.feeds.delivery import count_removed, count_written, settle
 from feedpipe.feeds.stores import Stores
@@ -80,10 +80,8 @@ def unmerge(stores: Stores, follower_id: str, followed_id: str) -> int:
 
 def add_posts(stores: Stores, user_id: str, posts: Sequence[Post]) -> None:
     if posts:
-        written = stores.table.put_items(
-            item for p in posts for item in feed_items([user_id], p, stores.item_template(p))
-        )
-        entries = [(p.created_at_ms, stores.member(p)) for p in posts]
+        written = stores.table.put_items(item for p in posts for item in stores.format.items([user_id], p))
+        entries = [stores.format.entry(p) for p in posts]
         warm = stores.cache.add_many_if_warm(user_id, entries)
         count_written(stores, written, len(entries) if warm else 0)
 

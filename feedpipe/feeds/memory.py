@@ -23,9 +23,10 @@ from feedpipe.core.attributes import from_image
 from feedpipe.core.events import Post
 from feedpipe.core.items import Item, Key
 from feedpipe.core.records import RecordError, is_live, post_from_image
+from feedpipe.core.segments import Cursor, SegmentProgress
 from feedpipe.core.timestamps import now_timestamp
 from feedpipe.feeds.memory_cache import MemoryAuthorLists, MemoryCache, MemoryCursors
-from feedpipe.feeds.stores import Stores
+from feedpipe.feeds.stores import Stores, feed_format
 from feedpipe.metrics import Metrics, noop_metrics
 
 Image = dict[str, Any]
@@ -192,6 +193,35 @@ class MemoryHugeAuthors:
         return [i for i in ids if i]
 
 
+class MemoryBackfillSegments:
+    """``BackfillSegments``: each segment's progress, moved only from the version read."""
+
+    def __init__(self) -> None:
+        self.segments: dict[tuple[int, int], SegmentProgress] = {}
+
+    def start(self, total: int) -> list[SegmentProgress]:
+        for segment in range(total):
+            self.segments.setdefault((total, segment), SegmentProgress(total, segment))
+        return self.all(total)
+
+    def all(self, total: int) -> list[SegmentProgress]:
+        return [self.get(total, segment) for segment in range(total)]
+
+    def get(self, total: int, segment: int) -> SegmentProgress:
+        return self.segments.get((total, segment)) or SegmentProgress(total, segment)
+
+    def advance(self, seen: SegmentProgress, resume: Cursor | None, users: int) -> SegmentProgress | None:
+        current = self.segments.get((seen.total, seen.segment))
+        if current is None or current.version != seen.version:  # a conditional update's miss
+            return None
+        moved = self.segments[(seen.total, seen.segment)] = seen.advanced(resume, users)
+        return moved
+
+    def clear(self, total: int) -> None:
+        for segment in range(total):
+            self.segments.pop((total, segment), None)
+
+
 def memory_stores(
     settings: Settings, metrics: Metrics | None = None, dead_letters: Any = None, regen_queue: Any = None
 ) -> Stores:
@@ -208,4 +238,6 @@ def memory_stores(
         author_posts=MemoryAuthorLists(settings.feed_max_length, settings.author_posts_ttl_seconds),
         huge_authors=MemoryHugeAuthors(table),
         cursors=MemoryCursors(),
+        backfill_progress=MemoryBackfillSegments(),
+        format=feed_format(settings),
     )

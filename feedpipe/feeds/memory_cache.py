@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from feedpipe.core import keys
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.keys import OwnKeys
+from feedpipe.feeds.ports import WALK_START
 
-SCAN_DONE = "0"  # a walk's cursor, start and end (as SCAN's)
 NO_KEY, NO_TTL = -2, -1  # Redis' PTTL/TTL of a missing key, of a key without expiry
 
 Clock = Callable[[], float]  # seconds
@@ -64,12 +65,12 @@ class _Keyspace:
             self.deadlines[key] = self.clock() + ms / 1000
 
     def zset(self, key: str) -> dict[str, float]:
-        return self.zsets[key] if self.exists(key) else {}
+        return self.zsets.get(key, {}) if self.exists(key) else {}  # a string is no sorted set
 
-    def zadd(self, key: str, entries: Iterable[tuple[int, str]]) -> None:
+    def zadd(self, key: str, entries: Iterable[CacheEntry]) -> None:
         exists = self.exists(key)
         zset = self.zsets.setdefault(key, {})
-        zset.update((member, float(score)) for score, member in entries)
+        zset.update((e.member, float(e.score_ms)) for e in entries)
         if not zset:
             self.zsets.pop(key)
         elif not exists:
@@ -101,7 +102,7 @@ def _field(member: str, name: str) -> object:
 
 
 def _add_if_present(space: _Keyspace, key: str, marker: str | None, max_length: int, ttl: int,
-                    entries: Sequence[tuple[int, str]]) -> int:
+                    entries: Sequence[CacheEntry]) -> int:
     """ADD_IF_WARM."""
     if not space.exists(key) and (marker is None or not space.exists(marker)):
         return 0
@@ -127,9 +128,9 @@ def _remove_post(space: _Keyspace, key: str, marker: str | None, score: int, pos
     return _remove_matching(space, key, marker, lambda m, s: s == score and _field(m, "postId") == post_id)
 
 
-def _newest(space: _Keyspace, key: str, limit: int | None = None) -> list[tuple[str, int]]:
+def _newest(space: _Keyspace, key: str, limit: int | None = None) -> list[CacheEntry]:
     ranked = space.ranked(key)[::-1]
-    return [(m, int(s)) for m, s in (ranked if limit is None else ranked[:limit])]
+    return [CacheEntry(int(s), m) for m, s in (ranked if limit is None else ranked[:limit])]
 
 
 class MemoryCache:
@@ -144,13 +145,13 @@ class MemoryCache:
     def _keys(self, user_id: str) -> tuple[str, str | None]:
         return keys.feed_cache(user_id), self.own_keys.warm_marker(user_id)
 
-    def add_to_warm_feeds(self, user_ids: Iterable[str], score: int, member: str) -> int:
-        return sum(self._add(u, [(score, member)]) for u in user_ids)
+    def add_to_warm_feeds(self, user_ids: Iterable[str], entry: CacheEntry) -> int:
+        return sum(self._add(u, [entry]) for u in user_ids)
 
-    def add_many_if_warm(self, user_id: str, entries: Sequence[tuple[int, str]]) -> bool:
+    def add_many_if_warm(self, user_id: str, entries: Sequence[CacheEntry]) -> bool:
         return bool(entries) and bool(self._add(user_id, entries))
 
-    def _add(self, user_id: str, entries: Sequence[tuple[int, str]]) -> int:
+    def _add(self, user_id: str, entries: Sequence[CacheEntry]) -> int:
         return _add_if_present(self.space, *self._keys(user_id), self.max_length, self.ttl_seconds, entries)
 
     def remove_post(self, user_ids: Iterable[str], score: int, post_id: str) -> int:
@@ -162,7 +163,7 @@ class MemoryCache:
     def remove_author(self, user_id: str, author_id: str) -> int:
         return _remove_matching(self.space, *self._keys(user_id), lambda m, _: _field(m, "authorId") == author_id)
 
-    def replace_feed(self, user_id: str, entries: Sequence[tuple[int, str]], keep_ttl: bool = False) -> int:
+    def replace_feed(self, user_id: str, entries: Sequence[CacheEntry], keep_ttl: bool = False) -> int:
         """REPLACE_FEED."""
         feed, marker = self._keys(user_id)
         entries = entries[: self.max_length]
@@ -189,19 +190,32 @@ class MemoryCache:
         """The whole walk in one step: every warm user."""
         feeds = {k.removeprefix(keys.FEED_CACHE_PREFIX) for k in list(self.space.zsets) if self.space.exists(k)}
         marked = {self.own_keys.user_of_warm_marker(k) for k in list(self.space.strings) if self.space.exists(k)}
-        return SCAN_DONE, sorted(feeds | {u for u in marked if u is not None})
+        return WALK_START, sorted(feeds | {u for u in marked if u is not None})
 
     def drop_follow_caches(self, follower_id: str, followed_id: str) -> None:
         self.space.delete(keys.followers_cache(followed_id))
         self.space.delete(keys.following_cache(follower_id))
 
-    def members_with_ttl(self, user_id: str) -> tuple[list[tuple[str, int]], int, int]:
+    def members_with_ttl(self, user_id: str) -> tuple[list[CacheEntry], int, int]:
         feed, marker = self._keys(user_id)
         marker_ttl = self.space.ttl(marker) if marker is not None else NO_KEY
         return _newest(self.space, feed), self.space.ttl(feed), marker_ttl
 
-    def members(self, user_id: str, limit: int | None = None) -> list[tuple[str, int]]:
+    def members(self, user_id: str, limit: int | None = None) -> list[CacheEntry]:
         return _newest(self.space, keys.feed_cache(user_id), limit)
+
+    def feed_keys_page(self, cursor: str, count: int) -> tuple[str, list[str]]:
+        """The whole walk in one step: every feed."""
+        found = [k for k in list(self.space.zsets) if k.startswith(keys.FEED_CACHE_PREFIX) and self.space.exists(k)]
+        return WALK_START, sorted(found)
+
+    def trim_feeds(self, feed_keys: Sequence[str], max_length: int) -> list[int]:
+        removed = []
+        for key in feed_keys:
+            before = len(self.space.zset(key))
+            self.space.trim(key, max_length)
+            removed.append(before - len(self.space.zset(key)))
+        return removed
 
 
 class MemoryAuthorLists:
@@ -212,12 +226,12 @@ class MemoryAuthorLists:
         self.space = _Keyspace(clock)
         self.huge: set[str] | None = None  # None: not loaded
 
-    def add_if_present(self, author_id: str, entries: Sequence[tuple[int, str]]) -> bool:
+    def add_if_present(self, author_id: str, entries: Sequence[CacheEntry]) -> bool:
         if not entries:
             return True
         return bool(_add_if_present(self.space, author_id, None, self.max_length, self.ttl_seconds, entries))
 
-    def add_many(self, author_id: str, entries: Sequence[tuple[int, str]]) -> None:
+    def add_many(self, author_id: str, entries: Sequence[CacheEntry]) -> None:
         if entries:
             self.space.zadd(author_id, entries)
             self.space.trim(author_id, self.max_length)
@@ -226,7 +240,7 @@ class MemoryAuthorLists:
     def remove_posts(self, author_id: str, posts: Iterable[tuple[int, str]]) -> int:
         return sum(_remove_post(self.space, author_id, None, score, post_id) for score, post_id in posts)
 
-    def newest(self, author_ids: Sequence[str], limit: int) -> dict[str, list[tuple[str, int]]]:
+    def newest(self, author_ids: Sequence[str], limit: int) -> dict[str, list[CacheEntry]]:
         return {a: _newest(self.space, a, limit) for a in author_ids}
 
     def load_huge(self, author_ids: Iterable[str]) -> None:

@@ -2,14 +2,15 @@
 
 The real adapters (``adapters.dynamo.FeedTable``, ``adapters.redis_feeds.FeedCache``,
 ``adapters.author_posts.AuthorPosts``, ``adapters.huge_authors.HugeAuthorTable``,
-``adapters.redis_feeds.RedisCursors``) satisfy them structurally, and so do the in-memory
+``adapters.redis_feeds.RedisCursors``, ``adapters.backfill_progress.BackfillProgress``) satisfy
+them structurally, and so do the in-memory
 stores of ``feeds.memory``; one contract test (``tests/adapters/test_store_contract.py``) runs
 the same assertions against both, so the two cannot drift.
 
 Shapes shared by every implementation: a post image or feed item is a plain dict (DynamoDB's
 typed JSON already decoded); a durable key (``Key``) is in DynamoDB's wire form
-(``{"PK": {"S": ...}, "SK": {"S": ...}}``); a cache entry going in is ``(score, member)``, one
-coming out is ``(member, score)`` (as Redis' ZADD and ZREVRANGE order them).
+(``{"PK": {"S": ...}, "SK": {"S": ...}}``); a cache entry, going in or coming out, is a
+``core.entries.CacheEntry`` (score, member).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.core.items import Item, Key
+from feedpipe.core.segments import Cursor, SegmentProgress
 
 Image = dict[str, Any]
+WALK_START = "0"  # the cursor that starts a walk of the cache (SCAN's), and that its last page returns
 
 
 class PostsAndFollows(Protocol):
@@ -74,9 +78,9 @@ class FeedTableLike(PostsAndFollows, DurableFeeds, Protocol):
 class CachedFeeds(Protocol):
     """``feed:{user}`` sorted sets, written only where warm (CONTRACT section 3)."""
 
-    def add_to_warm_feeds(self, user_ids: Iterable[str], score: int, member: str) -> int: ...
+    def add_to_warm_feeds(self, user_ids: Iterable[str], entry: CacheEntry) -> int: ...
 
-    def add_many_if_warm(self, user_id: str, entries: Sequence[tuple[int, str]]) -> bool: ...
+    def add_many_if_warm(self, user_id: str, entries: Sequence[CacheEntry]) -> bool: ...
 
     def remove_post(self, user_ids: Iterable[str], score: int, post_id: str) -> int: ...
 
@@ -84,7 +88,7 @@ class CachedFeeds(Protocol):
 
     def remove_author(self, user_id: str, author_id: str) -> int: ...
 
-    def replace_feed(self, user_id: str, entries: Sequence[tuple[int, str]], keep_ttl: bool = False) -> int: ...
+    def replace_feed(self, user_id: str, entries: Sequence[CacheEntry], keep_ttl: bool = False) -> int: ...
 
     def is_warm(self, user_id: str) -> bool: ...
 
@@ -92,21 +96,31 @@ class CachedFeeds(Protocol):
 
     def drop_follow_caches(self, follower_id: str, followed_id: str) -> None: ...
 
-    def members_with_ttl(self, user_id: str) -> tuple[list[tuple[str, int]], int, int]: ...
+    def members_with_ttl(self, user_id: str) -> tuple[list[CacheEntry], int, int]: ...
 
-    def members(self, user_id: str, limit: int | None = None) -> list[tuple[str, int]]: ...
+    def members(self, user_id: str, limit: int | None = None) -> list[CacheEntry]: ...
+
+    # The bounded sweep that caps every cached feed (``feeds.trimming``): a walk over the
+    # feed keys, a page at a time (from ``WALK_START`` until it comes back; a key may repeat),
+    # and each page capped at its newest ``max_length`` in one round trip.
+
+    def feed_keys_page(self, cursor: str, count: int) -> tuple[str, list[str]]: ...
+
+    def trim_feeds(self, feed_keys: Sequence[str], max_length: int) -> list[int]:
+        """How many members each feed lost; a key that is no feed (any more) loses none."""
+        ...
 
 
 class AuthorLists(Protocol):
     """Fan-out-on-read's per-author lists and the set of huge authors (both caches)."""
 
-    def add_if_present(self, author_id: str, entries: Sequence[tuple[int, str]]) -> bool: ...
+    def add_if_present(self, author_id: str, entries: Sequence[CacheEntry]) -> bool: ...
 
-    def add_many(self, author_id: str, entries: Sequence[tuple[int, str]]) -> None: ...
+    def add_many(self, author_id: str, entries: Sequence[CacheEntry]) -> None: ...
 
     def remove_posts(self, author_id: str, posts: Iterable[tuple[int, str]]) -> int: ...
 
-    def newest(self, author_ids: Sequence[str], limit: int) -> dict[str, list[tuple[str, int]]]: ...
+    def newest(self, author_ids: Sequence[str], limit: int) -> dict[str, list[CacheEntry]]: ...
 
     def load_huge(self, author_ids: Iterable[str]) -> None: ...
 
@@ -133,3 +147,21 @@ class Cursors(Protocol):
     def save(self, name: str, value: str) -> None: ...
 
     def clear(self, name: str) -> None: ...
+
+
+class BackfillSegments(Protocol):
+    """Where each segment of ``feedpipe backfill``'s parallel Scan stands (the lease table)."""
+
+    def start(self, total: int) -> list[SegmentProgress]:
+        """Every segment's progress, created where missing (a rerun resumes the rest)."""
+        ...
+
+    def all(self, total: int) -> list[SegmentProgress]: ...
+
+    def get(self, total: int, segment: int) -> SegmentProgress: ...
+
+    def advance(self, seen: SegmentProgress, resume: Cursor | None, users: int) -> SegmentProgress | None:
+        """Record a page built after ``seen``; None when someone else moved the segment first."""
+        ...
+
+    def clear(self, total: int) -> None: ...

@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.core.records import RecordError, post_from_feed_item
 from feedpipe.feeds.delivery import MAX_SETTLE_ROUNDS
 from feedpipe.feeds.follows import backfill, posts_of, remove_posts, settle_follow, unmerge
 from feedpipe.feeds.stores import Stores
-
-Entries = list[tuple[int, str]]
 
 
 def rebuild_cache(stores: Stores, user_id: str, keep_ttl: bool = False) -> int:
@@ -38,7 +37,7 @@ def rebuild_cache(stores: Stores, user_id: str, keep_ttl: bool = False) -> int:
     return len(entries)
 
 
-def newest_entries(stores: Stores, user_id: str, limit: int | None = None) -> Entries:
+def newest_entries(stores: Stores, user_id: str, limit: int | None = None) -> list[CacheEntry]:
     """The newest ``limit`` (default ``feed_max_length``) durable items as cache entries;
     items feedpipe did not build are skipped."""
     entries = []
@@ -47,7 +46,7 @@ def newest_entries(stores: Stores, user_id: str, limit: int | None = None) -> En
             post = post_from_feed_item(item)
         except RecordError:
             continue
-        entries.append((post.created_at_ms, stores.member(post)))
+        entries.append(stores.format.entry(post))
     return entries
 
 

@@ -15,11 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import redis
-
-from feedpipe.adapters.redis_client import SCAN_START, RedisClient, scan_page
-from feedpipe.core import keys
-from feedpipe.feeds.ports import DurableFeeds
+from feedpipe.feeds.ports import WALK_START, CachedFeeds, DurableFeeds
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -27,7 +23,6 @@ P = ParamSpec("P")
 DEFAULT_SCAN_COUNT = 500
 DEFAULT_MAX_PAGES = 10
 DEFAULT_PAGE_SIZE = 1000
-_WRONGTYPE = "WRONGTYPE"
 
 
 @dataclass(slots=True)
@@ -39,7 +34,7 @@ class SweepStats:
     members_removed: int = 0
     slices: int = 0
     slowest_call_seconds: float = 0.0
-    next_cursor: str = SCAN_START  # where a sweep that spent its budget goes on; SCAN_START: done
+    next_cursor: str = WALK_START  # where a sweep that spent its budget goes on; WALK_START: done
 
     def timed(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one Redis round trip, keeping the slowest: the bound the sweep promises to keep."""
@@ -60,19 +55,18 @@ class DurableSweep:
 
 
 def sweep_cached_feeds(
-    client: RedisClient,
+    cache: CachedFeeds,
     max_length: int,
     *,
     scan_count: int = DEFAULT_SCAN_COUNT,
-    match: str = keys.FEED_CACHE_PREFIX + "*",
-    cursor: str = SCAN_START,
+    cursor: str = WALK_START,
     budget_seconds: float | None = None,
 ) -> SweepStats:
     """Cap every cached feed at its newest ``max_length`` members.
 
     Fan-out already trims on write; this catches feeds written by other paths (or before the
-    cap changed). SCAN's TYPE filter skips non-zset keys that happen to match, so the app's other
-    ``feed:`` names are never touched. With ``budget_seconds`` the walk stops after the slice
+    cap changed). Only sorted sets are feeds, so the app's other ``feed:`` names are never
+    touched. With ``budget_seconds`` the walk stops after the slice
     that spends it: call again from ``next_cursor`` (a task hands it to a fresh message, so a
     sweep of millions of keys never outlives the broker's visibility timeout)."""
     if max_length < 1:
@@ -80,29 +74,17 @@ def sweep_cached_feeds(
     stats = SweepStats()
     deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
     while True:
-        cursor, found = stats.timed(scan_page, client, cursor, match, scan_count, "zset")
+        cursor, found = stats.timed(cache.feed_keys_page, cursor, scan_count)
         stats.slices += 1
         stats.keys_seen += len(found)
         if found:
-            _trim_slice(client, found, max_length, stats)
-        if cursor == SCAN_START or (deadline is not None and time.monotonic() > deadline):
+            for removed in stats.timed(cache.trim_feeds, found, max_length):
+                if removed:
+                    stats.keys_trimmed += 1
+                    stats.members_removed += removed
+        if cursor == WALK_START or (deadline is not None and time.monotonic() > deadline):
             stats.next_cursor = cursor
             return stats
-
-
-def _trim_slice(client: RedisClient, found: list[bytes], max_length: int, stats: SweepStats) -> None:
-    """One pipeline, not a transaction: Redis may serve other clients between its commands."""
-    pipe = client.pipeline(transaction=False)
-    for key in found:
-        pipe.zremrangebyrank(key, 0, -(max_length + 1))
-    for removed in stats.timed(pipe.execute, raise_on_error=False):
-        if isinstance(removed, redis.ResponseError):
-            if str(removed).startswith(_WRONGTYPE):
-                continue  # deleted and recreated as another type since the SCAN: not a feed now
-            raise removed
-        if removed:
-            stats.keys_trimmed += 1
-            stats.members_removed += int(removed)
 
 
 def trim_durable_feed(table: DurableFeeds, user_id: str, keep: int) -> int:

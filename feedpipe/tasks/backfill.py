@@ -9,7 +9,6 @@ from typing import Any
 from celery import Celery
 
 from feedpipe import tasks
-from feedpipe.adapters.backfill_progress import BackfillProgress
 from feedpipe.feeds.backfill import backfill_segment
 from feedpipe.tasks.base import FeedpipeTask, PermanentError, requeue_on_failure, run_payloads
 
@@ -35,8 +34,7 @@ def backfill_segment_task(self: FeedpipeTask, payloads: Any) -> None:
         total, segment = _segment(payload)
         services = self.services
         stores = services.stores
-        progress = BackfillProgress(services.dynamodb, stores.settings.lease_table_name)
-        step = backfill_segment(stores, progress, total, segment, stores.settings.task_budget_seconds)
+        step = backfill_segment(stores, total, segment, stores.settings.task_budget_seconds)
         if not step.finished:
             with requeue_on_failure(services, "hand the segment on"):
                 send_segment(self.app, total, segment)

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from feedpipe import tasks
-from feedpipe.adapters.redis_client import SCAN_START
+from feedpipe.feeds.ports import WALK_START
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds
 from feedpipe.tasks.base import FeedpipeTask
@@ -25,14 +25,13 @@ ACTIVE_REBUILD_SLICE_SECONDS = 20.0
 ACTIVE_SCAN_COUNT = 200
 
 
-def trim_caches(self: FeedpipeTask, cursor: str = SCAN_START) -> dict[str, Any]:
+def trim_caches(self: FeedpipeTask, cursor: str = WALK_START) -> dict[str, Any]:
     """One budgeted stretch of the cache sweep; the rest goes on in a fresh message from the
     cursor it reached (beat starts each sweep with none)."""
-    services = self.services
-    stores = services.stores
-    stats = sweep_cached_feeds(services.redis, stores.settings.feed_max_length,
+    stores = self.services.stores
+    stats = sweep_cached_feeds(stores.cache, stores.settings.feed_max_length,
                                cursor=str(cursor), budget_seconds=stores.settings.task_budget_seconds)
-    if stats.next_cursor != SCAN_START:
+    if stats.next_cursor != WALK_START:
         self.app.send_task(tasks.TRIM_CACHES, args=[stats.next_cursor])
     log.info("cache trim sweep: %s", stats)
     return asdict(stats)
@@ -60,7 +59,7 @@ def rebuild_active(self: FeedpipeTask) -> dict[str, int | str]:
     keeping inactive users warm."""
     services = self.services
     stores, key = services.stores, services.own_keys.active_rebuild_cursor
-    cursor = stores.cursors.load(key) or SCAN_START
+    cursor = stores.cursors.load(key) or WALK_START
     budget = min(ACTIVE_REBUILD_SLICE_SECONDS, stores.settings.task_budget_seconds)
     deadline, rebuilt = time.monotonic() + budget, 0
     while time.monotonic() < deadline:
@@ -68,9 +67,9 @@ def rebuild_active(self: FeedpipeTask) -> dict[str, int | str]:
         for user_id in found:
             rebuild_cache(stores, user_id, keep_ttl=True)
             rebuilt += 1
-        if cursor == SCAN_START:
+        if cursor == WALK_START:
             break
-    if cursor != SCAN_START:
+    if cursor != WALK_START:
         stores.cursors.save(key, cursor)
         self.app.send_task(tasks.REBUILD_ACTIVE)
     else:

@@ -1,5 +1,7 @@
-"""``feedpipe audit`` on moto and fakeredis: a finished state audited clean, then every kind of
-corruption injected into it, each one found, and repaired back to the finished state exactly.
+"""``feedpipe audit``: a finished state audited clean, then every kind of corruption injected into
+it, each one found, and repaired back to the finished state exactly. On the in-memory stores
+(held to moto and fakeredis by ``test_store_contract``); on moto and fakeredis where the users
+are found by a Scan of the table (``adapters.user_scan``).
 
 The finished state is made by the feed rules themselves, in-process: follows backfilled, posts
 fanned out, a delete retracted, the durable trim run, some caches warm. One reader follows an
@@ -21,17 +23,19 @@ import feedpipe.services
 from feedpipe.adapters.user_scan import all_users, sample_users
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.audit import find_drift
 from feedpipe.feeds.follows import apply_follow
+from feedpipe.feeds.memory import memory_stores
+from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.repair import audit_user, audit_users
 from feedpipe.feeds.stores import Stores
 from feedpipe.feeds.trimming import trim_durable_feed
 from feedpipe.services import build_stores
 from tests.adapters.conftest import APP_TABLE, publish, retract
+from tests.memory_app import MemoryDynamo, MemoryFeedsRedis
 
 MAX, BACKFILL, DURABLE_CAP = 4, 3, 8
 AUTHORS = ("ann", "ben", "cat")
@@ -40,7 +44,7 @@ WARM = ("r1", "r2", "r3")
 
 
 class World:
-    def __init__(self, stores: Stores, app: AppWriter, redis: fakeredis.FakeRedis) -> None:
+    def __init__(self, stores: Stores, app: AppWriter, redis: fakeredis.FakeRedis | MemoryFeedsRedis) -> None:
         self.stores, self.app, self.redis = stores, app, redis
         self.clock = 0
 
@@ -84,19 +88,30 @@ class World:
         self.app.dynamodb.delete_item(TableName=APP_TABLE, Key={"PK": {"S": f"FEED#{user}"}, "SK": {"S": sk}})
 
 
-def make_stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, redis: fakeredis.FakeRedis, **extra: str) -> Stores:
-    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
-    env = {
+def settings_env(**extra: str) -> dict[str, str]:
+    return {
         "FEEDPIPE_TABLE_NAME": APP_TABLE, "FEEDPIPE_FEED_MAX_LENGTH": str(MAX),
         "FEEDPIPE_BACKFILL_POSTS": str(BACKFILL), "FEEDPIPE_DURABLE_FEED_MAX_ITEMS": str(DURABLE_CAP),
         "FEEDPIPE_WRITE_CONCURRENCY": "1", **{f"FEEDPIPE_{k.upper()}": v for k, v in extra.items()},
     }
-    return build_stores(load_settings(env), dynamodb)
 
 
-def finish(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, **extra: str) -> World:
-    redis = fakeredis.FakeRedis()
-    w = World(make_stores(monkeypatch, dynamodb, redis, **extra), AppWriter(dynamodb, redis, APP_TABLE, False), redis)
+def make_stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, redis: fakeredis.FakeRedis, **extra: str) -> Stores:
+    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
+    return build_stores(load_settings(settings_env(**extra)), dynamodb)
+
+
+def finish(monkeypatch: pytest.MonkeyPatch, dynamodb: Any = None, **extra: str) -> World:
+    """The finished state, on moto and fakeredis when ``dynamodb`` is given, else in memory."""
+    if dynamodb is None:
+        stores = memory_stores(load_settings(settings_env(**extra)))
+        assert isinstance(stores.cache, MemoryCache)
+        view = MemoryFeedsRedis(stores.cache, fakeredis.FakeRedis())
+        w = World(stores, AppWriter(MemoryDynamo(stores.table), view, APP_TABLE, False), view)
+    else:
+        redis = fakeredis.FakeRedis()
+        stores = make_stores(monkeypatch, dynamodb, redis, **extra)
+        w = World(stores, AppWriter(dynamodb, redis, APP_TABLE, False), redis)
     for user in (*AUTHORS, *FOLLOWS):
         w.app.create_user(user)
     early = [w.post("cat", f"c{i}") for i in range(1, 5)]  # before r2 and r3 follow cat
@@ -122,16 +137,23 @@ def finish(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, **extra: str) -> Worl
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[World]:
+def world(monkeypatch: pytest.MonkeyPatch) -> World:
+    return finish(monkeypatch)
+
+
+@pytest.fixture
+def moto_world(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[World]:
+    """The finished state on moto and fakeredis, for what scans the table for its users."""
     w = finish(monkeypatch, dynamodb)
     yield w
-    w.stores.table.close()
+    w.stores.table.close()  # type: ignore[attr-defined]
 
 
-def test_a_finished_state_has_no_drift(world: World) -> None:
+def test_a_finished_state_has_no_drift(moto_world: World) -> None:
+    world = moto_world
     assert "c1" not in world.durable("r2"), "older than the backfill window: legitimately absent"
     assert world.durable("r4") == ["a9", "a8", "a7", "a6", "a5"]
-    summary = audit_users(world.stores, all_users(world.stores.table.client, APP_TABLE), repair=False)
+    summary = audit_users(world.stores, all_users(world.stores.table.client, APP_TABLE), repair=False)  # type: ignore[attr-defined]
     assert summary.users == len(AUTHORS) + len(FOLLOWS)
     assert summary.drifted == []
 
@@ -173,9 +195,9 @@ def inject_everything(w: World) -> dict[str, set[tuple[str, str, str]]]:
     # r3: both feeds over length with the right posts.
     for post_id in ("a5", "b5"):
         post = w.image(post_id)
-        w.stores.table.put_items(feed_items(["r3"], post, w.stores.item_template(post)))
-    older = [(p.created_at_ms, w.stores.member(p)) for p in (w.image(i) for i in ("b8", "a8"))]
-    w.redis.zadd("feed:r3", {m: s for s, m in older})
+        w.stores.table.put_items(w.stores.format.items(["r3"], post))
+    older = [w.stores.format.entry(p) for p in (w.image(i) for i in ("b8", "a8"))]
+    w.redis.zadd("feed:r3", {e.member: e.score_ms for e in older})
     return {
         "r1": {("missing", "dynamodb", r1[0]["post_id"]), ("extra", "dynamodb", "2024-03-01T09:00:00.000Z#ghost"),
                ("missing", "redis", json.loads(second)["postId"]), ("extra", "redis", foreign),
@@ -215,10 +237,8 @@ def test_a_post_hidden_behind_the_pipelines_back_leaves_every_feed(world: World)
         assert find_drift(world.stores, user) == []
 
 
-def test_durable_items_without_their_ttl_are_found_and_rewritten(
-    monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]
-) -> None:
-    w = finish(monkeypatch, dynamodb, durable_feed_ttl_days="36500")
+def test_durable_items_without_their_ttl_are_found_and_rewritten(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = finish(monkeypatch, durable_feed_ttl_days="36500")
     assert all(find_drift(w.stores, user) == [] for user in FOLLOWS)
     item = w.items("r4")[1]
     w.app.dynamodb.update_item(TableName=APP_TABLE, Key={"PK": {"S": "FEED#r4"}, "SK": {"S": item["SK"]}},
@@ -226,10 +246,10 @@ def test_durable_items_without_their_ttl_are_found_and_rewritten(
     assert [(d.kind, d.store, d.ref) for d in find_drift(w.stores, "r4")] == [("missing_ttl", "dynamodb", item["SK"])]
     assert audit_user(w.stores, "r4", repair=True).left == []
     assert all("ttl" in i for i in w.items("r4"))
-    w.stores.table.close()
 
 
-def test_a_sample_is_a_few_distinct_users_of_the_table(world: World) -> None:
+def test_a_sample_is_a_few_distinct_users_of_the_table(moto_world: World) -> None:
+    world = moto_world
     everyone = set(all_users(world.stores.table.client, APP_TABLE))
     picked = sample_users(world.stores.table.client, APP_TABLE, 3)
     assert len(picked) == 3 and len(set(picked)) == 3 and set(picked) <= everyone
@@ -243,16 +263,14 @@ def test_a_user_audited_without_repair_keeps_the_drift_and_says_so(world: World)
     assert world.redis.ttl("feed:r1") == -1
 
 
-def test_huge_authors_posts_kept_out_of_feeds_are_not_missing(
-    monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]
-) -> None:
-    w = finish(monkeypatch, dynamodb, fanout_on_read_followers="2")
+def test_huge_authors_posts_kept_out_of_feeds_are_not_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = finish(monkeypatch, fanout_on_read_followers="2")
     assert "a9" not in w.durable("r4"), "served by fan-out-on-read"
     assert all(find_drift(w.stores, user) == [] for user in FOLLOWS)
-    w.stores.table.close()
 
 
-def test_the_sampled_audit_task_repairs_what_it_finds_and_counts_it(world: World) -> None:
+def test_the_sampled_audit_task_repairs_what_it_finds_and_counts_it(moto_world: World) -> None:
+    world = moto_world  # the task samples its users by a Scan of the table
     from feedpipe import tasks
     from feedpipe.services import Services
     from feedpipe.worker import WorkerApp
@@ -310,19 +328,19 @@ def test_a_warm_feed_its_retractions_emptied_is_right_and_a_post_fan_out_missed_
     world.redis.expire(marker, world.stores.settings.feed_ttl_seconds - 60)  # a minute on, no write since
     world.app.create_post("ann", "ann", "late", post_id="late", created_at=_now())
     late = world.image("late")
-    world.stores.table.put_items(feed_items(["r1"], late, world.stores.item_template(late)))
+    world.stores.table.put_items(world.stores.format.items(["r1"], late))
     assert [(d.kind, d.store, d.ref) for d in find_drift(world.stores, "r1")] == [("missing", "redis", "late")]
     assert audit_user(world.stores, "r1", repair=True).left == []
     assert [json.loads(m)["postId"] for m, _ in world.cached("r1")][0] == "late"
 
 
 def test_with_item_expiry_a_post_only_the_cache_still_holds_is_not_missing_but_a_due_one_is(
-    monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Items expire a day after they were written: every post here is older than that, so an
     item of one that the cache still holds may have expired (DynamoDB's TTL delete); a post of
     today is due in the durable feed whatever the cache holds."""
-    w = finish(monkeypatch, dynamodb, durable_feed_ttl_days="1")
+    w = finish(monkeypatch, durable_feed_ttl_days="1")
     assert all(find_drift(w.stores, user) == [] for user in FOLLOWS)
     expired = w.items("r1")[0]
     assert expired["post_id"] in {json.loads(m)["postId"] for m, _ in w.cached("r1")}
@@ -335,4 +353,3 @@ def test_with_item_expiry_a_post_only_the_cache_still_holds_is_not_missing_but_a
     today = next(i for i in w.items("r1") if i["post_id"] == "today")
     w.delete_item("r1", today["SK"])
     assert [(d.kind, d.store, d.ref) for d in find_drift(w.stores, "r1")] == [("missing", "dynamodb", "today")]
-    w.stores.table.close()

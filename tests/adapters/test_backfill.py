@@ -1,25 +1,30 @@
-"""``feedpipe backfill`` on moto and fakeredis: a table filled before feedpipe ever ran, built
-segment by segment with kills between pages, while follows, unfollows and deletes land."""
+"""``feedpipe backfill`` on the in-memory stores (held to moto and fakeredis by
+``test_store_contract``): a table filled before feedpipe ever ran, built segment by segment with
+kills between pages, while follows, unfollows and deletes land."""
 
 from __future__ import annotations
 
 import json
 import random
-from typing import Any
 
-import fakeredis
 import pytest
 
 import feedpipe.feeds.backfill as backfill_module
-from feedpipe.adapters.backfill_progress import BackfillProgress
+from feedpipe.config import load_settings
+from feedpipe.core import keys
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.records import is_live, post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.audit import find_drift
 from feedpipe.feeds.backfill import backfill_segment
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
+from feedpipe.feeds.memory import memory_stores
+from feedpipe.feeds.memory_cache import MemoryCache
+from feedpipe.feeds.ports import BackfillSegments
 from feedpipe.feeds.stores import Stores
-from tests.adapters.conftest import APP_TABLE, LEASE_TABLE, inject, retract
-from tests.adapters.test_audit import BACKFILL, MAX, make_stores
+from tests.adapters.conftest import APP_TABLE, inject, retract
+from tests.adapters.test_audit import BACKFILL, MAX, settings_env
+from tests.memory_app import memory_app
 
 USERS = [f"u{i:02d}" for i in range(18)]
 SEGMENTS = 3
@@ -57,24 +62,30 @@ def expected_feed(stores: Stores, user: str) -> list[str]:
     return [post_id for _, post_id in sorted(posts, reverse=True)]
 
 
-def run_all(stores: Stores, progress: BackfillProgress, kills: list[int]) -> None:
+def run_all(stores: Stores, progress: BackfillSegments, kills: list[int]) -> None:
     """Every segment run to its end, one page a call (a call ending is a task killed and its
     message delivered again)."""
     progress.start(SEGMENTS)
     while not all(s.done for s in progress.all(SEGMENTS)):
         for segment in range(SEGMENTS):
-            backfill_segment(stores, progress, SEGMENTS, segment, budget_seconds=0)
+            backfill_segment(stores, SEGMENTS, segment, budget_seconds=0)
             kills.append(segment)
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> tuple[Stores, AppWriter]:
-    redis = fakeredis.FakeRedis()
-    stores = make_stores(monkeypatch, dynamodb, redis, durable_feed_max_items="0")
-    app = AppWriter(dynamodb, redis, APP_TABLE, transactional=False)
+def world(monkeypatch: pytest.MonkeyPatch) -> tuple[Stores, AppWriter]:
+    stores = memory_stores(load_settings(settings_env(durable_feed_max_items="0")))
+    app = memory_app(stores, APP_TABLE)
     fill(app, random.Random(7))
-    monkeypatch.setattr(backfill_module, "PAGE_ITEMS", 25)  # many pages a segment
+    # Many pages a segment: a page here reads users only (DynamoDB's reads every item, and the
+    # table holds about ten items a user), so pages of 2 users stand for Scan pages of 25 items.
+    monkeypatch.setattr(backfill_module, "PAGE_ITEMS", 2)
     return stores, app
+
+
+def cache_of(stores: Stores) -> MemoryCache:
+    assert isinstance(stores.cache, MemoryCache)
+    return stores.cache
 
 
 def test_every_feed_is_built_exactly_through_kills_and_live_changes(
@@ -82,10 +93,11 @@ def test_every_feed_is_built_exactly_through_kills_and_live_changes(
 ) -> None:
     stores, app = world
     warm = USERS[:6]
+    space = cache_of(stores).space
     for user in warm:  # the app's own cache from before: wrong, but read
-        stores.cache.client.zadd(f"feed:{user}", {json.dumps({"postId": "gone"}): 1})
-        stores.cache.client.expire(f"feed:{user}", 600)
-    progress = BackfillProgress(stores.table.client, LEASE_TABLE)
+        space.zadd(keys.feed_cache(user), [CacheEntry(1, json.dumps({"postId": "gone"}))])
+        space.pexpire(keys.feed_cache(user), 600_000)
+    progress = stores.backfill_progress
 
     changed: dict[str, str] = {}
 
@@ -121,22 +133,22 @@ def test_every_feed_is_built_exactly_through_kills_and_live_changes(
             assert durable == expected_feed(stores, user), user
     assert not any(i["author_id"] == changed["unfollowed"] for i in stores.table.feed_items("u01"))
     for user in USERS:
-        cached = [json.loads(m)["postId"] for m, _ in stores.cache.members(user)]
+        cached = [json.loads(e.member)["postId"] for e in stores.cache.members(user)]
         if user in warm:
             durable = [i["post_id"] for i in stores.table.feed_items(user)]
             # An unfollow or a delete after the user's rebuild shortens the cache; nothing refills it.
             touched = user in ambiguous or user in ("u00", "u01", "u02")
             assert cached == durable[: len(cached) if touched else MAX] and cached, user
-            assert stores.cache.client.ttl(f"feed:{user}") > 0
+            assert space.ttl(keys.feed_cache(user)) > 0
         else:
             assert cached == [], "a cold user's feed is not created"
 
 
 def test_a_second_task_on_a_segment_stops_where_the_first_moved_it(world: tuple[Stores, AppWriter]) -> None:
     stores, _ = world
-    progress = BackfillProgress(stores.table.client, LEASE_TABLE)
+    progress = stores.backfill_progress
     progress.start(SEGMENTS)
     stale = progress.get(SEGMENTS, 0)
-    backfill_segment(stores, progress, SEGMENTS, 0, budget_seconds=0)
+    backfill_segment(stores, SEGMENTS, 0, budget_seconds=0)
     assert progress.advance(stale, None, 1) is None
     assert progress.get(SEGMENTS, 0).version == 1, "the stale task moved nothing"

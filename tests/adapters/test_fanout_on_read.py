@@ -20,7 +20,6 @@ import feedpipe.services
 from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
@@ -100,9 +99,9 @@ def make_world(dynamodb: Any, monkeypatch: pytest.MonkeyPatch, threshold: int) -
     old = w.new_post(OLD, author="zoe")
     for user in USERS:
         w.app.follow(user, "zoe")
-        w.stores.table.put_items(feed_items([user], old, w.stores.item_template(old)))
+        w.stores.table.put_items(w.stores.format.items([user], old))
         if user in WARM:
-            w.stores.cache.replace_feed(user, [(old.created_at_ms, w.stores.member(old))])
+            w.stores.cache.replace_feed(user, [w.stores.format.entry(old)])
     return w
 
 

@@ -1,5 +1,6 @@
 """A fan-out whose walk of the followers outlasts the task budget goes on in fresh planner tasks,
-on moto and fakeredis: every follower gets the post exactly once, chunks stay chunk-sized, and
+on the in-memory stores (held to moto and fakeredis by ``test_store_contract``): every follower
+gets the post exactly once, chunks stay chunk-sized, and
 a post deleted between two planner tasks stops the walk and leaves every feed.
 
 The task budget is the visibility timeout / 4; time here is a fake clock that moves 1 s on each
@@ -9,22 +10,19 @@ look, so a planner stops after about one page. 23 followers, pages of 4, chunks 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import fakeredis
 import pytest
 
 import feedpipe.feeds.fanout as fanout_module
-import feedpipe.services
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
 from feedpipe.core.records import post_from_image
-from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post, retract_chunk, retract_post
+from feedpipe.feeds.memory import memory_stores
 from feedpipe.feeds.stores import Stores
-from feedpipe.services import build_stores
+from tests.memory_app import memory_app
 
 from .conftest import APP_TABLE
 
@@ -62,9 +60,7 @@ class Planner:
 
 
 @pytest.fixture
-def stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[Stores]:
-    redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
+def stores(monkeypatch: pytest.MonkeyPatch) -> Stores:
     clock = [0.0]
 
     def look() -> float:
@@ -79,16 +75,14 @@ def stores(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str
         "FEEDPIPE_WRITE_CONCURRENCY": "1",
         "FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "4",  # budget 1 s
     })
-    s = build_stores(settings, dynamodb)
-    app = AppWriter(dynamodb, redis, APP_TABLE, transactional=False)
+    s = memory_stores(settings)
+    app = memory_app(s, APP_TABLE)
     for user in ["star", *FOLLOWERS]:
         app.create_user(user)
     for user in FOLLOWERS:
         app.follow(user, "star")
     s.app = app  # type: ignore[attr-defined]
-    yield s
-    s.table.close()
-    redis.close()
+    return s
 
 
 def new_post(stores: Stores, post_id: str) -> Post:

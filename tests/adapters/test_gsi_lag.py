@@ -55,7 +55,7 @@ class World:
     def feeds(self) -> tuple[list[str], list[str]]:
         """The user's durable and cached feeds, post ids newest first."""
         durable = [item["post_id"] for item in self.stores.table.feed_items(USER)]
-        cached = [json.loads(m)["postId"] for m, _ in self.stores.cache.members(USER)]
+        cached = [json.loads(e.member)["postId"] for e in self.stores.cache.members(USER)]
         return durable, cached
 
 

@@ -32,7 +32,6 @@ import pytest
 
 from feedpipe.config import Settings, load_settings
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
 from feedpipe.feeds.fanout import deliver_chunk
 from feedpipe.feeds.follows import apply_follow, apply_unfollow
@@ -93,9 +92,9 @@ class Race:
         self.q, self.old = self.new_post("q1", "10:00:00"), self.new_post("z_old", "09:00:00", author="zoe")
         write(self.client, [self.app.follow_item(USER, AUTHOR, AT), self.app.follow_item(USER, "zoe", AT)])
         stores.table.put_items(
-            item for post in (self.q, self.old) for item in feed_items([USER], post, stores.item_template(post))
+            item for post in (self.q, self.old) for item in stores.format.items([USER], post)
         )
-        stores.cache.replace_feed(USER, [(p.created_at_ms, stores.member(p)) for p in (self.q, self.old)])
+        stores.cache.replace_feed(USER, [stores.format.entry(p) for p in (self.q, self.old)])
         self.p: Post | None = None
 
     def new_post(self, post_id: str, time: str, author: str = AUTHOR) -> Post:
@@ -166,7 +165,7 @@ class Race:
         key = f"feed:{USER}"
         if not self.redis.exists(key):
             return durable, None
-        return durable, [json.loads(m)["postId"] for m, _ in self.stores.cache.members(USER)]
+        return durable, [json.loads(e.member)["postId"] for e in self.stores.cache.members(USER)]
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import pytest
 
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_items
 from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.fanout import deliver_chunk, fan_out_post, retract_chunk, retract_post
@@ -105,7 +104,7 @@ class World:
         key = f"feed:{user}"
         if not self.redis.exists(key):
             return None
-        return [json.loads(m)["postId"] for m, _ in self.stores.cache.members(user)]
+        return [json.loads(e.member)["postId"] for e in self.stores.cache.members(user)]
 
     def snapshot(self) -> dict[str, tuple[list[str], list[str] | None]]:
         return {u: (self.durable(u), self.cached(u)) for u in FOLLOWERS + NEWCOMERS}
@@ -147,9 +146,9 @@ def world() -> Iterator[World]:
     old = w.new_post(OLD, author="zoe")
     for user in FOLLOWERS + NEWCOMERS:
         w.app.follow(user, "zoe")
-        stores.table.put_items(feed_items([user], old, stores.item_template(old)))
+        stores.table.put_items(stores.format.items([user], old))
         if user in WARM:
-            stores.cache.replace_feed(user, [(old.created_at_ms, stores.member(old))])
+            stores.cache.replace_feed(user, [stores.format.entry(old)])
     assert_feeds(w, everyone())
     yield w
 

@@ -17,6 +17,7 @@ from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import CLUSTER_NEEDS_BROKER, ConfigError, RedisClusterMode, Settings, load_settings
 from feedpipe.core import keys
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.dev.local import LocalRedisCluster
 from feedpipe.feeds.trimming import sweep_cached_feeds
@@ -79,11 +80,11 @@ def test_empty_warm_feeds_are_written_on_every_primary(client: RedisCluster) -> 
     for user in USERS[:20]:
         assert cache.replace_feed(user, []) == 0
     assert not any(client.exists(keys.feed_cache(u)) for u in USERS)
-    assert cache.add_to_warm_feeds(USERS, 2000, json.dumps({"postId": "p2", "authorId": "b"})) == 20
+    assert cache.add_to_warm_feeds(USERS, CacheEntry(2000, json.dumps({"postId": "p2", "authorId": "b"}))) == 20
     assert cache.remove_post(USERS[:10], 2000, "p2") == 10  # emptied: still warm
-    assert cache.add_many_if_warm(USERS[0], [(3000, json.dumps({"postId": "p3", "authorId": "b"}))])
-    assert [json.loads(m)["postId"] for m, _ in cache.members(USERS[0])] == ["p3"]
-    assert [json.loads(m)["postId"] for m, _ in cache.members(USERS[15])] == ["p2"]
+    assert cache.add_many_if_warm(USERS[0], [CacheEntry(3000, json.dumps({"postId": "p3", "authorId": "b"}))])
+    assert [json.loads(e.member)["postId"] for e in cache.members(USERS[0])] == ["p3"]
+    assert [json.loads(e.member)["postId"] for e in cache.members(USERS[15])] == ["p2"]
     assert not any(client.exists(keys.feed_cache(u)) for u in USERS[20:]), "fan-out recreated a cold feed"
     assert active_users(SimpleNamespace(cache=cache)) == sorted(USERS[:20])  # type: ignore[arg-type]
 
@@ -93,19 +94,19 @@ def test_every_feed_cache_script_runs_on_every_primary(client: RedisCluster) -> 
     warm, cold = USERS[:20], USERS[20:]
     assert len(primaries_of(client, [keys.feed_cache(u) for u in warm])) == 3
     for user in warm:
-        assert cache.replace_feed(user, [(1000, json.dumps({"postId": "old", "authorId": "a"}))]) == 1
+        assert cache.replace_feed(user, [CacheEntry(1000, json.dumps({"postId": "old", "authorId": "a"}))]) == 1
 
-    assert cache.add_to_warm_feeds(USERS, 2000, json.dumps({"postId": "p2", "authorId": "b"})) == 20
+    assert cache.add_to_warm_feeds(USERS, CacheEntry(2000, json.dumps({"postId": "p2", "authorId": "b"}))) == 20
     for user in warm[:5]:
-        assert cache.add_many_if_warm(user, [(3000, json.dumps({"postId": "p3", "authorId": "b"})),
-                                             (4000, json.dumps({"postId": "p4", "authorId": "c"}))])
-    assert not cache.add_many_if_warm(cold[0], [(3000, json.dumps({"postId": "p3", "authorId": "b"}))])
+        assert cache.add_many_if_warm(user, [CacheEntry(3000, json.dumps({"postId": "p3", "authorId": "b"})),
+                                             CacheEntry(4000, json.dumps({"postId": "p4", "authorId": "c"}))])
+    assert not cache.add_many_if_warm(cold[0], [CacheEntry(3000, json.dumps({"postId": "p3", "authorId": "b"}))])
     assert cache.remove_post(warm[10:], 2000, "p2") == 10
     assert cache.remove_author(warm[0], "b") == 2  # p2 and p3 ("old" left with the trim to 3)
 
-    assert [json.loads(m)["postId"] for m, _ in cache.members(warm[0])] == ["p4"]
-    assert [json.loads(m)["postId"] for m, _ in cache.members(warm[1])] == ["p4", "p3", "p2"]
-    assert [json.loads(m)["postId"] for m, _ in cache.members(warm[15])] == ["old"]
+    assert [json.loads(e.member)["postId"] for e in cache.members(warm[0])] == ["p4"]
+    assert [json.loads(e.member)["postId"] for e in cache.members(warm[1])] == ["p4", "p3", "p2"]
+    assert [json.loads(e.member)["postId"] for e in cache.members(warm[15])] == ["old"]
     assert not any(client.exists(keys.feed_cache(u)) for u in cold), "fan-out recreated a cold feed"
     assert 0 < client.ttl(keys.feed_cache(warm[1])) <= 600
 
@@ -113,13 +114,13 @@ def test_every_feed_cache_script_runs_on_every_primary(client: RedisCluster) -> 
 def test_pipelined_scripts_survive_nodes_that_lost_them(client: RedisCluster) -> None:
     cache = FeedCache(client, max_length=5, ttl_seconds=600)
     for user in USERS:
-        cache.replace_feed(user, [(1, json.dumps({"postId": "p1"}))])
+        cache.replace_feed(user, [CacheEntry(1, json.dumps({"postId": "p1"}))])
     client.script_flush()  # as after a node restart or a failover to a fresh replica
 
-    assert cache.add_to_warm_feeds(USERS, 2, json.dumps({"postId": "p2"})) == len(USERS)
+    assert cache.add_to_warm_feeds(USERS, CacheEntry(2, json.dumps({"postId": "p2"}))) == len(USERS)
     client.script_flush()
     assert cache.remove_post(USERS, 1, "p1") == len(USERS)
-    assert all([m for m, _ in cache.members(u)] == ['{"postId": "p2"}'] for u in USERS)
+    assert all([e.member for e in cache.members(u)] == ['{"postId": "p2"}'] for u in USERS)
 
 
 def test_follow_caches_in_different_slots_are_both_dropped(client: RedisCluster) -> None:
@@ -161,7 +162,7 @@ def test_the_trim_sweep_walks_every_primary(client: RedisCluster) -> None:
     client.set(keys.feed_cache("not-a-zset"), "the app's own string")
     assert len(primaries_of(client, names)) == 3
 
-    stats = sweep_cached_feeds(client, max_length=5, scan_count=40)
+    stats = sweep_cached_feeds(FeedCache(client, max_length=5, ttl_seconds=600), max_length=5, scan_count=40)
 
     assert (stats.keys_seen, stats.keys_trimmed, stats.members_removed) == (300, 300, 900)
     assert stats.slices >= 3  # at least one SCAN per primary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.core.members import MemberFormat, encode_member
 
@@ -45,7 +46,7 @@ def test_add_writes_only_warm_feeds(cache, redis_client):
     _warm(redis_client, "u_carol")
     post = _post("p1")
 
-    warm = cache.add_to_warm_feeds(["u_bob", "u_carol", "u_dave"], post.created_at_ms, encode_member(post))
+    warm = cache.add_to_warm_feeds(["u_bob", "u_carol", "u_dave"], CacheEntry(post.created_at_ms, encode_member(post)))
 
     assert warm == 2
     assert _feed(redis_client, "u_bob")[0] == ("p1", 1705314600123)
@@ -57,8 +58,8 @@ def test_add_trims_to_max_length_keeping_the_newest(cache, redis_client):
     _warm(redis_client, "u_bob", {encode_member(_post(f"old{n}", ms=n)): n for n in range(1, 6)})
 
     newer, older = _post("new", ms=100), _post("ancient", ms=0)
-    cache.add_to_warm_feeds(["u_bob"], newer.created_at_ms, encode_member(newer))
-    cache.add_to_warm_feeds(["u_bob"], older.created_at_ms, encode_member(older))
+    cache.add_to_warm_feeds(["u_bob"], CacheEntry(newer.created_at_ms, encode_member(newer)))
+    cache.add_to_warm_feeds(["u_bob"], CacheEntry(older.created_at_ms, encode_member(older)))
 
     assert [post_id for post_id, _ in _feed(redis_client, "u_bob")] == ["new", "old5", "old4", "old3", "old2"]
 
@@ -67,7 +68,7 @@ def test_add_refreshes_the_ttl(cache, redis_client):
     _warm(redis_client, "u_bob", ttl=5)
     post = _post("p1")
 
-    cache.add_to_warm_feeds(["u_bob"], post.created_at_ms, encode_member(post))
+    cache.add_to_warm_feeds(["u_bob"], CacheEntry(post.created_at_ms, encode_member(post)))
 
     assert TTL - 5 <= redis_client.ttl("feed:u_bob") <= TTL
 
@@ -77,7 +78,7 @@ def test_a_redelivered_add_does_not_duplicate(cache, redis_client):
 
     for _ in range(3):  # the same record delivered three times, member rebuilt each time
         post = _post("p1")
-        cache.add_to_warm_feeds(["u_bob"], post.created_at_ms, encode_member(post))
+        cache.add_to_warm_feeds(["u_bob"], CacheEntry(post.created_at_ms, encode_member(post)))
 
     assert [post_id for post_id, _ in _feed(redis_client, "u_bob")].count("p1") == 1
 
@@ -85,7 +86,7 @@ def test_a_redelivered_add_does_not_duplicate(cache, redis_client):
 def test_add_many_if_warm(cache, redis_client):
     _warm(redis_client, "u_bob")
     posts = [_post(f"p{n}", ms=1000 + n) for n in range(7)]
-    entries = [(p.created_at_ms, encode_member(p)) for p in posts]
+    entries = [CacheEntry(p.created_at_ms, encode_member(p)) for p in posts]
 
     assert cache.add_many_if_warm("u_bob", entries) is True
     assert cache.add_many_if_warm("u_cold", entries) is False
@@ -144,7 +145,7 @@ def test_replace_feed_swaps_contents_caps_and_sets_ttl(cache, redis_client):
     _warm(redis_client, "u_bob", {encode_member(_post("stale", ms=1)): 1}, ttl=5)
     newest_first = [_post(f"p{n}", ms=1000 - n) for n in range(8)]
 
-    count = cache.replace_feed("u_bob", [(p.created_at_ms, encode_member(p)) for p in newest_first])
+    count = cache.replace_feed("u_bob", [CacheEntry(p.created_at_ms, encode_member(p)) for p in newest_first])
 
     assert count == MAX_LENGTH
     assert [post_id for post_id, _ in _feed(redis_client, "u_bob")] == ["p0", "p1", "p2", "p3", "p4"]
@@ -154,7 +155,7 @@ def test_replace_feed_swaps_contents_caps_and_sets_ttl(cache, redis_client):
 def test_replace_feed_creates_a_cold_feed(cache, redis_client):
     post = _post("p1")
 
-    assert cache.replace_feed("u_new", [(post.created_at_ms, encode_member(post))]) == 1
+    assert cache.replace_feed("u_new", [CacheEntry(post.created_at_ms, encode_member(post))]) == 1
 
     assert _feed(redis_client, "u_new") == [("p1", 1705314600123)]
 
@@ -163,7 +164,7 @@ def test_members_are_newest_first(cache, redis_client):
     a, b = _post("a", ms=1), _post("b", ms=2)
     _warm(redis_client, "u_bob", {encode_member(a): 1, encode_member(b): 2})
 
-    assert cache.members("u_bob") == [(encode_member(b), 2), (encode_member(a), 1)]
+    assert cache.members("u_bob") == [CacheEntry(2, encode_member(b)), CacheEntry(1, encode_member(a))]
 
 
 # -- follow caches -----------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Draining ``feed_regen_queue`` and rebuilding feeds (contract section 3), on moto and fakeredis.
+"""Draining ``feed_regen_queue`` and rebuilding feeds (contract section 3): the table and the
+feeds on the in-memory stores (held to moto and fakeredis by ``test_store_contract``), the queue
+and its leases on fakeredis, the dead letters on moto where their stored form is checked.
 
 The app LPUSHes ``{"user_id", "action", "target_user", "timestamp"}``; feedpipe takes jobs from
 the other end, never loses one to a crash, coalesces duplicates, rebuilds ``feed:{user_id}`` so
@@ -21,21 +23,23 @@ import pytest
 
 import feedpipe.adapters.regen_queue as regen_queue_module
 import feedpipe.feeds.regen as regen_module
-import feedpipe.services
 from feedpipe.adapters.regen_queue import RegenQueue
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_items
 from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
 from feedpipe.core.letters import decode_payload
 from feedpipe.core.records import post_from_image
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.delivery import add_post, remove_post
+from feedpipe.feeds.memory import MemoryTable, memory_stores
+from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.regen import DrainStats, drain
 from feedpipe.feeds.stores import Stores
-from feedpipe.services import build_stores
+from feedpipe.services import build_dead_letters
 from tests.adapters.conftest import inject
+from tests.fakes import FakeDeadLetters
+from tests.memory_app import MemoryDynamo, MemoryFeedsRedis
 
 from .conftest import APP_TABLE
 
@@ -49,7 +53,7 @@ BUDGET = 60.0  # drain budget; every drain here ends because the queue is empty
 class World:
     """The app's table and cache, feedpipe's stores over them, and ways to look at both."""
 
-    def __init__(self, stores: Stores, app: AppWriter, redis: fakeredis.FakeRedis) -> None:
+    def __init__(self, stores: Stores, app: AppWriter, redis: MemoryFeedsRedis) -> None:
         self.stores = stores
         self.app = app
         self.redis = redis
@@ -83,18 +87,16 @@ class World:
 
     def put_durable(self, posts: list[Post], users: list[str]) -> None:
         for post in posts:
-            self.stores.table.put_items(feed_items(users, post, self.stores.item_template(post)))
+            self.stores.table.put_items(self.stores.format.items(users, post))
 
     def delete_durable_by_hand(self, user: str, author: str | None = None) -> None:
         """An operator deletes ``FEED#{user}`` items with the plain client (all, or one author's)."""
         client = self.app.dynamodb
-        found = client.query(
-            TableName=APP_TABLE, KeyConditionExpression="PK = :pk",
-            ExpressionAttributeValues={":pk": {"S": f"FEED#{user}"}},
-        )["Items"]
+        assert isinstance(self.stores.table, MemoryTable)
+        found = [i for (pk, _), i in self.stores.table.items.items() if pk == f"FEED#{user}"]
         for item in found:
-            if author is None or item["author_id"]["S"] == author:
-                client.delete_item(TableName=APP_TABLE, Key={"PK": item["PK"], "SK": item["SK"]})
+            if author is None or item["author_id"] == author:
+                client.delete_item(TableName=APP_TABLE, Key={"PK": {"S": item["PK"]}, "SK": {"S": item["SK"]}})
 
     # -- what a user sees ------------------------------------------------------------------------
 
@@ -150,11 +152,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-def make_world(
-    monkeypatch: pytest.MonkeyPatch, dynamodb: Any, **settings: str
-) -> tuple[World, fakeredis.FakeRedis]:
+def make_world(dynamodb: Any = None, **settings: str) -> tuple[World, fakeredis.FakeRedis]:
+    """The world on in-memory stores, the regen queue on a fakeredis; the dead letters on
+    ``dynamodb`` when given (moto), else kept in a list."""
     redis = fakeredis.FakeRedis()
-    monkeypatch.setattr(feedpipe.services, "connect_redis", lambda url: redis)
     env = {
         "FEEDPIPE_TABLE_NAME": APP_TABLE,
         "FEEDPIPE_KEY_PREFIX": PREFIX,
@@ -166,18 +167,26 @@ def make_world(
         "FEEDPIPE_WRITE_CONCURRENCY": "1",
         **{f"FEEDPIPE_{k.upper()}": v for k, v in settings.items()},
     }
-    stores = build_stores(load_settings(env), dynamodb)
-    world = World(stores, AppWriter(dynamodb, redis, APP_TABLE, transactional=False), redis)
+    config = load_settings(env)
+    letters = FakeDeadLetters() if dynamodb is None else build_dead_letters(config, dynamodb)
+    queue = RegenQueue(redis, OwnKeys(PREFIX), config.regen_lease_seconds)
+    stores = memory_stores(config, dead_letters=letters, regen_queue=queue)
+    assert isinstance(stores.cache, MemoryCache)
+    view = MemoryFeedsRedis(stores.cache, redis)
+    world = World(stores, AppWriter(MemoryDynamo(stores.table), view, APP_TABLE, transactional=False), view)
     return world, redis
 
 
-@pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch, dynamodb: Any, tables: dict[str, str]) -> Iterator[World]:
-    w, redis = make_world(monkeypatch, dynamodb)
+def make_users(w: World) -> World:
     for user in ["alice", "carol", "zed"]:
         w.app.create_user(user)
-    yield w
-    w.stores.table.close()
+    return w
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w, redis = make_world()
+    yield make_users(w)
     redis.close()
 
 
@@ -242,8 +251,8 @@ def test_drain_of_an_empty_queue_does_nothing_and_leaves_no_lease(world, clock, 
     world.assert_queue_drained()
 
 
-def test_drain_in_small_batches_empties_the_queue(monkeypatch, dynamodb, tables, clock):
-    world, redis = make_world(monkeypatch, dynamodb, regen_batch="4")
+def test_drain_in_small_batches_empties_the_queue(clock):
+    world, redis = make_world(regen_batch="4")
     world.app.create_user("alice")
     a = posts(world, 2)
     users = [f"u{i}" for i in range(10)]
@@ -303,7 +312,9 @@ def test_rebuilt_members_are_the_ones_fan_out_writes(world, clock):
 # -- 3. malformed jobs are dead-lettered --------------------------------------------------------
 
 
-def test_malformed_jobs_are_dead_lettered_and_good_ones_in_the_batch_done(world, clock):
+def test_malformed_jobs_are_dead_lettered_and_good_ones_in_the_batch_done(dynamodb, tables, clock):
+    world, redis = make_world(dynamodb)  # the letters in their table, as an operator reads them
+    make_users(world)
     a = posts(world, 2)
     world.put_durable(a, ["bob", "dan"])
     bad: list[tuple[bytes, str]] = [
@@ -329,6 +340,7 @@ def test_malformed_jobs_are_dead_lettered_and_good_ones_in_the_batch_done(world,
     assert set(by_payload) == {raw for raw, _ in bad}, "each dead letter carries its raw job"
     for raw, reason in bad:
         assert reason in by_payload[raw]
+    redis.close()
 
 
 def _as_bytes(payload: Any) -> bytes:
@@ -444,8 +456,8 @@ def test_a_drain_that_crashes_mid_batch_loses_no_job(world, clock, monkeypatch):
 # -- 4b. rebuilds handed out to tasks (what the worker's drain does) ------------------------------
 
 
-def test_a_drain_hands_rebuilds_out_in_groups_and_they_make_every_cache_right(monkeypatch, dynamodb, tables, clock):
-    world, redis = make_world(monkeypatch, dynamodb, regen_users_per_task="4")
+def test_a_drain_hands_rebuilds_out_in_groups_and_they_make_every_cache_right(clock):
+    world, redis = make_world(regen_users_per_task="4")
     world.app.create_user("alice")
     a = posts(world, 2)
     users = [f"u{i}" for i in range(10)]

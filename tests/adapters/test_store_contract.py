@@ -22,12 +22,15 @@ import redis
 import feedpipe.services
 from feedpipe.config import load_settings
 from feedpipe.core import keys
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
-from feedpipe.core.items import feed_item_key, feed_items
+from feedpipe.core.items import feed_item_key
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.records import post_from_image
+from feedpipe.core.segments import SegmentProgress
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.memory import memory_stores
+from feedpipe.feeds.ports import WALK_START
 from feedpipe.feeds.stores import Stores
 from feedpipe.services import build_stores
 from tests.adapters.conftest import APP_TABLE
@@ -55,10 +58,10 @@ class Backend:
 
     def deliver(self, user: str, *posts: Post) -> None:
         s = self.stores
-        s.table.put_items(i for p in posts for i in feed_items([user], p, s.item_template(p)))
+        s.table.put_items(i for p in posts for i in s.format.items([user], p))
 
-    def entry(self, post: Post) -> tuple[int, str]:
-        return post.created_at_ms, self.stores.member(post)
+    def entry(self, post: Post) -> CacheEntry:
+        return self.stores.format.entry(post)
 
     def set_app_key(self, name: str) -> None:
         """A key the app owns (its follow caches), set as the app sets it."""
@@ -73,8 +76,8 @@ class Backend:
         return bool(redis.exists(name)) if hasattr(redis, "exists") else redis.cache.space.exists(name)
 
 
-def ids(entries: list[tuple[str, int]]) -> list[str]:
-    return [json.loads(m)["postId"] for m, _ in entries]
+def ids(entries: list[CacheEntry]) -> list[str]:
+    return [json.loads(e.member)["postId"] for e in entries]
 
 
 class StoreContract:
@@ -157,7 +160,7 @@ class StoreContract:
     def test_feed_items_are_keyed_by_user_and_sk_newest_first(self, backend: Backend) -> None:
         p1, p2, z = backend.post("p1"), backend.post("p2"), backend.post("z1", author="zoe")
         table = backend.stores.table
-        item = next(feed_items(["bob"], p1, backend.stores.item_template(p1)))
+        item = next(backend.stores.format.items(["bob"], p1))
         assert table.put_items([item, item]) == 1  # the same key once
         backend.deliver("bob", p2, z)
         backend.deliver("carol", p1)
@@ -194,18 +197,18 @@ class StoreContract:
         cache = backend.stores.cache
         posts = [backend.post(f"p{i}") for i in range(6)]
 
-        assert cache.add_to_warm_feeds(["bob", "cold"], *backend.entry(posts[0])) == 0
+        assert cache.add_to_warm_feeds(["bob", "cold"], backend.entry(posts[0])) == 0
         assert not cache.is_warm("bob") and cache.members("bob") == []
         assert cache.replace_feed("bob", []) == 0  # a rebuild of an empty feed: warm all the same
         assert cache.is_warm("bob") and not cache.is_warm("cold")
-        assert cache.add_to_warm_feeds(["bob", "cold"], *backend.entry(posts[0])) == 1
+        assert cache.add_to_warm_feeds(["bob", "cold"], backend.entry(posts[0])) == 1
         assert cache.add_many_if_warm("bob", [backend.entry(p) for p in posts[1:]])
         assert not cache.add_many_if_warm("cold", [backend.entry(posts[0])])
         assert not cache.add_many_if_warm("bob", [])
 
         members, ttl, marker_ttl = cache.members_with_ttl("bob")
         assert ids(members) == ["p5", "p4", "p3", "p2"]  # trimmed to the newest MAX_LENGTH
-        assert members[0] == (backend.stores.member(posts[5]), posts[5].created_at_ms)
+        assert members[0] == CacheEntry(posts[5].created_at_ms, backend.stores.format.member(posts[5]))
         assert TTL - 5 <= ttl <= TTL and TTL - 5 <= marker_ttl <= TTL
         assert ids(cache.members("bob", 2)) == ["p5", "p4"]
         assert cache.members_with_ttl("cold") == ([], -2, -2)
@@ -214,14 +217,14 @@ class StoreContract:
         cache = backend.stores.cache
         p1, p2 = backend.post("p1"), backend.post("p2", author="zoe")
         other_bytes = json.dumps({"postId": "p1", "x": 1})
-        cache.replace_feed("bob", [backend.entry(p2), backend.entry(p1), (p1.created_at_ms, other_bytes)])
+        cache.replace_feed("bob", [backend.entry(p2), backend.entry(p1), CacheEntry(p1.created_at_ms, other_bytes)])
 
         assert cache.remove_post(["bob", "cold"], p1.created_at_ms, "p1") == 2
         assert cache.remove_post(["bob"], p2.created_at_ms + 1, "p2") == 0  # another score
         assert ids(cache.members("bob")) == ["p2"]
         assert cache.remove_entries([("bob", p2.created_at_ms, "p2")]) == 1
         assert cache.members("bob") == [] and cache.is_warm("bob")
-        assert cache.add_to_warm_feeds(["bob"], *backend.entry(p1)) == 1
+        assert cache.add_to_warm_feeds(["bob"], backend.entry(p1)) == 1
 
     def test_an_authors_posts_leave_together(self, backend: Backend) -> None:
         cache = backend.stores.cache
@@ -289,6 +292,45 @@ class StoreContract:
         assert lists.add_huge_if_loaded("alice")
         lists.load_huge(["zed"])
         assert lists.huge_among(["bob", "zed", "alice"]) == ["zed", "alice"]
+
+    def test_cached_feeds_are_walked_and_capped_page_by_page(self, backend: Backend) -> None:
+        cache = backend.stores.cache
+        posts = [backend.post(f"p{i}") for i in range(4)]
+        users = [f"u{i}" for i in range(7)]
+        for n, user in enumerate(users):
+            cache.replace_feed(user, [backend.entry(p) for p in reversed(posts[: 1 + n % 4])])
+        cache.replace_feed("empty", [])  # warm, with no feed key
+        backend.set_app_key(keys.feed_cache("str"))  # the app's own, not a sorted set
+        found, cursor = [], WALK_START
+        while True:
+            cursor, page = cache.feed_keys_page(cursor, 3)
+            found += page
+            if cursor == WALK_START:
+                break
+        assert sorted(set(found)) == [keys.feed_cache(u) for u in users]
+
+        removed = cache.trim_feeds([keys.feed_cache(u) for u in users], 2)
+        assert removed == [max(1 + n % 4 - 2, 0) for n in range(len(users))]
+        assert ids(cache.members("u3")) == ["p3", "p2"]
+        assert cache.members_with_ttl("u3")[1] > 0, "a trim keeps the feed's TTL"
+        assert cache.trim_feeds([keys.feed_cache("str"), keys.feed_cache("nobody")], 2) == [0, 0]
+        assert backend.has_key(keys.feed_cache("str"))
+
+    def test_backfill_segments_move_only_from_the_version_read(self, backend: Backend) -> None:
+        progress = backend.stores.backfill_progress
+        resume = {"PK": {"S": "USER#u1"}, "SK": {"S": keys.PROFILE_SK}}
+        assert progress.start(2) == [SegmentProgress(2, 0), SegmentProgress(2, 1)]
+        seen = progress.get(2, 0)
+        moved = progress.advance(seen, resume, 3)
+        assert moved == SegmentProgress(2, 0, resume, 3, False, 1) == progress.get(2, 0)
+        assert progress.advance(seen, None, 1) is None, "a stale task moves nothing"
+        assert moved is not None
+        assert progress.advance(moved, None, 2) == SegmentProgress(2, 0, None, 5, True, 2)
+        assert progress.start(2)[0].done, "a rerun keeps where each segment got to"
+        assert [s.done for s in progress.all(2)] == [True, False]
+        progress.clear(2)
+        assert progress.get(2, 0) == SegmentProgress(2, 0)
+        assert progress.advance(SegmentProgress(2, 0), None, 1) is None, "never started"
 
     def test_cursors_are_kept_until_cleared(self, backend: Backend) -> None:
         cursors, name = backend.stores.cursors, OwnKeys().durable_trim_cursor

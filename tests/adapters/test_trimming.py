@@ -1,5 +1,7 @@
-"""Feed trimming against fakeredis and moto: feeds end capped at their newest entries, nothing else
-is touched, and the resumable table sweep reaches every user."""
+"""Feed trimming: feeds end capped at their newest entries, nothing else is touched, and the
+resumable table sweep reaches every user. The cache sweep runs on fakeredis (SCAN's slices, keys
+of other types), the durable trim on moto where it is about DynamoDB's pages and batches, and on
+the in-memory table (held to moto by ``test_store_contract``) where it is about the rule."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import pytest
 
 from feedpipe.adapters.redis_client import SCAN_START
 from feedpipe.core import keys
+from feedpipe.feeds.memory import MemoryTable
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds, trim_durable_feed
-from tests.adapters.conftest import APP_TABLE
+from tests.adapters.conftest import APP_TABLE, AppWrites
+from tests.memory_app import MemoryDynamo
 
 BASE_MS = 1_705_314_600_000
 
@@ -30,7 +34,7 @@ def _cached_post_ids(redis_client, user_id: str) -> list[str]:
 # -- cached feeds ----------------------------------------------------------------------------------
 
 
-def test_sweep_caps_long_feeds_at_their_newest_and_leaves_the_rest_alone(redis_client):
+def test_sweep_caps_long_feeds_at_their_newest_and_leaves_the_rest_alone(redis_client, cache):
     sizes = {f"u{i}": 12 if i % 3 == 0 else 4 for i in range(30)}  # 10 long, 20 short
     for user_id, size in sizes.items():
         _fill_feed(redis_client, user_id, size)
@@ -38,7 +42,7 @@ def test_sweep_caps_long_feeds_at_their_newest_and_leaves_the_rest_alone(redis_c
     redis_client.lpush(keys.REGEN_QUEUE, json.dumps({"user_id": "u1", "action": "regen"}))
     redis_client.set(keys.feed_cache("str"), "not a sorted set")
 
-    stats = sweep_cached_feeds(redis_client, max_length=5, scan_count=7)
+    stats = sweep_cached_feeds(cache, max_length=5, scan_count=7)
 
     for user_id, size in sizes.items():
         newest = [f"{user_id}-p{i}" for i in reversed(range(size))][:5]
@@ -51,27 +55,27 @@ def test_sweep_caps_long_feeds_at_their_newest_and_leaves_the_rest_alone(redis_c
     assert stats.slowest_call_seconds > 0
 
 
-def test_sweep_keeps_the_feed_ttl(redis_client):
+def test_sweep_keeps_the_feed_ttl(redis_client, cache):
     _fill_feed(redis_client, "u_bob", 9)
     redis_client.expire(keys.feed_cache("u_bob"), 600)
 
-    sweep_cached_feeds(redis_client, max_length=3)
+    sweep_cached_feeds(cache, max_length=3)
 
     assert redis_client.zcard(keys.feed_cache("u_bob")) == 3
     assert 0 < redis_client.ttl(keys.feed_cache("u_bob")) <= 600
 
 
-def test_sweep_of_an_empty_redis_reports_nothing_done(redis_client):
-    stats = sweep_cached_feeds(redis_client, max_length=5)
+def test_sweep_of_an_empty_redis_reports_nothing_done(redis_client, cache):
+    stats = sweep_cached_feeds(cache, max_length=5)
 
     assert (stats.keys_seen, stats.keys_trimmed, stats.members_removed) == (0, 0, 0)
 
 
-def test_sweep_refuses_a_cap_that_would_empty_every_feed(redis_client):
+def test_sweep_refuses_a_cap_that_would_empty_every_feed(redis_client, cache):
     _fill_feed(redis_client, "u_bob", 3)
 
     with pytest.raises(ValueError):
-        sweep_cached_feeds(redis_client, max_length=0)
+        sweep_cached_feeds(cache, max_length=0)
 
     assert redis_client.zcard(keys.feed_cache("u_bob")) == 3
 
@@ -132,15 +136,21 @@ def test_trim_keeps_exactly_the_newest_items(dynamodb, feed_table, batch_write_c
     assert all("DeleteRequest" in r for call in batch_write_calls for r in call)
 
 
-def test_trim_leaves_a_short_feed_and_other_users_alone(dynamodb, feed_table):
-    _put_feed(dynamodb, "u_bob", 5)
-    _put_feed(dynamodb, "u_carol", 30)
+def _memory_sks(table: MemoryTable, user_id: str) -> list[str]:
+    """The user's durable feed, newest first, as ``_durable_sks`` reads it."""
+    return [i["SK"] for i in table.feed_items(user_id)]
 
-    assert trim_durable_feed(feed_table, "u_bob", keep=20) == 0
-    assert trim_durable_feed(feed_table, "u_nobody", keep=20) == 0
 
-    assert _durable_sks(dynamodb, "u_bob") == _newest_sks(5, 20)
-    assert len(_durable_sks(dynamodb, "u_carol")) == 30
+def test_trim_leaves_a_short_feed_and_other_users_alone():
+    table = MemoryTable()
+    _put_feed(MemoryDynamo(table), "u_bob", 5)
+    _put_feed(MemoryDynamo(table), "u_carol", 30)
+
+    assert trim_durable_feed(table, "u_bob", keep=20) == 0
+    assert trim_durable_feed(table, "u_nobody", keep=20) == 0
+
+    assert _memory_sks(table, "u_bob") == _newest_sks(5, 20)
+    assert len(_memory_sks(table, "u_carol")) == 30
 
 
 def test_trim_across_query_pages(dynamodb, feed_table, monkeypatch):
@@ -155,7 +165,10 @@ def test_trim_across_query_pages(dynamodb, feed_table, monkeypatch):
     assert _durable_sks(dynamodb, "u_bob") == _newest_sks(70, 22)
 
 
-def test_sweep_over_several_calls_visits_every_user(app, dynamodb, feed_table):
+def test_sweep_over_several_calls_visits_every_user():
+    feed_table = MemoryTable()
+    dynamodb = MemoryDynamo(feed_table)
+    app = AppWrites(dynamodb)
     users = [f"u{i:03d}" for i in range(120)]
     for n, user_id in enumerate(users):
         _put_feed(dynamodb, user_id, 6 if n % 2 else 3)
@@ -177,9 +190,8 @@ def test_sweep_over_several_calls_visits_every_user(app, dynamodb, feed_table):
     assert calls > 1
     assert deleted == 60 * 2
     for n, user_id in enumerate(users):
-        assert _durable_sks(dynamodb, user_id) == _newest_sks(6 if n % 2 else 3, 4)
-    post_key = {"PK": {"S": keys.post_pk("p_app")}, "SK": {"S": keys.POST_SK}}
-    assert dynamodb.get_item(TableName=APP_TABLE, Key=post_key)["Item"]
+        assert _memory_sks(feed_table, user_id) == _newest_sks(6 if n % 2 else 3, 4)
+    assert feed_table.post_image("p_app")
 
 
 def _over_budget_clock(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +209,7 @@ def _over_budget_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trimming, "time", SimpleNamespace(monotonic=look, perf_counter=time.perf_counter))
 
 
-def test_a_sweep_over_budget_stops_after_a_slice_and_goes_on_from_its_cursor(redis_client, monkeypatch):
+def test_a_sweep_over_budget_stops_after_a_slice_and_goes_on_from_its_cursor(redis_client, cache, monkeypatch):
     sizes = {f"u{i}": 12 if i % 3 == 0 else 4 for i in range(30)}
     for user_id, size in sizes.items():
         _fill_feed(redis_client, user_id, size)
@@ -205,7 +217,7 @@ def test_a_sweep_over_budget_stops_after_a_slice_and_goes_on_from_its_cursor(red
 
     calls, cursor, trimmed = 0, SCAN_START, 0
     while True:
-        stats = sweep_cached_feeds(redis_client, max_length=5, scan_count=4, cursor=cursor, budget_seconds=30)
+        stats = sweep_cached_feeds(cache, max_length=5, scan_count=4, cursor=cursor, budget_seconds=30)
         calls, cursor, trimmed = calls + 1, stats.next_cursor, trimmed + stats.keys_trimmed
         assert stats.slices == 1  # one slice, then the budget is spent
         if cursor == SCAN_START:
@@ -221,6 +233,7 @@ def test_the_trim_task_hands_the_rest_of_its_sweep_on_to_fresh_messages(redis_cl
     """The sweep used to walk every key in one task, however many there were, and outlive
     the visibility timeout on a big Redis."""
     from feedpipe import tasks as catalog
+    from feedpipe.adapters.redis_feeds import FeedCache
     from feedpipe.config import load_settings
     from feedpipe.services import Services
     from feedpipe.worker import WorkerApp
@@ -229,7 +242,8 @@ def test_the_trim_task_hands_the_rest_of_its_sweep_on_to_fresh_messages(redis_cl
     for user_id in users:
         _fill_feed(redis_client, user_id, 7)
     settings = load_settings({"FEEDPIPE_FEED_MAX_LENGTH": "5"})
-    services = Services(settings, _stores=SimpleNamespace(settings=settings), _redis=redis_client)  # type: ignore[arg-type]
+    stores = SimpleNamespace(settings=settings, cache=FeedCache(redis_client, 5, 3600))
+    services = Services(settings, _stores=stores, _redis=redis_client)  # type: ignore[arg-type]
     app = WorkerApp(services=services)
     trim_caches = app.tasks[catalog.TRIM_CACHES]
     _over_budget_clock(monkeypatch)

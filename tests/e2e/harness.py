@@ -256,7 +256,7 @@ class World:
             # What rebuild_cache would cache from the durable feed (only history is in it yet),
             # without reading the table once per user: hundreds of moto Queries otherwise.
             newest = sorted(self._history.get(user, ()), key=lambda p: (p.created_at_ms, p.post_id), reverse=True)
-            self.stores.cache.replace_feed(user, [(p.created_at_ms, self.stores.member(p)) for p in newest])
+            self.stores.cache.replace_feed(user, [self.stores.format.entry(p) for p in newest])
             self.warm.add(user)  # warm from its rebuild on, even with nothing to cache
 
     def mark_history_consumed(self) -> None:

@@ -225,7 +225,8 @@ def corrupt(world: World) -> Found:
     assert image is not None
     (top, score), = cache.zrevrange(f"feed:{w2}", 0, 0, withscores=True)
     cache.zrem(f"feed:{w2}", top)
-    cache.zadd(f"feed:{w2}", {world.stores.member(post_from_image(image)): 1, json.dumps(json.loads(top)): score})
+    stale = world.stores.format.member(post_from_image(image))
+    cache.zadd(f"feed:{w2}", {stale: 1, json.dumps(json.loads(top)): score})
     cache.zadd(f"feed:{w3}", {json.dumps({"postId": f"junk{i}"}): i for i in range(101)})
     return injected | {(w1, "redis", "missing"), (w1, "redis", "missing_ttl"), (w2, "redis", "extra"),
                        (w2, "redis", "stale"), (w3, "redis", "over_long"), (w3, "redis", "extra")}
@@ -248,7 +249,8 @@ def caches_canonical(world: World) -> bool:
     ``feed_max_length`` items, with a TTL."""
     for user in world.warm:
         items = world.stores.table.feed_items(user, limit=world.settings.feed_max_length)
-        want = [world.stores.member(post_from_image(world.stores.table.post_image(i["post_id"]) or {})) for i in items]
+        member = world.stores.format.member
+        want = [member(post_from_image(world.stores.table.post_image(i["post_id"]) or {})) for i in items]
         have = [m.decode() for m in world.redis.zrevrange(f"feed:{user}", 0, -1)]
         if have != want or (want and world.redis.ttl(f"feed:{user}") <= 0):
             return False

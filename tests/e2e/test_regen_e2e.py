@@ -51,7 +51,7 @@ def push_jobs(world: World, users: list[str], count: int, rng: random.Random) ->
 def caches_equal_durable(world: World, users: list[str]) -> bool:
     for user in users:
         newest = [i["post_id"] for i in world.stores.table.feed_items(user, limit=MAX)]
-        cached = [json.loads(m)["postId"] for m, _ in world.stores.cache.members(user)]
+        cached = [json.loads(e.member)["postId"] for e in world.stores.cache.members(user)]
         if cached != newest:
             return False
     return True
@@ -149,7 +149,7 @@ def test_rebuild_restores_a_feed_deleted_by_hand_and_status_reports(world: World
     assert result.returncode == 0, result.stderr
     assert "rebuilt 1 of 1 users" in result.stdout and "100%" in result.stderr  # the progress bar
     assert world.durable_feeds()["x"] == {"pa1", "pb1"}
-    assert {json.loads(m)["postId"] for m, _ in world.stores.cache.members("x")} == {"pa1", "pb1"}
+    assert {json.loads(e.member)["postId"] for e in world.stores.cache.members("x")} == {"pa1", "pb1"}
 
     procs.consume_until_idle()
     status = procs.run("status", "--json")

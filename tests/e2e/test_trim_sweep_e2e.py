@@ -11,6 +11,7 @@ import time
 import pytest
 import redis
 
+from feedpipe.adapters.redis_feeds import FeedCache
 from feedpipe.core import keys
 from feedpipe.feeds.trimming import SweepStats, sweep_cached_feeds
 
@@ -102,7 +103,8 @@ def test_sweep_caps_50k_feeds_without_ever_blocking_a_reader(real_redis, redis_u
     watched = keys.feed_cache(_user(0))  # a long feed, trimmed while it is being read
     reader = redis.Redis.from_url(redis_urls[0])
     result: list[SweepStats] = []
-    sweeper = threading.Thread(target=lambda: result.append(sweep_cached_feeds(real_redis, MAX_LENGTH)))
+    cache = FeedCache(real_redis, MAX_LENGTH, ttl_seconds=3600)
+    sweeper = threading.Thread(target=lambda: result.append(sweep_cached_feeds(cache, MAX_LENGTH)))
 
     sweeper.start()
     latencies, pages = _read_while(reader, watched, sweeper)

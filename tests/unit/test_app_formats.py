@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from feedpipe.config import load_settings
 from feedpipe.core.records import cut_preview, parse_record
 from feedpipe.core.timestamps import format_timestamp, now_timestamp
-from feedpipe.feeds.stores import Stores
+from feedpipe.feeds.stores import feed_format
 
 EMOJI = "\U0001f600"  # 😀: two UTF-16 code units, one code point
 TO_ISO_STRING = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -64,11 +63,6 @@ def test_now_is_in_the_apps_form() -> None:
 
 
 def test_feed_items_are_stamped_in_the_apps_form(post_factory: Any) -> None:
-    settings = load_settings({})
-    stores = Stores(table=None, cache=None, dead_letters=None, settings=settings,  # type: ignore[arg-type]
-                    regen_queue=None, metrics=SimpleNamespace(),  # type: ignore[arg-type]
-                    author_posts=None, huge_authors=None, cursors=None)  # type: ignore[arg-type]
-
-    template = stores.item_template(post_factory())
+    template = feed_format(load_settings({})).item_template(post_factory())
 
     assert TO_ISO_STRING.match(template["inserted_at"]["S"]), template["inserted_at"]

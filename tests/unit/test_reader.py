@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from feedpipe.core import keys
+from feedpipe.core.entries import CacheEntry
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.merging import merge_feeds
 
@@ -18,9 +19,9 @@ def ids(merged: list[dict]) -> list[str]:
 
 
 def test_sources_merge_newest_first_up_to_the_limit():
-    own = [(member("p5"), 5000), (member("p2"), 2000)]
-    star = [(member("s4", "star"), 4000), (member("s1", "star"), 1000)]
-    news = [(member("n3", "news"), 3000)]
+    own = [CacheEntry(5000, member("p5")), CacheEntry(2000, member("p2"))]
+    star = [CacheEntry(4000, member("s4", "star")), CacheEntry(1000, member("s1", "star"))]
+    news = [CacheEntry(3000, member("n3", "news"))]
 
     assert ids(merge_feeds([own, star, news], limit=20)) == ["p5", "s4", "n3", "p2", "s1"]
     assert ids(merge_feeds([own, star, news], limit=3)) == ["p5", "s4", "n3"]
@@ -30,8 +31,8 @@ def test_sources_merge_newest_first_up_to_the_limit():
 def test_a_post_in_the_feed_and_in_its_authors_list_is_served_once():
     # Pushed before its author became huge, then found again when the list was rebuilt; the
     # member format may even differ (compact in one place, full in the other).
-    own = [(member("s1", "star", contentPreview="hi"), 1000)]
-    star = [(member("s2", "star"), 2000), (member("s1", "star"), 1000)]
+    own = [CacheEntry(1000, member("s1", "star", contentPreview="hi"))]
+    star = [CacheEntry(2000, member("s2", "star")), CacheEntry(1000, member("s1", "star"))]
 
     merged = merge_feeds([own, star], limit=20)
 
@@ -39,13 +40,14 @@ def test_a_post_in_the_feed_and_in_its_authors_list_is_served_once():
 
 
 def test_members_that_are_not_posts_are_skipped():
-    junk = [("not json", 9000), ("[1, 2]", 8000), (json.dumps({"postId": 7}), 7000), (member("p1"), 1000)]
+    junk = [CacheEntry(9000, "not json"), CacheEntry(8000, "[1, 2]"), CacheEntry(7000, json.dumps({"postId": 7})),
+            CacheEntry(1000, member("p1"))]
 
     assert ids(merge_feeds([junk], limit=20)) == ["p1"]
 
 
 def test_ties_on_the_score_order_as_zrevrange_does():
-    same = [(member("a"), 1000), (member("b"), 1000)]
+    same = [CacheEntry(1000, member("a")), CacheEntry(1000, member("b"))]
 
     assert ids(merge_feeds([same], limit=20)) == ["b", "a"]
 
