@@ -49,6 +49,8 @@ class FakeShardSource:
     unavailable_calls: int = 0  # the next N calls answer HTTP 500, after botocore's retries
     reads: int = 0
     stream_id: str = "arn:fake:stream"
+    # The consumer reads its shards on a pool of threads: the counters above are taken under it.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_shard(
         self, shard_id: str, records: Sequence[dict[str, Any]], parents: tuple[str, ...] = (), closed: bool = False
@@ -63,8 +65,7 @@ class FakeShardSource:
         return [Shard(s, self.parents.get(s, ()), s in self.closed) for s in self.shards]
 
     def _maybe_unavailable(self, operation: str) -> None:
-        if self.unavailable_calls:
-            self.unavailable_calls -= 1
+        if self._take("unavailable_calls"):
             raise ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"},
                                "ResponseMetadata": {"HTTPStatusCode": 500}}, operation)
 
@@ -78,14 +79,21 @@ class FakeShardSource:
             position = next(i + 1 for i, r in enumerate(records) if r["dynamodb"]["SequenceNumber"] == after)
         return f"{shard_id}|{position}"
 
+    def _take(self, counter: str) -> bool:
+        """Use up one of the ``counter`` failures still to inject, if any are left."""
+        with self.lock:
+            left = getattr(self, counter)
+            if left:
+                setattr(self, counter, left - 1)
+            return bool(left)
+
     def read(self, iterator: str, limit: int) -> ReadResult:
-        self.reads += 1
+        with self.lock:
+            self.reads += 1
         self._maybe_unavailable("GetRecords")
-        if self.expire_reads:
-            self.expire_reads -= 1
+        if self._take("expire_reads"):
             raise IteratorExpiredError("Iterator expired")
-        if self.throttle_reads:
-            self.throttle_reads -= 1
+        if self._take("throttle_reads"):
             raise ThrottledError("Rate exceeded")
         shard_id, _, raw = iterator.partition("|")
         position = int(raw)

@@ -141,8 +141,13 @@ def keep_records_raw(streams_client: Any) -> Any:
     return streams_client
 
 
-def _take_records(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+def _take_records(
+    operation_model: Any, response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
+) -> None:
+    """Only a successful JSON answer: under any other protocol botocore keeps the whole body."""
     if response_dict.get("status_code", 500) >= 300 or not response_dict.get("body"):
+        return
+    if operation_model.service_model.resolved_protocol != "json":
         return
     body = json.loads(response_dict["body"])
     customized_response_dict["Records"] = body.pop("Records", [])

@@ -70,7 +70,6 @@ class StreamConsumer:
     shards: dict[str, ShardState] = field(default_factory=dict)
     _refreshed_at: float = float("-inf")
     _known: dict[str, Shard] = field(default_factory=dict)
-    _throttles: int = 0
     _aws_failures: int = 0
     _behind: bool = False
 
@@ -210,12 +209,11 @@ class StreamConsumer:
             self._end_gone_shard(state, exc)
             return NOT_READ
         except ThrottledError:
-            self._back_off()
+            self._back_off(state)
             return NOT_READ
         if isinstance(result, Pinned):
             self._pin_newest(state, result)
             return 0
-        self._throttles = 0
         state.failures = 0
         if result.millis_behind:
             self._behind = True  # Kinesis: empty reads can still be behind the tip
@@ -321,11 +319,14 @@ class StreamConsumer:
         self.loop_heartbeat.beat()  # retrying a publish through a broker outage: alive, not ready
         self.stop_event.wait(seconds)
 
-    def _back_off(self) -> None:
-        self._throttles += 1
-        delay = _backoff(0.1, self._throttles, THROTTLE_MAX_SECONDS)
-        log.warning("stream reads throttled; backing off %.1fs", delay)
-        self.stop_event.wait(delay)
+    def _back_off(self, state: ShardState) -> None:
+        """A throttled read: this shard waits out a backoff of its own, growing while it stays
+        throttled; the others go on. (Waiting here, on the consumer's thread, would hold every
+        shard's publishing once per throttled read of the round, and the leases' renewal with it.)"""
+        state.failures += 1
+        delay = _backoff(0.1, state.failures, THROTTLE_MAX_SECONDS)
+        state.resume_at = time.monotonic() + delay
+        log.warning("shard %s: reads throttled; backing off %.1fs", state.shard.shard_id, delay)
 
 
 def _backoff(base: float, failures: int, cap: float = AWS_BACKOFF_MAX_SECONDS) -> float:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -67,6 +70,9 @@ class ReadPool:
             for future in running:
                 future.cancel()
             wait(running)
+            for future, item in running.items():  # the round ended before these were handled
+                if not future.cancelled() and future.exception() is not None:
+                    log.warning("read of %s left unhandled when the round ended: %r", item, future.exception())
 
     def _as_finished(
         self,

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
+import botocore.session
 import pytest
 
 from feedpipe.adapters.dynamo import make_client
@@ -41,9 +43,16 @@ def app(dynamodb: Any) -> AppWrites:
 
 
 def _read_all(source: DynamoDBStreamSource) -> list[dict[str, Any]]:
+    """Every record, one a read: each next read goes on from the iterator the last one gave."""
     records: list[dict[str, Any]] = []
     for shard in source.list_shards():
-        records += source.read(source.iterator(shard.shard_id, None), 1000).records
+        iterator = source.iterator(shard.shard_id, None)
+        while iterator is not None:
+            result = source.read(iterator, 1)
+            if not result.records:
+                break
+            records += result.records
+            iterator = result.next_iterator
     return records
 
 
@@ -68,11 +77,17 @@ def test_only_the_records_of_a_good_answer_skip_botocores_parser() -> None:
     taken: dict[str, Any] = {}
     untouched: dict[str, Any] = {}
 
-    _take_records(response_dict=ok, customized_response_dict=taken)
-    _take_records(response_dict=dict(error), customized_response_dict=untouched)
+    other_protocol: dict[str, Any] = {}
+    get_records = botocore.session.get_session().get_service_model("dynamodbstreams").operation_model("GetRecords")
+    cbor = SimpleNamespace(service_model=SimpleNamespace(resolved_protocol="smithy-rpc-v2-cbor"))
+
+    _take_records(operation_model=get_records, response_dict=ok, customized_response_dict=taken)
+    _take_records(operation_model=get_records, response_dict=dict(error), customized_response_dict=untouched)
+    _take_records(operation_model=cbor, response_dict=dict(ok), customized_response_dict=other_protocol)
 
     assert taken == {"Records": [{"eventName": "INSERT"}]} and json.loads(ok["body"]) == {"NextShardIterator": "it"}
     assert untouched == {}  # errors are botocore's to parse, and feedpipe's to map
+    assert other_protocol == {}  # a body that is not JSON is botocore's whole
 
 
 def _meaning(record: dict[str, Any]) -> tuple[Any, str | None, int | None]:

@@ -13,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from feedpipe.adapters.leases import SHARD_END, Lease
+from feedpipe.adapters.streams import ThrottledError
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
@@ -198,6 +199,34 @@ def test_a_shard_whose_reads_fail_does_not_stall_the_others():
     assert sorted(_by_shard(dispatcher)) == ["s1", "s2", "s3"]
 
 
+def test_shards_throttled_together_do_not_hold_up_the_others():
+    """Eight shards throttled on every read, one with records: each throttled shard waits out
+    its own backoff, so the healthy one is read round after round. A wait on the consumer's
+    thread for each throttled read (up to 10 s each, eight a round) would hold it for minutes."""
+    source = _stream(9, 0, closed=False)
+    source.add_shard("s9", [follow_record(9000 + i, "s9", f"s9-{i}") for i in range(1, 21)], closed=False)
+    throttled = Counter[str]()
+
+    def throttled_but_s9(shard_id: str) -> None:
+        if shard_id != "s9":
+            throttled[shard_id] += 1
+            raise ThrottledError("Rate exceeded")
+
+    source.gate = throttled_but_s9
+    dispatcher, leases = FakeDispatcher(), FakeLeaseTable()
+    consumer = _consumer(source, concurrency=10, dispatcher=dispatcher, leases=leases)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: leases.saved.get("s9") == f"{9020:021d}", DEADLINE, "s9 to be read to its newest record")
+    finally:
+        consumer.request_stop()
+        thread.join(DEADLINE)
+
+    assert not thread.is_alive() and sorted(throttled) == [f"s{k}" for k in range(9)]
+    assert _by_shard(dispatcher) == {"s9": [9000 + i for i in range(1, 21)]}
+
+
 def test_an_error_that_stops_the_consumer_leaves_no_read_running():
     source = _stream(4, 6)
     all_started = threading.Barrier(4, timeout=DEADLINE)
@@ -219,6 +248,25 @@ def test_an_error_that_stops_the_consumer_leaves_no_read_running():
 
     assert _reads_running() == []
     assert sorted(finished) == ["s1", "s2", "s3"]  # the consumer waited for every read in flight
+
+
+def test_errors_of_reads_the_round_never_handled_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Two shards denied at once: the consumer stops on the first error it handles, and the
+    other is in the log, not lost behind it."""
+    source = _stream(2, 4)
+    both_started = threading.Barrier(2, timeout=DEADLINE)
+
+    def deny(shard_id: str) -> None:
+        both_started.wait()
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": f"no {shard_id}"},
+                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetRecords")
+
+    source.gate = deny
+    with pytest.raises(ClientError) as raised:
+        _consumer(source, concurrency=2).run(stop_when_idle=True)
+
+    other = "s1" if "no s0" in str(raised.value) else "s0"
+    assert any("left unhandled" in r.getMessage() and f"no {other}" in r.getMessage() for r in caplog.records)
 
 
 def test_a_stop_publishes_and_checkpoints_the_reads_in_flight_then_returns():
