@@ -22,11 +22,12 @@ those candidates, so answers are the ones moto would give; only the candidates a
 Writes, streams and everything else are moto's, unchanged.
 
 And moto keeps a reference to every model instance it ever made (``BaseModel.__new__`` appends
-each to its class's ``instances_tracked``, for moto's own reset): every ``Item`` a write, a
-Query or a Scan page copies or projects lives until the server stops. Over a big table the
-server grew by ~1.4 kB for each item a Scan read (a first deploy's settle checks took it past
-9 GB) and every full garbage collection walked them all. Items are not tracked here: a
-moto server is reset by stopping it.
+each to its class's ``instances_tracked``, for its dashboard): every ``Item`` a write, a Query
+or a Scan page copies or projects, every stream record and every shard iterator a GetRecords
+hands out lives until the server stops. Over a big table the server grew by ~1.4 kB for each
+item a Scan read (a first deploy's settle checks took it past 9 GB) and every full garbage
+collection walked them all. Nothing is tracked here (moto's reset empties those lists and
+then fills them again; the models themselves are dropped by the reset as before).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+from moto.core.common_models import BaseModel
 from moto.core.serialize import BaseJSONSerializer
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
@@ -213,15 +215,13 @@ def serialize_structure(self: BaseJSONSerializer, serialized: Any, value: Any, s
     _original_structure(self, serialized, value, shape, key)
 
 
-class _Untracked(list[Any]):
-    """An ``instances_tracked`` that keeps nothing."""
-
-    def append(self, _: Any) -> None:
-        pass
+def _untracked(cls: type, *_: Any, **__: Any) -> Any:
+    """``BaseModel.__new__`` without the ``instances_tracked`` list."""
+    return object.__new__(cls)
 
 
 def install() -> None:
-    Item.instances_tracked = _Untracked()  # type: ignore[attr-defined]
+    BaseModel.__new__ = _untracked  # type: ignore[method-assign, assignment]
     BaseJSONSerializer._serialize_type_structure = serialize_structure  # type: ignore[method-assign]
     Table.all_items = all_items  # type: ignore[method-assign]
     Table.query = query  # type: ignore[method-assign]
