@@ -198,7 +198,7 @@ class FeedCache:
         """One pipeline, not a transaction: Redis may serve other clients between its commands."""
         pipe = self.client.pipeline(transaction=False)
         for key in feed_keys:
-            pipe.zremrangebyrank(key, 0, -(max_length + 1))
+            pipe.zremrangebyrank(_name(key), 0, -(max_length + 1))
         removed: list[int] = []
         for reply in pipe.execute(raise_on_error=False):
             if isinstance(reply, redis.ResponseError):
@@ -210,7 +210,13 @@ class FeedCache:
 
 
 def _text(name: bytes | str) -> str:
-    return name.decode() if isinstance(name, bytes) else name
+    """A key's name as text; bytes that are not UTF-8 (the app owns the names) survive the
+    round trip through ``_name``."""
+    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
+
+
+def _name(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def flat_entries(entries: Iterable[CacheEntry]) -> list[Any]:

@@ -65,6 +65,19 @@ def test_sweep_keeps_the_feed_ttl(redis_client, cache):
     assert 0 < redis_client.ttl(keys.feed_cache("u_bob")) <= 600
 
 
+def test_sweep_trims_a_feed_whose_name_is_not_utf8(redis_client, cache):
+    """The app owns the ``feed:`` names: one that is not UTF-8 is trimmed like any other, and the
+    sweep goes on past it (a name it could not decode would stop every sweep at that cursor)."""
+    odd = keys.FEED_CACHE_PREFIX.encode() + b"\xff\xfe"
+    redis_client.zadd(odd, {json.dumps({"postId": f"p{i}"}): BASE_MS + i for i in range(9)})
+    _fill_feed(redis_client, "u_bob", 9)
+
+    stats = sweep_cached_feeds(cache, max_length=3)
+
+    assert (redis_client.zcard(odd), redis_client.zcard(keys.feed_cache("u_bob"))) == (3, 3)
+    assert stats.keys_trimmed == 2
+
+
 def test_sweep_of_an_empty_redis_reports_nothing_done(redis_client, cache):
     stats = sweep_cached_feeds(cache, max_length=5)
 

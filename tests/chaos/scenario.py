@@ -134,7 +134,8 @@ def wrong_feeds(world: World) -> dict[str, tuple[list[str], list[str]]]:
     for user in set(durable) | set(expected):
         if durable.get(user, set()) != expected.get(user, set()):
             wrong[f"durable:{user}"] = (sorted(durable.get(user, ())), sorted(expected.get(user, ())))
-    cached, want = world.cached_feeds(), world.expected_cached()
+    cached = world.cached_feeds()
+    want = world.expected_cached(cached)
     for user in set(cached) | set(want):
         if cached.get(user) != want.get(user):
             wrong[f"cached:{user}"] = (sorted(cached.get(user, ())), sorted(want.get(user, ())))

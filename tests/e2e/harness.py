@@ -319,16 +319,28 @@ class World:
         """Who feedpipe counts as warm (a cached feed or a warm marker), as its scans see it."""
         return set(active_users(self.stores))
 
-    def expected_cached(self) -> dict[str, set[str]]:
-        """Warm users' caches hold the newest ``feed_max_length`` items of their feed; cold users
-        have none, and neither has a warm user whose feed is empty (Redis keeps no empty sorted
-        set: the marker does)."""
+    def expected_cached(self, cached: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+        """Warm users' caches hold the newest items of their feed: all of it up to
+        ``feed_max_length``. A longer feed's cache holds its newest ``feed_max_length``, or fewer
+        once posts were retracted from a full cache (nothing puts an older post back until a
+        rebuild): so it must be the newest items of the feed, as many as ``cached`` (default:
+        the cache now) holds. Cold users have none, and neither has a warm user whose feed is
+        empty (Redis keeps no empty sorted set: the marker does)."""
         expected, cap = self.expected_feeds(), self.settings.feed_max_length
-        newest = {u: set(sorted(expected[u], key=lambda p: self.written_at.get(p, 0))[-cap:]) for u in self.warm}
-        return {u: feed for u, feed in newest.items() if feed}
+        cached = self.cached_feeds() if cached is None else cached
+        want = {}
+        for user in self.warm:
+            feed = sorted(expected[user], key=self.written_at.__getitem__)
+            size = len(feed) if len(feed) <= cap else min(cap, len(cached.get(user, ())) or cap)
+            if size:
+                want[user] = set(feed[-size:])
+        return want
 
     def feeds_right(self) -> bool:
-        return self.durable_feeds() == self.expected_feeds() and self.cached_feeds() == self.expected_cached()
+        if self.durable_feeds() != self.expected_feeds():
+            return False
+        cached = self.cached_feeds()
+        return cached == self.expected_cached(cached)
 
     def broker_busy(self) -> bool:
         """Tasks queued or running: a Redis broker keeps every delivered message in its
@@ -365,7 +377,8 @@ class World:
             u: (sorted(durable.get(u, ())), sorted(expected[u])) for u in expected if durable.get(u) != expected[u]
         }
         assert not wrong, f"{len(wrong)} durable feeds wrong, e.g. {dict(list(wrong.items())[:5])}"
-        cached, want = self.cached_feeds(), self.expected_cached()
+        cached = self.cached_feeds()
+        want = self.expected_cached(cached)
         wrong_c = {u: (sorted(cached.get(u, ())), sorted(want.get(u, ()))) for u in set(cached) | set(want)
                    if cached.get(u) != want.get(u)}
         assert not wrong_c, f"{len(wrong_c)} cached feeds wrong, e.g. {dict(list(wrong_c.items())[:5])}"

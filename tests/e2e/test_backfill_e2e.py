@@ -146,7 +146,8 @@ def first_deploy(world: World, procs: Processes) -> AssertionError | None:
 def wrong_items(world: World) -> tuple[int, int]:
     """(feed items checked, feed items wrong): durable and cached, each missing or extra item."""
     durable, expected = world.durable_feeds(), world.expected_feeds()
-    cached, want = world.cached_feeds(), world.expected_cached()
+    cached = world.cached_feeds()
+    want = world.expected_cached(cached)
     pairs = [(durable.get(u, set()), expected.get(u, set())) for u in set(durable) | set(expected)]
     pairs += [(cached.get(u, set()), want.get(u, set())) for u in set(cached) | set(want)]
     return sum(len(w) for _, w in pairs), sum(len(h ^ w) for h, w in pairs)
