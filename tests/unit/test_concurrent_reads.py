@@ -74,6 +74,18 @@ def _by_shard(dispatcher: FakeDispatcher) -> dict[str, list[int]]:
     return seen
 
 
+def _run_until(consumer: StreamConsumer, done: Callable[[], bool], what: str) -> threading.Thread:
+    """Run ``consumer`` on a thread until ``done()``, then stop it; returns the joined thread."""
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(done, DEADLINE, what)
+    finally:
+        consumer.request_stop()
+        thread.join(DEADLINE)
+    return thread
+
+
 def _reads_running() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("shard-read")]
 
@@ -185,15 +197,9 @@ def test_a_shard_whose_reads_fail_does_not_stall_the_others():
 
     source.gate = s0_down
     dispatcher, leases = FakeDispatcher(), FakeLeaseTable()
-    consumer = _consumer(source, concurrency=4, dispatcher=dispatcher, leases=leases)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: all(leases.saved.get(f"s{k}") == f"{k * 1000 + 6:021d}" for k in (1, 2, 3)), DEADLINE,
-                 "the healthy shards to be checkpointed to their ends")
-    finally:
-        consumer.request_stop()
-        thread.join(DEADLINE)
+    thread = _run_until(_consumer(source, concurrency=4, dispatcher=dispatcher, leases=leases),
+                        lambda: all(leases.saved.get(f"s{k}") == f"{k * 1000 + 6:021d}" for k in (1, 2, 3)),
+                        "the healthy shards to be checkpointed to their ends")
 
     assert failures[0] >= 1 and "s0" not in leases.saved and not thread.is_alive()
     assert sorted(_by_shard(dispatcher)) == ["s1", "s2", "s3"]
@@ -214,14 +220,8 @@ def test_shards_throttled_together_do_not_hold_up_the_others():
 
     source.gate = throttled_but_s9
     dispatcher, leases = FakeDispatcher(), FakeLeaseTable()
-    consumer = _consumer(source, concurrency=10, dispatcher=dispatcher, leases=leases)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: leases.saved.get("s9") == f"{9020:021d}", DEADLINE, "s9 to be read to its newest record")
-    finally:
-        consumer.request_stop()
-        thread.join(DEADLINE)
+    thread = _run_until(_consumer(source, concurrency=10, dispatcher=dispatcher, leases=leases),
+                        lambda: leases.saved.get("s9") == f"{9020:021d}", "s9 to be read to its newest record")
 
     assert not thread.is_alive() and sorted(throttled) == [f"s{k}" for k in range(9)]
     assert _by_shard(dispatcher) == {"s9": [9000 + i for i in range(1, 21)]}
