@@ -71,7 +71,7 @@ class Size:
     table_wcu: float
     processes: int
     threads: int = 4
-    planner_slots: int = 8  # a pool on the planners' queue alone (``-Q fanout``), one more process
+    planner_slots: int = 16  # a pool on the planners' queue alone (``-Q fanout -c 16``), one more process
 
 
 FULL = Size(followers=1_000_000, table_wcu=40_000, processes=8)
@@ -101,6 +101,7 @@ class TaskQueue:
         self._idle: list[threading.Event] = []
         self.closed = False
         self.retries = 0
+        self.planners = 0  # planner tasks run (the first, handed on, split off)
 
     def send(self, task: Task, delay: float = BROKER_DELAY, queue: str = FANOUT_QUEUE) -> None:
         at = self.clock.now() + delay
@@ -251,7 +252,6 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
         clock.spawn(app.run, "app")
     queue = TaskQueue(clock)
     queue.send(queue.with_retries(_planner(queue, post)), 0.0)
-    planners = _count_planners(fleet)
     for n, stores in enumerate(fleet[:-1]):
         for t in range(size.threads):
             clock.spawn(partial(queue.serve, stores), f"slot-{n}-{t}")
@@ -274,22 +274,8 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
         "throttled": dict(usage.throttled), "task_retries": queue.retries, "calls": dict(model.calls),
         "cpu_seconds": cpu, "wall_seconds": wall, "redis_seconds": progress.redis_seconds,
         "slots": size.processes * size.threads, "budget_wcu": budget_wcu, "app_wcu": app_wcu,
-        "app_written": app.written, "app_throttled": app.throttled, "planners": planners[0],
+        "app_written": app.written, "app_throttled": app.throttled, "planners": queue.planners,
     }  # fmt: skip
-
-
-def _count_planners(fleet: list[Stores]) -> list[int]:
-    """How many planner tasks a fan-out ran (each reads its post once first)."""
-    count = [0]
-    for stores in fleet:
-        read = stores.table.post_image
-
-        def counted(post_id: str, read: Any = read) -> Any:
-            count[0] += 1
-            return read(post_id)
-
-        stores.table.post_image = counted  # type: ignore[method-assign]
-    return count
 
 
 def _planner(
@@ -311,7 +297,11 @@ def _planner(
     def split(upper: Segment) -> None:
         queue.send(queue.with_retries(_planner(queue, post, None, upper)))
 
-    return lambda stores: fan_out_post(stores, post, hand_out, resume, hand_on, segment, split)
+    def plan(stores: Stores) -> object:
+        queue.planners += 1
+        return fan_out_post(stores, post, hand_out, resume, hand_on, segment, split)
+
+    return plan
 
 
 class _Loader:
