@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # Fan-out and consumer tuning.
     fanout_chunk_size: int = Field(1000, ge=1, le=100_000)
     follower_page_size: int = Field(10_000, ge=1, le=100_000)
+    fanout_max_walkers: int = Field(
+        16, ge=1, le=1024, description="planner tasks that walk one post's followers at once (1: one walk)",
+    )
     write_concurrency: int = Field(4, ge=1, le=64)
     write_budget_wcu: int = Field(
         0, ge=0, description="WCU per second all workers together write to the app's table (0: no budget)",

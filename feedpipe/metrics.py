@@ -61,6 +61,7 @@ class Metrics:
     unprocessed_items: Counter
     throttles: Counter
     fanout_latency_seconds: Histogram
+    fanout_warm_latency_seconds: Histogram
     fanout_followers: Histogram
     regen_jobs: Counter
     regen_rebuilds: Counter
@@ -129,7 +130,12 @@ class Metrics:
             fanout_latency_seconds=Histogram("feedpipe_fanout_latency_seconds",
                                              "From a post's creation to a chunk of its followers written",
                                              buckets=FANOUT_BUCKETS, **r),
-            fanout_followers=Histogram("feedpipe_fanout_followers", "Followers per fanned-out post",
+            fanout_warm_latency_seconds=Histogram(
+                "feedpipe_fanout_warm_latency_seconds",
+                "From a post's creation to a handed-out chunk of its followers' warm Redis feeds written "
+                "(before the chunk's durable writes)", buckets=FANOUT_BUCKETS, **r),
+            fanout_followers=Histogram("feedpipe_fanout_followers",
+                                       "Followers per fanned-out post (per walk segment when the walk was split)",
                                        buckets=AUDIENCE_BUCKETS, **r),
             regen_jobs=Counter("feedpipe_regen_jobs_total", "Regeneration jobs taken from the queue", **r),
             regen_rebuilds=Counter("feedpipe_regen_rebuilds_total",

@@ -25,6 +25,7 @@ from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
 from feedpipe.core.backoff import full_jitter
 from feedpipe.core.events import Post
+from feedpipe.core.follower_segments import Segment
 from feedpipe.core.items import Item, Key
 from feedpipe.core.planning import chunked, write_groups
 from feedpipe.core.records import RecordError, is_live, post_from_image
@@ -77,6 +78,12 @@ def use_prebuilt_batch_writes(client: Any) -> Any:
     return client
 
 
+def _follower_ids(items: list[dict[str, Any]], segment: Segment | None) -> list[str]:
+    """The follower ids of a page of GSI1 items; a segment's upper bound belongs to the next."""
+    ids = (keys.strip_prefix(i["GSI1SK"]["S"], keys.FOLLOWER_PREFIX) for i in items)
+    return [i for i in ids if i and (segment is None or i != segment.hi)]
+
+
 class FeedTable:
     """The app's table as feedpipe uses it."""
 
@@ -96,18 +103,44 @@ class FeedTable:
             yield ids
 
     def follower_pages_from(
-        self, author_id: str, page_size: int | None = None, start: Key | None = None
+        self, author_id: str, page_size: int | None = None, start: Key | None = None, segment: Segment | None = None
     ) -> Iterator[tuple[list[str], Key | None]]:
-        """The followers of ``author_id`` from ``start`` on (a key a page ended at), one GSI1
-        page at a time, each with the key it ended at (None after the last page)."""
-        request = {**self._user_gsi1_request(author_id, keys.FOLLOWER_PREFIX), "ProjectionExpression": "GSI1SK"}
+        """The followers of ``author_id`` (those of ``segment`` only, when given) from ``start``
+        on (a key a page ended at), one GSI1 page at a time, each with the key it ended at (None
+        after the last page)."""
+        request = {**self._followers_request(author_id, segment), "ProjectionExpression": "GSI1SK"}
         if page_size:
             request["Limit"] = page_size
         if start:
             request["ExclusiveStartKey"] = start
         for page, last in self._pages_with_keys("query", request):
-            ids = [keys.strip_prefix(i["GSI1SK"]["S"], keys.FOLLOWER_PREFIX) for i in page]
-            yield [i for i in ids if i], last
+            yield _follower_ids(page, segment), last
+
+    def last_follower(self, author_id: str, segment: Segment | None = None) -> str | None:
+        """The highest follower id of ``author_id`` (in ``segment``, when given)."""
+        request = {**self._followers_request(author_id, segment), "ProjectionExpression": "GSI1SK",
+                   "ScanIndexForward": False, "Limit": 2}  # the segment's upper bound itself may come first
+        for page, _ in self._pages_with_keys("query", request):
+            ids = _follower_ids(page, segment)
+            if ids:
+                return ids[0]
+        return None
+
+    def _followers_request(self, author_id: str, segment: Segment | None) -> dict[str, Any]:
+        """A Query of the followers in ``segment``: GSI1SK from ``FOLLOWER#{lo}`` to the bound at
+        ``hi``, both inclusive (a key condition takes one range); ``_follower_ids`` drops ``hi``."""
+        if segment is None or segment.whole:
+            return self._user_gsi1_request(author_id, keys.FOLLOWER_PREFIX)
+        return {
+            "TableName": self.name,
+            "IndexName": keys.GSI1,
+            "KeyConditionExpression": "GSI1PK = :pk AND GSI1SK BETWEEN :lo AND :hi",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": keys.user_pk(author_id)},
+                ":lo": {"S": keys.follower_gsi1sk(segment.lo)},
+                ":hi": {"S": keys.follower_range_gsi1sk(segment.hi)},
+            },
+        }
 
     def recent_posts(self, author_id: str, limit: int, excluded: Collection[str]) -> list[Post]:
         """The author's newest ``limit`` live posts, newest first (GSI1, eventually consistent)."""

@@ -14,11 +14,14 @@ from feedpipe.core.events import FollowEnded, FollowStarted, PostPublished, Post
 # -- queues: one per kind of work, so a backed-up fan-out never delays a follow ---------------
 
 FANOUT_QUEUE = "fanout"
+# Fan-out chunks (durable writes, paced by the table's capacity) apart from the planners, whose
+# walk writes warm feeds first: a planner is never queued behind a huge post's chunks.
+FANOUT_CHUNK_QUEUE = "fanout_chunks"
 RETRACT_QUEUE = "retract"
 FOLLOWS_QUEUE = "follows"
 REGEN_TASK_QUEUE = "regen"  # the Celery queue of regeneration tasks, not the app's feed_regen_queue list
 MAINTENANCE_QUEUE = "maintenance"
-QUEUES = (FANOUT_QUEUE, RETRACT_QUEUE, FOLLOWS_QUEUE, REGEN_TASK_QUEUE, MAINTENANCE_QUEUE)
+QUEUES = (FANOUT_QUEUE, FANOUT_CHUNK_QUEUE, RETRACT_QUEUE, FOLLOWS_QUEUE, REGEN_TASK_QUEUE, MAINTENANCE_QUEUE)
 
 # -- task names: the consumer sends tasks by these names ----------------------------------------
 
@@ -38,7 +41,7 @@ BACKFILL_SEGMENT = "feedpipe.backfill.segment"
 
 TASK_QUEUES = MappingProxyType({
     FANOUT_POSTS: FANOUT_QUEUE,
-    FANOUT_CHUNK: FANOUT_QUEUE,
+    FANOUT_CHUNK: FANOUT_CHUNK_QUEUE,
     RETRACT_POSTS: RETRACT_QUEUE,
     RETRACT_CHUNK: RETRACT_QUEUE,
     APPLY_FOLLOWS: FOLLOWS_QUEUE,

@@ -120,6 +120,12 @@ def follower_gsi1sk(follower_id: str) -> str:
     return f"{FOLLOWER_PREFIX}{follower_id}"
 
 
+def follower_range_gsi1sk(follower_id: str | None) -> str:
+    """The GSI1SK bound of a segment of followers at ``follower_id``; None is past every
+    follower (``FOLLOWER$``: ``$`` is the character after ``#``)."""
+    return follower_gsi1sk(follower_id) if follower_id is not None else FOLLOWER_PREFIX[:-1] + "$"
+
+
 def post_gsi1sk(created_at: str, post_id: str) -> str:
     return f"{POST_PREFIX}{created_at}#{post_id}"
 

@@ -21,6 +21,7 @@ from feedpipe.config import Settings
 from feedpipe.core import keys
 from feedpipe.core.attributes import from_image
 from feedpipe.core.events import Post
+from feedpipe.core.follower_segments import Segment
 from feedpipe.core.items import Item, Key
 from feedpipe.core.records import RecordError, is_live, post_from_image
 from feedpipe.core.segments import Cursor, SegmentProgress
@@ -67,9 +68,9 @@ class MemoryTable:
         return sorted(found, key=lambda i: (i["GSI1SK"], i["PK"], i["SK"]), reverse=newest_first)
 
     def follower_pages_from(
-        self, author_id: str, page_size: int | None = None, start: Key | None = None
+        self, author_id: str, page_size: int | None = None, start: Key | None = None, segment: Segment | None = None
     ) -> Iterator[tuple[list[str], Key | None]]:
-        rows = self._gsi1(author_id, keys.FOLLOWER_PREFIX)
+        rows = self._followers(author_id, segment)
         if start:
             after = (start["GSI1SK"]["S"], start["PK"]["S"], start["SK"]["S"])
             rows = [r for r in rows if (r["GSI1SK"], r["PK"], r["SK"]) > after]
@@ -81,6 +82,17 @@ class MemoryTable:
                     "GSI1SK": {"S": page[-1]["GSI1SK"]}} if more else None
             ids = [keys.strip_prefix(r["GSI1SK"], keys.FOLLOWER_PREFIX) for r in page]
             yield [i for i in ids if i], last
+
+    def last_follower(self, author_id: str, segment: Segment | None = None) -> str | None:
+        rows = self._followers(author_id, segment)
+        return keys.strip_prefix(rows[-1]["GSI1SK"], keys.FOLLOWER_PREFIX) if rows else None
+
+    def _followers(self, author_id: str, segment: Segment | None) -> list[Image]:
+        rows = self._gsi1(author_id, keys.FOLLOWER_PREFIX)
+        if segment is None:
+            return rows
+        lo, hi = keys.follower_gsi1sk(segment.lo), keys.follower_range_gsi1sk(segment.hi)
+        return [r for r in rows if lo <= r["GSI1SK"] < hi]
 
     def recent_posts(self, author_id: str, limit: int, excluded: Collection[str]) -> list[Post]:
         posts: list[Post] = []

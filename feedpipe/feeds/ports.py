@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
+from feedpipe.core.follower_segments import Segment
 from feedpipe.core.items import Item, Key
 from feedpipe.core.segments import Cursor, SegmentProgress
 
@@ -31,8 +32,10 @@ class PostsAndFollows(Protocol):
     """The app's truth: posts and follow edges (the base table and GSI1)."""
 
     def follower_pages_from(
-        self, author_id: str, page_size: int | None = None, start: Key | None = None
+        self, author_id: str, page_size: int | None = None, start: Key | None = None, segment: Segment | None = None
     ) -> Iterator[tuple[list[str], Key | None]]: ...
+
+    def last_follower(self, author_id: str, segment: Segment | None = None) -> str | None: ...
 
     def recent_posts(self, author_id: str, limit: int, excluded: Collection[str]) -> list[Post]: ...
 

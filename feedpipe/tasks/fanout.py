@@ -1,6 +1,9 @@
 """Fan-out and retraction tasks. A batch task plans each post; full chunks of followers go to
-chunk tasks on the same queue, so one huge audience spreads over every worker, and a walk of the
-followers that spends the task's budget goes on in a fresh planner message (``"resume"``)."""
+chunk tasks, so one huge audience spreads over every worker; a walk of the followers that spends
+the task's budget goes on in a fresh planner message (``"resume"``), and a walk split in two
+hands its upper segment to a new planner message (``"segment"``). Fan-out chunks have a queue of
+their own (``core.catalog``): a planner, which writes warm feeds first, never waits behind the
+durable writes of chunks."""
 
 from __future__ import annotations
 
@@ -9,7 +12,16 @@ from typing import Any, TypeVar
 
 from feedpipe import tasks
 from feedpipe.core.events import Event, PostPublished, PostRetracted
-from feedpipe.core.messages import Resume, chunk_payload, followers_of, resume_of, resume_payload
+from feedpipe.core.follower_segments import Segment
+from feedpipe.core.messages import (
+    Resume,
+    chunk_payload,
+    followers_of,
+    resume_of,
+    resume_payload,
+    segment_of,
+    segment_payload,
+)
 from feedpipe.feeds import fanout
 from feedpipe.tasks.base import FeedpipeTask, PermanentError, run_events
 
@@ -30,6 +42,13 @@ def _hand_on(task: FeedpipeTask, task_name: str, event: PostPublished | PostRetr
     return send
 
 
+def _split(task: FeedpipeTask, task_name: str, event: PostPublished | PostRetracted) -> fanout.Split:
+    def send(segment: Segment) -> None:
+        task.app.send_task(task_name, args=[[segment_payload(event, segment)]])
+
+    return send
+
+
 def _expect(event: Event, cls: type[E]) -> E:
     if not isinstance(event, cls):
         raise PermanentError(f"expected {cls.kind}, got {event.kind}")
@@ -41,7 +60,9 @@ def fan_out_posts(self: FeedpipeTask, payloads: list[dict[str, Any]]) -> None:
         published = _expect(event, PostPublished)
         hand_out = _hand_out(self, tasks.FANOUT_CHUNK, published)
         hand_on = _hand_on(self, tasks.FANOUT_POSTS, published)
-        fanout.fan_out_post(self.services.stores, published.post, hand_out, resume_of(payload), hand_on)
+        split = _split(self, tasks.FANOUT_POSTS, published)
+        fanout.fan_out_post(self.services.stores, published.post, hand_out, resume_of(payload), hand_on,
+                            segment_of(payload), split)
 
     run_events(self, payloads, handle)
 
@@ -58,7 +79,9 @@ def retract_posts(self: FeedpipeTask, payloads: list[dict[str, Any]]) -> None:
         retracted = _expect(event, PostRetracted)
         hand_out = _hand_out(self, tasks.RETRACT_CHUNK, retracted)
         hand_on = _hand_on(self, tasks.RETRACT_POSTS, retracted)
-        fanout.retract_post(self.services.stores, retracted.post, hand_out, resume_of(payload), hand_on)
+        split = _split(self, tasks.RETRACT_POSTS, retracted)
+        fanout.retract_post(self.services.stores, retracted.post, hand_out, resume_of(payload), hand_on,
+                            segment_of(payload), split)
 
     run_events(self, payloads, handle)
 

@@ -1,7 +1,9 @@
 """A fan-out whose walk of the followers outlasts the task budget goes on in fresh planner tasks,
 on the in-memory stores (held to moto and fakeredis by ``test_store_contract``): every follower
-gets the post exactly once, chunks stay chunk-sized, and
-a post deleted between two planner tasks stops the walk and leaves every feed.
+gets the post exactly once, chunks stay chunk-sized, and a post deleted between two planner
+tasks stops the walk and leaves every feed. A walk split across planners (segments of
+follower ids, read with GSI1SK BETWEEN) does the same on moto and fakeredis, and its
+planners write warm feeds before any chunk runs.
 
 The task budget is the visibility timeout / 4; time here is a fake clock that moves 1 s on each
 look, so a planner stops after about one page. 23 followers, pages of 4, chunks of 5.
@@ -18,6 +20,7 @@ import pytest
 import feedpipe.feeds.fanout as fanout_module
 from feedpipe.config import load_settings
 from feedpipe.core.events import Post
+from feedpipe.core.follower_segments import Segment
 from feedpipe.core.records import post_from_image
 from feedpipe.feeds.fanout import Resume, deliver_chunk, fan_out_post, retract_chunk, retract_post
 from feedpipe.feeds.memory import memory_stores
@@ -131,3 +134,56 @@ def test_a_post_deleted_between_two_planner_tasks_stops_the_walk_and_leaves_ever
     Planner(stores).retract(post)  # the delete's own record, walked over budget too
 
     assert holders(stores, "p1") == Counter()
+
+
+class SplitPlanners:
+    """Runs every planner message (the first, those handed on, those split off) in the order
+    they were sent, collecting the chunks handed out."""
+
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self.chunks: list[list[str]] = []
+        self.segments: list[Segment] = []
+        self.planners = 0
+
+    def run(self, post: Post, walk: Any) -> None:
+        messages: list[tuple[Resume | None, Segment | None]] = [(None, None)]
+
+        def split(segment: Segment) -> None:
+            self.segments.append(segment)
+            messages.append((None, segment))
+
+        while messages:
+            resume, segment = messages.pop(0)
+            walk(self.stores, post, self.chunks.append, resume, lambda r: messages.append((r, None)), segment, split)
+            self.planners += 1
+
+
+def test_a_walk_split_across_planners_warms_feeds_first_and_reaches_everyone_once(stores):
+    warm = set(FOLLOWERS[::3])
+    for user in warm:
+        stores.cache.replace_feed(user, [])  # a regeneration made them warm: an empty feed, a marker
+    post = new_post(stores, "p1")
+    planners = SplitPlanners(stores)
+
+    planners.run(post, fan_out_post)
+
+    assert planners.segments and planners.planners > len(planners.segments) + 1, "never split, or never handed on"
+    handed = [f for chunk in planners.chunks for f in chunk]
+    assert len(set(handed)) == len(handed) and set(handed) | set(FOLLOWERS) == set(FOLLOWERS)
+    for user in warm & set(handed):  # no chunk has run: the planners wrote these
+        assert [e.member for e in stores.cache.members(user)] == [stores.format.member(post)]
+    for chunk in planners.chunks:
+        deliver_chunk(stores, post, chunk)
+    assert holders(stores, "p1") == Counter({u: 1 for u in FOLLOWERS})
+    assert all(stores.cache.is_warm(u) == (u in warm) for u in FOLLOWERS)
+    assert all(len(stores.cache.members(u)) == 1 for u in warm)
+
+    stores.app.delete_post("p1")  # type: ignore[attr-defined]
+    retraction = SplitPlanners(stores)
+    retraction.run(post, retract_post)
+    for chunk in retraction.chunks:
+        retract_chunk(stores, post, chunk)
+
+    assert retraction.segments and holders(stores, "p1") == Counter()
+    assert all(stores.cache.members(u) == [] and stores.cache.is_warm(u) for u in warm)

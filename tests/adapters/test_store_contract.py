@@ -24,6 +24,7 @@ from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
+from feedpipe.core.follower_segments import Segment
 from feedpipe.core.items import feed_item_key
 from feedpipe.core.keys import OwnKeys
 from feedpipe.core.records import post_from_image
@@ -98,6 +99,28 @@ class StoreContract:
         rest = list(backend.stores.table.follower_pages_from("alice", 2, pages[0][1]))
         assert [f for p, _ in rest for f in p] == fans[2:]
         assert [f for p, _ in backend.stores.table.follower_pages_from("alice") for f in p] == fans
+
+    def test_a_segment_of_followers_is_read_from_its_lower_bound_up_to_but_not_its_upper(
+        self, backend: Backend
+    ) -> None:
+        fans = ["f1", "f2", "f3", "f4", "f5"]
+        for fan in fans:
+            backend.app.follow(fan, "alice")
+        backend.post("p0")  # GSI1SK POST#...: never a follower
+        table = backend.stores.table
+
+        def walk(segment: Segment, page: int | None = None) -> list[str]:
+            return [f for p, _ in table.follower_pages_from("alice", page, segment=segment) for f in p]
+
+        assert walk(Segment("f2", "f4")) == ["f2", "f3"]
+        assert walk(Segment("f3", None)) == ["f3", "f4", "f5"] == walk(Segment("f3", None), 1)
+        assert walk(Segment("", "f2")) == ["f1"] and walk(Segment("", None)) == fans
+        first, last = next(table.follower_pages_from("alice", 2, segment=Segment("f2", None)))
+        assert first == ["f2", "f3"] and last is not None
+        rest = table.follower_pages_from("alice", 2, last, Segment("f2", "f5"))  # a page key, a narrower segment
+        assert [f for p, _ in rest for f in p] == ["f4"]
+        assert table.last_follower("alice") == "f5" and table.last_follower("alice", Segment("f1", "f4")) == "f3"
+        assert table.last_follower("alice", Segment("f6", None)) is None and table.last_follower("bob") is None
 
     def test_follow_edges_are_read_strongly(self, backend: Backend) -> None:
         backend.app.follow("bob", "alice")

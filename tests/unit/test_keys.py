@@ -16,6 +16,8 @@ from feedpipe.core.keys import OwnKeys
         (keys.post_pk("p1"), "POST#p1"),
         (keys.following_sk("u2"), "FOLLOWING#u2"),
         (keys.follower_gsi1sk("u1"), "FOLLOWER#u1"),
+        (keys.follower_range_gsi1sk("u1"), "FOLLOWER#u1"),
+        (keys.follower_range_gsi1sk(None), "FOLLOWER$"),
         (keys.post_gsi1sk("2024-01-15T10:30:00.123Z", "p1"), "POST#2024-01-15T10:30:00.123Z#p1"),
         (keys.timeline_gsi2pk("2024-01-15"), "TIMELINE#2024-01-15"),
         (keys.username_gsi1pk("alice"), "USERNAME#alice"),

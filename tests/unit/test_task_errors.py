@@ -407,3 +407,39 @@ def test_a_rebuild_resume_that_cannot_be_read_is_dead_lettered(
 
     assert [(s, p) for s, _, p in letters.letters] == [("task:feedpipe.regen.rebuild", payload)]
     assert "resume needs a step" in letters.letters[0][1]
+
+
+def test_a_fan_out_walk_split_in_two_goes_on_in_a_planner_message_and_its_chunks_in_their_own_queue(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The messages a splitting planner sends are ones the planner task reads back: the upper
+    segment to the planners' queue, chunks to the chunks' queue."""
+    import feedpipe.tasks.fanout as fanout_tasks
+    from feedpipe.core.events import PostPublished
+    from feedpipe.core.follower_segments import Segment
+    from feedpipe.metrics import noop_metrics
+    from tests.unit.conftest import make_post
+
+    app = WorkerApp(services=_services(letters, {}, metrics=noop_metrics()))
+    seen: list[Segment | None] = []
+    sent: list[dict[str, Any]] = []
+
+    def walk(stores: Any, post: Any, hand_out: Any, resume: Any, hand_on: Any, segment: Any, split: Any) -> int:
+        seen.append(segment)
+        if segment is None:
+            split(Segment("m", None, 8))
+            hand_out(["f1", "f2"])
+        return 0
+
+    monkeypatch.setattr(fanout_tasks.fanout, "fan_out_post", walk)
+    router = app.amqp.router
+    monkeypatch.setattr(app, "send_task", lambda name, args, **options: sent.append(
+        {"name": name, "args": args, "queue": router.route(options, name)["queue"].name}))
+
+    app.tasks[tasks.FANOUT_POSTS].apply(args=[[to_payload(PostPublished(make_post("p1")))]])
+    split_message, chunk_message = sent
+    assert (split_message["name"], split_message["queue"]) == ("feedpipe.fanout.posts", "fanout")
+    assert (chunk_message["name"], chunk_message["queue"]) == ("feedpipe.fanout.chunk", "fanout_chunks")
+    app.tasks[tasks.FANOUT_POSTS].apply(args=split_message["args"])
+
+    assert seen == [None, Segment("m", None, 8)] and letters.letters == []
