@@ -27,7 +27,7 @@ import pytest
 
 from feedpipe.adapters.redis_client import connect_broker
 from feedpipe.config import load_settings
-from feedpipe.core.catalog import FANOUT_QUEUE, FOLLOWS_QUEUE, QUEUES, RETRACT_QUEUE
+from feedpipe.core.catalog import FANOUT_CHUNK_QUEUE, FANOUT_QUEUE, FOLLOWS_QUEUE, QUEUES, RETRACT_QUEUE
 from feedpipe.core.keys import OwnKeys
 from feedpipe.dev.local import LOCAL_AWS_ENV, stop_process
 from tests.chaos.scenario import RandomApp, RecordCounter, finish
@@ -132,7 +132,7 @@ def _within_the_lag(world: AppWorld, people: dict[str, list[str]], rng: random.R
     miss them); a post deleted racing its fan-out; an unfollow and a re-follow after a delete."""
     world.post("ann", "ann1")  # the newcomers' first posts
     world.post("ben", "ben1")
-    wait_until(lambda: _queues_empty(world, FANOUT_QUEUE, RETRACT_QUEUE, FOLLOWS_QUEUE), 60,
+    wait_until(lambda: _queues_empty(world, FANOUT_QUEUE, FANOUT_CHUNK_QUEUE, RETRACT_QUEUE, FOLLOWS_QUEUE), 60,
                "the backed-up work to be taken")  # so the tasks below run within the lag
     for author in ("alice", "ann", "ben"):
         fans = rng.sample([u for u in people["users"] if u not in world.follows[author]], 2)
