@@ -16,6 +16,13 @@ durable writes wait for. The chunk's task then writes durable and the cache agai
 member: no change) and settles; that settle runs after the early cache write, so a post deleted
 or a follower gone meanwhile leaves the cache as it leaves the durable feed, and a cache rebuild
 still finds a cache write after every durable write (``feeds.rebuild``).
+
+A planner that dies after a warm write and before it sends that chunk (or after the writes of
+its own last chunk, before their settle) leaves nothing to settle that write but its own
+message, run again. A second attempt that finds its post no longer live therefore sweeps its
+range as a retraction does (``sweep``): the delete's retraction may have walked past those
+followers before the early write. A first attempt skips: the retraction owns the post. (A
+follower who unfollowed meanwhile is listed by no walk any more: the sampled audit repairs them.)
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 
 from feedpipe.core import keys
@@ -39,6 +47,16 @@ HandOut = Callable[[list[str]], None]
 HandOn = Callable[[Resume], None]
 Split = Callable[[Segment], None]
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Handoffs:
+    """Where a walk sends what it does not do itself: full chunks, the rest of a walk that spent
+    its budget, the upper part of a split segment."""
+
+    hand_out: HandOut
+    hand_on: HandOn | None = None
+    split: Split | None = None
 
 
 def walk_audience(
@@ -118,13 +136,23 @@ def fan_out_post(
     hand_on: HandOn | None = None,
     segment: Segment | None = None,
     split: Split | None = None,
+    sweep: Handoffs | None = None,
 ) -> int:
     """Start (or, with ``resume`` or ``segment``, go on) delivering a published post; a post no
     longer live is skipped (its retraction, or a later publish, owns it). A huge author's post
-    goes to their list instead. Returns the followers walked once the walk (of this segment)
-    is complete, else 0."""
+    goes to their list instead. Returns the followers walked (or swept) once the walk (of this
+    segment) is complete, else 0.
+
+    ``sweep``, given when this message ran before, is how a retraction hands its work out: a
+    second attempt that finds the post no longer live takes it out of its range's feeds with
+    it, as an earlier attempt may have written some (module doc). A huge author's too: they
+    may have been promoted since that attempt walked."""
     if not post_is_live(stores, post.post_id):
-        return 0
+        if sweep is None:
+            return 0
+        log.info("post %s no longer live on a second attempt: sweeping its walk", post.post_id,
+                 extra={"post_id": post.post_id})
+        return retract_post(stores, post, sweep.hand_out, resume, sweep.hand_on, segment, sweep.split)
     if starts_walk(resume, segment) and fanout_on_read.is_huge(stores, post.author_id):
         fanout_on_read.publish(stores, post)
         log.info("post %s by huge author %s kept for fan-out-on-read", post.post_id, post.author_id,

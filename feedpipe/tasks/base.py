@@ -161,6 +161,14 @@ def retry_rest(task: FeedpipeTask, rest: list[Any], exc: Exception) -> None:
         raise Reject(rejected.reason, requeue=True) from None
 
 
+def ran_before(task: FeedpipeTask) -> bool:
+    """Whether the running message is a second attempt: Celery retried it, or the broker
+    delivered it again (kombu's Redis transport marks a message it restores unacknowledged,
+    AMQP one a consumer left unacknowledged or rejected)."""
+    request = task.request
+    return bool(request.retries) or bool((request.delivery_info or {}).get("redelivered"))
+
+
 def longest_wait(settings: Settings) -> int:
     """The longest a retry or a backoff waits, in whole seconds: ``RETRY_MAX_SECONDS``, but never
     past the task budget. A countdown retry sits unacknowledged in the worker, and one outliving

@@ -3,7 +3,8 @@ chunk tasks, so one huge audience spreads over every worker; a walk of the follo
 the task's budget goes on in a fresh planner message (``"resume"``), and a walk split in two
 hands its upper segment to a new planner message (``"segment"``). Fan-out chunks have a queue of
 their own (``core.catalog``): a planner, which writes warm feeds first, never waits behind the
-durable writes of chunks."""
+durable writes of chunks. A fan-out planner's message that ran before is given a retraction's
+hand-offs, for the sweep ``feeds.fanout`` makes when its post is gone."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from feedpipe.core.messages import (
     segment_payload,
 )
 from feedpipe.feeds import fanout
-from feedpipe.tasks.base import FeedpipeTask, PermanentError, run_events
+from feedpipe.tasks.base import FeedpipeTask, PermanentError, ran_before, run_events
 
 E = TypeVar("E", PostPublished, PostRetracted)
 
@@ -49,6 +50,13 @@ def _split(task: FeedpipeTask, task_name: str, event: PostPublished | PostRetrac
     return send
 
 
+def _retraction(task: FeedpipeTask, published: PostPublished) -> fanout.Handoffs:
+    """How a retraction of the published post hands its work out: to the retraction tasks."""
+    retracted = PostRetracted(published.post, published.meta)
+    return fanout.Handoffs(_hand_out(task, tasks.RETRACT_CHUNK, retracted),
+                           _hand_on(task, tasks.RETRACT_POSTS, retracted), _split(task, tasks.RETRACT_POSTS, retracted))
+
+
 def _expect(event: Event, cls: type[E]) -> E:
     if not isinstance(event, cls):
         raise PermanentError(f"expected {cls.kind}, got {event.kind}")
@@ -61,8 +69,9 @@ def fan_out_posts(self: FeedpipeTask, payloads: list[dict[str, Any]]) -> None:
         hand_out = _hand_out(self, tasks.FANOUT_CHUNK, published)
         hand_on = _hand_on(self, tasks.FANOUT_POSTS, published)
         split = _split(self, tasks.FANOUT_POSTS, published)
+        sweep = _retraction(self, published) if ran_before(self) else None
         fanout.fan_out_post(self.services.stores, published.post, hand_out, resume_of(payload), hand_on,
-                            segment_of(payload), split)
+                            segment_of(payload), split, sweep)
 
     run_events(self, payloads, handle)
 

@@ -10,6 +10,11 @@ runs every order of the pending steps (states already seen are not walked again)
 in-memory stores (``feeds.memory``, held to the real adapters by ``test_store_contract``), and
 checks in every final state what users see: the durable and the cached feed of each follower.
 
+A search may also let one planner die (``crashes``): right after any warm write, before it sends
+that chunk, or after the writes of the chunk it delivers itself, before their settle. Its
+message then runs again as a second attempt, as Celery redelivers or retries it; the messages
+it sent before it died stay sent.
+
 The world: ``alice`` posts to five followers; two are warm. Pages of two followers, chunks of
 one, at most four walkers per post, so a planner hands out chunks, splits, and delivers a
 remainder itself. Every feed already holds zoe's ``OLD`` post.
@@ -17,10 +22,11 @@ remainder itself. Every feed already holds zoe's ``OLD`` post.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +41,7 @@ from feedpipe.core.planning import unique
 from feedpipe.core.records import post_from_image
 from feedpipe.feeds import fanout
 from feedpipe.feeds.delivery import add_post, post_is_live
-from feedpipe.feeds.fanout import fan_out_post, retract_chunk, retract_post, settle_chunk
+from feedpipe.feeds.fanout import Handoffs, fan_out_post, retract_chunk, retract_post, settle_chunk
 from feedpipe.feeds.follows import apply_unfollow
 from feedpipe.feeds.memory import MemoryTable, memory_stores
 from feedpipe.feeds.memory_cache import MemoryCache
@@ -50,7 +56,11 @@ FOLLOWERS = ["f0", "f1", "f2", "f3", "f4"]
 WARM = {"f0", "f3"}
 OLD = "z_old"
 
-Step = tuple[Any, ...]  # hashable: ("walk", resume, segment), ("chunk", followers), ...
+Step = tuple[Any, ...]  # hashable: ("walk", resume, segment, again), ("chunk", followers), ...
+
+
+class Crash(Exception):
+    """The planner's process dies here."""
 
 
 @dataclass
@@ -62,6 +72,7 @@ class Run:
     post: Post
     live_image: dict[str, Any]
     followers: list[str]
+    crashes: int = 0  # how many planners may still die
     finals: int = 0
     seen: set[Any] = field(default_factory=set)
     steps: Counter[str] = field(default_factory=Counter)
@@ -75,11 +86,11 @@ class Run:
 
     def save(self) -> Any:
         items, space = self._data()
-        return _copy(items), _copy(space.zsets), dict(space.strings), dict(space.deadlines)
+        return _copy(items), _copy(space.zsets), dict(space.strings), dict(space.deadlines), self.crashes
 
     def load(self, saved: Any) -> None:
         items, space = self._data()
-        items_, zsets, strings, deadlines = saved
+        items_, zsets, strings, deadlines, self.crashes = saved
         items.clear()
         items.update(_copy(items_))
         space.zsets, space.strings, space.deadlines = _copy(zsets), dict(strings), dict(deadlines)
@@ -90,7 +101,7 @@ class Run:
         edges = sorted(k for k in items if not k[0].startswith("FEED#"))
         truth = (edges, items[("POST#p1", "METADATA")].get("is_deleted"))
         cached = sorted((k, sorted(v)) for k, v in space.zsets.items())
-        return repr((feeds, truth, cached, sorted(space.strings), sorted(pending.items(), key=repr)))
+        return repr((feeds, truth, cached, sorted(space.strings), sorted(pending.items(), key=repr), self.crashes))
 
     # -- what users see -----------------------------------------------------------------------------
 
@@ -109,7 +120,7 @@ def _copy(nested: dict[Any, dict[Any, Any]]) -> dict[Any, dict[Any, Any]]:
     return {k: dict(v) for k, v in nested.items()}
 
 
-def world(*, walkers: int = 4, followers: int = len(FOLLOWERS)) -> Run:
+def world(*, walkers: int = 4, followers: int = len(FOLLOWERS), warm: set[str] = WARM, crashes: int = 0) -> Run:
     settings = load_settings({
         "FEEDPIPE_TABLE_NAME": APP_TABLE, "FEEDPIPE_FANOUT_CHUNK_SIZE": "1", "FEEDPIPE_FOLLOWER_PAGE_SIZE": "2",
         "FEEDPIPE_FANOUT_MAX_WALKERS": str(walkers), "FEEDPIPE_WRITE_CONCURRENCY": "1",
@@ -127,12 +138,12 @@ def world(*, walkers: int = 4, followers: int = len(FOLLOWERS)) -> Run:
         app.follow(user, AUTHOR)
         app.follow(user, "zoe")
         stores.table.put_items(feed_items([user], old, stores.format.item_template(old)))
-        if user in WARM:
+        if user in warm:
             stores.cache.replace_feed(user, [stores.format.entry(old)])
     app.create_post(AUTHOR, "user_alice", "new", post_id="p1", created_at="2024-03-01T10:00:00.000Z")
     image = stores.table.post_image("p1")
     assert image is not None
-    return Run(stores, app, post_from_image(image), image, fans)
+    return Run(stores, app, post_from_image(image), image, fans, crashes)
 
 
 # -- the steps -------------------------------------------------------------------------------------
@@ -146,8 +157,9 @@ def _thaw(frozen: Any) -> Resume | None:
     return None if frozen is None else Resume(json.loads(frozen[0]), frozen[1], frozen[2])
 
 
-def run_step(run: Run, step: Step) -> list[Step]:
-    """Run one step; returns the steps it leaves pending."""
+def run_step(run: Run, step: Step, crash_at: int | None = None) -> list[Step]:
+    """Run one step; returns the steps it leaves pending. A planner's step with ``crash_at``
+    dies there (``crash_points``), and leaves its own message to run again."""
     s, post, spawned = run.stores, run.post, []
     kind = step[0]
     run.steps[kind] += 1
@@ -155,26 +167,54 @@ def run_step(run: Run, step: Step) -> list[Step]:
     def walk_callbacks(chunk_kind: str, walk_kind: str) -> dict[str, Callable[..., None]]:
         return {
             "hand_out": lambda chunk: spawned.append((chunk_kind, tuple(chunk))),
-            "hand_on": lambda resume: spawned.append((walk_kind, _freeze(resume), None)),
-            "split": lambda segment: spawned.append((walk_kind, None, segment)),
+            "hand_on": lambda resume: spawned.append((walk_kind, _freeze(resume), None, False)),
+            "split": lambda segment: spawned.append((walk_kind, None, segment, False)),
         }
+
+    def die() -> None:  # the planner's message is delivered again (an inline chunk's: the planner's)
+        run.crashes -= 1
+        spawned.append(("walk", *(step[2:4] if kind == "inline" else step[1:3]), True))
 
     if kind == "walk":  # a planner's first read: is the post live?
         if post_is_live(s, post.post_id):
             spawned.append(("walk-rest", *step[1:]))
+        elif step[3]:  # a second attempt finds it deleted: the rest of it is one step
+            run.steps["sweep" if step[2] is None else "sweep-segment"] += 1
+            sweep = Handoffs(**walk_callbacks("retract-chunk", "retract"))
+            fan_out_post(s, post, resume=_thaw(step[1]), segment=step[2], sweep=sweep,
+                         **walk_callbacks("chunk", "walk"))
     elif kind == "walk-rest":  # the rest of that planner, which found it live; the remainder it
-        # delivers itself is a chunk here too, so other steps may come between its write and settle
-        remainder = lambda _s, _p, followers: spawned.append(("chunk", tuple(followers)))  # noqa: E731
-        with _first_read_live(run), _patched(fanout, "deliver_chunk", remainder):
-            fan_out_post(s, post, resume=_thaw(step[1]), segment=step[2], **walk_callbacks("chunk", "walk"))
-    elif kind == "chunk":  # a chunk task's writes (durable, then cache again) ...
+        # delivers itself is a step of its own, so other steps may come between its write and settle
+        callbacks, handed = walk_callbacks("chunk", "walk"), itertools.count(1)
+
+        def hand_out(chunk: list[str]) -> None:  # the chunk's warm feeds have the post by now
+            if next(handed) == crash_at:
+                die()
+                raise Crash
+            callbacks["hand_out"](chunk)
+
+        remainder = lambda _s, _p, followers: spawned.append(("inline", tuple(followers), *step[1:3]))  # noqa: E731
+        with _first_read_live(run), _patched(fanout, "deliver_chunk", remainder), suppress(Crash):
+            fan_out_post(s, post, resume=_thaw(step[1]), segment=step[2], **{**callbacks, "hand_out": hand_out})
+    elif kind in ("chunk", "inline"):  # a chunk's writes (durable, then cache again) ...
         add_post(s, post, unique(step[1]))
-        spawned.append(("settle", step[1]))
+        if kind == "inline" and crash_at == 1:  # the planner dies before settling its own chunk
+            die()
+        else:
+            spawned.append(("settle", step[1]))
     elif kind == "settle":  # ... and its settle
         settle_chunk(s, post, list(step[1]))
-    elif kind == "delete":
+    elif kind == "delete":  # ("delete", "revive"): the app then makes the post live again
         run.app.delete_post(post.post_id)
-        spawned.append(("retract", None, None))
+        spawned.append(("retract", None, None, False))
+        if step[1:] == ("revive",):
+            spawned.append(("revive",))
+    elif kind == "revive":  # its stream record publishes the post again
+        run.app.dynamodb.update_item(
+            TableName=APP_TABLE, Key={"PK": {"S": "POST#p1"}, "SK": {"S": "METADATA"}},
+            UpdateExpression="SET is_deleted = :f", ExpressionAttributeValues={":f": {"BOOL": False}},
+        )  # fmt: skip
+        spawned.append(("walk", None, None, False))
     elif kind == "retract":
         retract_post(s, post, resume=_thaw(step[1]), segment=step[2], **walk_callbacks("retract-chunk", "retract"))
     elif kind == "retract-chunk":
@@ -189,6 +229,14 @@ def run_step(run: Run, step: Step) -> list[Step]:
     else:
         raise AssertionError(step)
     return spawned
+
+
+def crash_points(run: Run, step: Step) -> Iterator[int | None]:
+    """Where a step may end: done (None), or, while a planner may still die, at each point of a
+    planner's that ``run_step`` counts (its hand-outs; its own chunk's settle), until past its last."""
+    yield None
+    if run.crashes and step[0] in ("walk-rest", "inline"):
+        yield from itertools.count(1)
 
 
 @contextmanager
@@ -234,11 +282,15 @@ def explore(run: Run, pending: Counter[Step], check: Callable[[Run], None]) -> N
         return
     saved = run.save()
     for step in sorted(pending, key=repr):
-        rest = pending.copy()
-        rest[step] -= 1
-        rest += Counter(run_step(run, step))
-        explore(run, +rest, check)
-        run.load(saved)
+        for crash_at in crash_points(run, step):
+            rest = pending.copy()
+            rest[step] -= 1
+            rest += Counter(run_step(run, step, crash_at))
+            if crash_at is not None and run.crashes == saved[-1]:  # the planner ended before that point
+                run.load(saved)
+                break
+            explore(run, +rest, check)
+            run.load(saved)
 
 
 # -- what must hold at the end, whatever the order -------------------------------------------------
@@ -252,7 +304,7 @@ def expect(run: Run, has_post: set[str], warm: set[str]) -> None:
 
 
 def searched(run: Run, *app_steps: Step, check: Callable[[Run], None]) -> Run:
-    explore(run, Counter([("walk", None, None), *app_steps]), check)
+    explore(run, Counter([("walk", None, None, False), *app_steps]), check)
     assert run.finals > 0
     return run
 
@@ -301,6 +353,33 @@ def test_an_unfollow_and_a_rebuild_of_the_leaver_at_any_points_leave_the_post_ou
     run = world(walkers=2, followers=4)
     stayers = set(run.followers) - {"f2"}
     searched(run, ("unfollow", "f2"), ("rebuild", "f2"), check=lambda r: expect(r, stayers, WARM | {"f2"}))
+
+
+# Crashes multiply the orders: three followers, the first planner's hand-out to f0 and the
+# split-off planner's own chunk to f2 both warm.
+CRASHING = {"walkers": 2, "followers": 3, "warm": {"f0", "f2"}, "crashes": 1}
+
+
+def test_a_planner_that_dies_anywhere_and_runs_again_still_puts_the_post_in_every_feed_once():
+    run = searched(world(**CRASHING), check=lambda r: expect(r, set(FOLLOWERS), CRASHING["warm"]))
+    assert run.steps["inline"] >= 2, "no planner delivered a chunk of its own"
+
+
+def test_a_post_deleted_while_a_planner_that_died_waits_to_run_again_ends_in_no_feed():
+    """The planner dies after a warm write (or its own chunk's writes) that the delete's
+    retraction had already walked past; its second attempt finds the post deleted, and must
+    take out what the first one may have written."""
+    run = searched(world(**CRASHING), ("delete",), check=lambda r: expect(r, set(), CRASHING["warm"]))
+    assert run.steps["sweep"] and run.steps["sweep-segment"], "a first or a split-off planner never swept"
+
+
+def test_a_post_revived_after_a_second_attempt_swept_it_ends_in_every_feed_once():
+    """The sweep's chunks may run after the post is live again (and its new fan-out done): they
+    settle, so they put it back. One page of two followers: a revive multiplies the orders."""
+    warm = {"f0", "f1"}
+    run = searched(world(followers=2, warm=warm, crashes=1), ("delete", "revive"),
+                   check=lambda r: expect(r, set(FOLLOWERS), warm))
+    assert run.steps["sweep"] and run.steps["revive"]
 
 
 def test_with_one_walker_no_walk_splits():

@@ -424,7 +424,8 @@ def test_a_fan_out_walk_split_in_two_goes_on_in_a_planner_message_and_its_chunks
     seen: list[Segment | None] = []
     sent: list[dict[str, Any]] = []
 
-    def walk(stores: Any, post: Any, hand_out: Any, resume: Any, hand_on: Any, segment: Any, split: Any) -> int:
+    def walk(stores: Any, post: Any, hand_out: Any, resume: Any, hand_on: Any, segment: Any, split: Any,
+             sweep: Any) -> int:
         seen.append(segment)
         if segment is None:
             split(Segment("m", None, 8))
@@ -443,3 +444,79 @@ def test_a_fan_out_walk_split_in_two_goes_on_in_a_planner_message_and_its_chunks
     app.tasks[tasks.FANOUT_POSTS].apply(args=split_message["args"])
 
     assert seen == [None, Segment("m", None, 8)] and letters.letters == []
+
+
+def _run_planner(app: WorkerApp, payload: dict[str, Any], **request: Any) -> None:
+    """Run the fan-out planner on ``payload`` as a worker does, with the request Celery builds
+    from the message (its ``retries``, its ``delivery_info``)."""
+    planner = app.tasks[tasks.FANOUT_POSTS]
+    planner.push_request(**request)
+    try:
+        planner.run([payload])
+    finally:
+        planner.pop_request()
+
+
+@pytest.mark.parametrize("request_", [{}, {"retries": 0, "delivery_info": {"redelivered": False}}],
+                         ids=["eager", "first-delivery"])
+def test_a_fan_out_planner_on_its_first_attempt_has_nothing_to_sweep(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch, request_: dict[str, Any]
+) -> None:
+    import feedpipe.tasks.fanout as fanout_tasks
+    from feedpipe.core.events import PostPublished
+    from feedpipe.metrics import noop_metrics
+    from tests.unit.conftest import make_post
+
+    app = WorkerApp(services=_services(letters, {}, metrics=noop_metrics()))
+    given: list[Any] = []
+    monkeypatch.setattr(fanout_tasks.fanout, "fan_out_post", lambda *args: given.append(args[-1]))
+
+    _run_planner(app, to_payload(PostPublished(make_post("p1"))), **request_)
+
+    assert given == [None]
+
+
+@pytest.mark.parametrize("request_", [{"retries": 1}, {"retries": 0, "delivery_info": {"redelivered": True}}],
+                         ids=["retried", "redelivered"])
+def test_a_fan_out_planner_that_ran_before_sweeps_through_the_retraction_tasks(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch, request_: dict[str, Any]
+) -> None:
+    """A second attempt (Celery's retry, or the broker's redelivery) is given a retraction's
+    hand-offs: its chunks go to the retraction chunk task, its splits and hand-ons to the
+    retraction planner, as post_retracted events those tasks read back."""
+    import feedpipe.tasks.fanout as fanout_tasks
+    from feedpipe.core.events import PostPublished
+    from feedpipe.core.follower_segments import Segment
+    from feedpipe.core.messages import Resume
+    from feedpipe.metrics import noop_metrics
+    from tests.unit.conftest import make_post
+
+    app = WorkerApp(services=_services(letters, {}, metrics=noop_metrics()))
+    sent: list[dict[str, Any]] = []
+    retracted: list[tuple[str, Any]] = []
+
+    def walk(stores: Any, post: Any, hand_out: Any, resume: Any, hand_on: Any, segment: Any, split: Any,
+             sweep: Any) -> int:
+        sweep.hand_out(["f1", "f2"])
+        sweep.split(Segment("m", None, 2))
+        sweep.hand_on(Resume({"PK": {"S": "USER#u_alice"}}, 7))
+        return 0
+
+    monkeypatch.setattr(fanout_tasks.fanout, "fan_out_post", walk)
+    monkeypatch.setattr(fanout_tasks.fanout, "retract_chunk", lambda _s, post, followers: retracted.append(
+        (post.post_id, followers)))
+    monkeypatch.setattr(fanout_tasks.fanout, "retract_post", lambda _s, post, _o, resume, _on, segment, _sp: (
+        retracted.append((post.post_id, resume or segment))))
+    router = app.amqp.router
+    monkeypatch.setattr(app, "send_task", lambda name, args, **options: sent.append(
+        {"name": name, "args": args, "queue": router.route(options, name)["queue"].name}))
+
+    _run_planner(app, to_payload(PostPublished(make_post("p1"))), **request_)
+    assert [(m["name"], m["queue"]) for m in sent] == [("feedpipe.retract.chunk", "retract")] + [
+        ("feedpipe.retract.posts", "retract")] * 2
+    for message in sent:
+        assert message["args"][0][0]["type"] == "post_retracted"
+        app.tasks[message["name"]].apply(args=message["args"])
+
+    assert retracted == [("p1", ["f1", "f2"]), ("p1", Segment("m", None, 2)),
+                         ("p1", Resume({"PK": {"S": "USER#u_alice"}}, 7))] and letters.letters == []
