@@ -9,6 +9,7 @@ it loaded. There is no process-wide instance.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,35 +37,41 @@ class Services:
     _metrics: Metrics | None = None
     _dynamodb: Any = None
     _redis: RedisClient | None = None
+    # A thread pool's first tasks ask side by side: each part is built once.
+    _building: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def stores(self) -> Stores:
-        if self._stores is None:
-            self._stores = build_stores(self.settings, self.dynamodb, metrics=self.metrics, redis=self.redis)
-        return self._stores
+        with self._building:
+            if self._stores is None:
+                self._stores = build_stores(self.settings, self.dynamodb, metrics=self.metrics, redis=self.redis)
+            return self._stores
 
     @property
     def dynamodb(self) -> Any:
         """This process's DynamoDB client, for what runs beside the feed rules (scans of the
         users, backfill progress); the stores use the same one."""
-        if self._dynamodb is None:
-            self._dynamodb = dynamodb_client(self.settings)
-        return self._dynamodb
+        with self._building:
+            if self._dynamodb is None:
+                self._dynamodb = dynamodb_client(self.settings)
+            return self._dynamodb
 
     @property
     def redis(self) -> RedisClient:
         """This process's client of the app's cache Redis (the stores use the same one)."""
-        if self._redis is None:
-            self._redis = connect_redis(self.settings)
-        return self._redis
+        with self._building:
+            if self._redis is None:
+                self._redis = connect_redis(self.settings)
+            return self._redis
 
     @property
     def metrics(self) -> Metrics:
         """This process's metrics: a prefork child's go to the shared multiprocess files; a
         process that serves its own ``/metrics`` passes its own in (``_metrics``)."""
-        if self._metrics is None:
-            self._metrics = Metrics.create(None) if in_multiprocess_mode() else noop_metrics()
-        return self._metrics
+        with self._building:
+            if self._metrics is None:
+                self._metrics = Metrics.create(None) if in_multiprocess_mode() else noop_metrics()
+            return self._metrics
 
     @property
     def own_keys(self) -> OwnKeys:

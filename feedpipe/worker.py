@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,12 +52,20 @@ class WorkerApp(Celery):  # type: ignore[misc]  # Celery's classes are untyped
         super().__init__("feedpipe", task_cls=FeedpipeTask)
         self._settings = services.settings if services is not None else settings
         self._services = services
+        self._building = threading.Lock()
+        # A fork copies the lock as it is: held, if a thread of the parent (its /metrics server)
+        # was building services then. The child starts with a fresh one.
+        fresh = weakref.WeakMethod(self._fresh_lock)
+        os.register_at_fork(after_in_child=lambda: (renew := fresh()) is not None and renew())
         self.config_from_object(_LazyConfig(lambda: celery_config(self.settings)))
         for module in TASK_MODULES:
             run: Callable[..., object]
             for name, run in importlib.import_module(module).TASKS.items():
                 # Not shared: Celery would otherwise add every task to every app made after this one.
                 self.task(run, name=name, bind=True, shared=False)
+
+    def _fresh_lock(self) -> None:
+        self._building = threading.Lock()
 
     @property
     def settings(self) -> Settings:
@@ -71,9 +81,10 @@ class WorkerApp(Celery):  # type: ignore[misc]  # Celery's classes are untyped
     @property
     def services(self) -> Services:
         """This process's services: built on first use, and again after a fork."""
-        if self._services is None or self._services.pid != os.getpid():
-            self._services = Services(self.settings)
-        return self._services
+        with self._building:  # a thread pool's first tasks ask side by side
+            if self._services is None or self._services.pid != os.getpid():
+                self._services = Services(self.settings)
+            return self._services
 
 
 class _LazyConfig(Mapping[str, Any]):
