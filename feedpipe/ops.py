@@ -17,10 +17,9 @@ from feedpipe.config import Settings
 from feedpipe.consumers.build import build_source
 from feedpipe.consumers.pipeline import RecordPipeline
 from feedpipe.core.catalog import REPLAYABLE_TASKS
-from feedpipe.core.keys import REGEN_QUEUE, OwnKeys
+from feedpipe.core.keys import REGEN_QUEUE, WALK_START, OwnKeys
 from feedpipe.core.letters import decode_payload
 from feedpipe.core.timestamps import now_timestamp
-from feedpipe.feeds.ports import WALK_START
 from feedpipe.feeds.rebuild import rebuild_cache, rebuild_durable
 from feedpipe.feeds.stores import Stores
 

@@ -34,12 +34,13 @@ from feedpipe.config import (
     TlsCertReqs,
     redact_url,
 )
+from feedpipe.core.keys import WALK_START
 
 log = logging.getLogger(__name__)
 
 RedisClient: TypeAlias = redis.Redis | RedisCluster
 
-SCAN_START = "0"  # starts a walk, and is what the last page of a walk returns
+SCAN_START = WALK_START  # starts a walk, and is what the last page of a walk returns
 _CERT_REQS = {
     TlsCertReqs.REQUIRED: ssl.CERT_REQUIRED,
     TlsCertReqs.OPTIONAL: ssl.CERT_OPTIONAL,

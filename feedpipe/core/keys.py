@@ -75,6 +75,10 @@ FEED_MANAGEMENT_PREFIX = "FEED_MANAGEMENT#"
 TIMELINE_PREFIX = "TIMELINE#"
 FANOUT_ON_READ_PK = "FANOUT_ON_READ"
 AUTHOR_PREFIX = "AUTHOR#"
+
+# The cursor that starts a walk of the cache's keys (Redis SCAN's own), and that the walk's last
+# page returns.
+WALK_START = "0"
 BACKFILL_PREFIX = "backfill|"
 PROFILE_SK = "PROFILE"
 POST_SK = "METADATA"

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 from feedpipe.core import keys
 from feedpipe.core.entries import CacheEntry
-from feedpipe.core.keys import OwnKeys
-from feedpipe.feeds.ports import WALK_START
+from feedpipe.core.keys import WALK_START, OwnKeys
 
 NO_KEY, NO_TTL = -2, -1  # Redis' PTTL/TTL of a missing key, of a key without expiry
 

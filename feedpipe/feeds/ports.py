@@ -25,7 +25,6 @@ from feedpipe.core.items import Item, Key
 from feedpipe.core.segments import Cursor, SegmentProgress
 
 Image = dict[str, Any]
-WALK_START = "0"  # the cursor that starts a walk of the cache (SCAN's), and that its last page returns
 
 
 class PostsAndFollows(Protocol):
@@ -104,7 +103,7 @@ class CachedFeeds(Protocol):
     def members(self, user_id: str, limit: int | None = None) -> list[CacheEntry]: ...
 
     # The bounded sweep that caps every cached feed (``feeds.trimming``): a walk over the
-    # feed keys, a page at a time (from ``WALK_START`` until it comes back; a key may repeat),
+    # feed keys, a page at a time (from ``core.keys.WALK_START`` until it comes back; a key may repeat),
     # and each page capped at its newest ``max_length`` in one round trip.
 
     def feed_keys_page(self, cursor: str, count: int) -> tuple[str, list[str]]: ...

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from feedpipe.feeds.ports import WALK_START, CachedFeeds, DurableFeeds
+from feedpipe.core.keys import WALK_START
+from feedpipe.feeds.ports import CachedFeeds, DurableFeeds
 
 T = TypeVar("T")
 P = ParamSpec("P")

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from feedpipe import tasks
-from feedpipe.feeds.ports import WALK_START
+from feedpipe.core.keys import WALK_START
 from feedpipe.feeds.rebuild import rebuild_cache
 from feedpipe.feeds.trimming import sweep_cached_feeds, sweep_durable_feeds
 from feedpipe.tasks.base import FeedpipeTask

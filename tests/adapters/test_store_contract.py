@@ -26,12 +26,11 @@ from feedpipe.core.entries import CacheEntry
 from feedpipe.core.events import Post
 from feedpipe.core.follower_segments import Segment
 from feedpipe.core.items import feed_item_key
-from feedpipe.core.keys import OwnKeys
+from feedpipe.core.keys import WALK_START, OwnKeys
 from feedpipe.core.records import post_from_image
 from feedpipe.core.segments import SegmentProgress
 from feedpipe.dev.appsim import AppWriter
 from feedpipe.feeds.memory import memory_stores
-from feedpipe.feeds.ports import WALK_START
 from feedpipe.feeds.stores import Stores
 from feedpipe.services import build_stores
 from tests.adapters.conftest import APP_TABLE
