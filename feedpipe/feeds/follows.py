@@ -56,6 +56,15 @@ def recheck_follow(stores: Stores, follower_id: str, followed_id: str) -> int:
     return backfill(stores, follower_id, followed_id, only_missing=True)
 
 
+def recheck_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
+    """The unfollow's unmerge again, once no planner can still be writing to the follower from a
+    page of followers read before the unfollow (``tasks.follows``): a planner that wrote after
+    the first unmerge and died before its settle, or whose chunk's settle never came, is
+    walked again without them (GSI1 no longer lists them), so nothing else would take the
+    post out."""
+    return unmerge(stores, follower_id, followed_id)
+
+
 def _dead(stores: Stores, in_feed: Sequence[Post]) -> list[Post]:
     """The posts of ``in_feed`` that are no longer live."""
     live = stores.table.live_post_ids([p.post_id for p in in_feed], stores.excluded) if in_feed else set()

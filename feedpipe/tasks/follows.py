@@ -1,5 +1,7 @@
-"""Follow and unfollow tasks: backfill on follow, unmerge on unfollow, and each follow checked
-again once GSI1 has caught up with it (``gsi_lag_seconds``; see README "Guarantees")."""
+"""Follow and unfollow tasks: backfill on follow, unmerge on unfollow. Each follow is checked
+again once GSI1 has caught up with it (``gsi_lag_seconds``); each unfollow once, besides, no
+planner can still be writing to the follower from a page of followers read before it (a task
+budget later): see README "Guarantees"."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 from feedpipe import tasks
 from feedpipe.core.events import Event, FollowEnded, FollowStarted
-from feedpipe.feeds.follows import apply_follow, apply_unfollow, recheck_follow
+from feedpipe.feeds.follows import apply_follow, apply_unfollow, recheck_follow, recheck_unfollow
 from feedpipe.tasks.base import FeedpipeTask, PermanentError, run_events
 
 
@@ -21,6 +23,7 @@ def _apply(task: FeedpipeTask, event: Event, payload: dict[str, Any]) -> None:
         _schedule_recheck(task, payload)
     elif isinstance(event, FollowEnded):
         apply_unfollow(stores, event.follower_id, event.followed_id)
+        _schedule_unfollow_recheck(task, payload)
     else:
         raise PermanentError(f"expected a follow event, got {event.kind}")
 
@@ -35,10 +38,23 @@ def _schedule_recheck(task: FeedpipeTask, payload: dict[str, Any]) -> None:
         task.app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], countdown=countdown)
 
 
+def _schedule_unfollow_recheck(task: FeedpipeTask, payload: dict[str, Any]) -> None:
+    """After twice the lag (a planner may read the old edge from GSI1 that long) and one task
+    budget (how long a planner goes on writing to the followers of a page it read): by then a
+    planner that wrote to this follower after the unmerge has settled that write, or died;
+    the re-check takes out what a dead one left (``feeds.follows.recheck_unfollow``)."""
+    settings = task.services.settings
+    countdown = math.ceil(2 * settings.gsi_lag_seconds + settings.task_budget_seconds)
+    task.app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], countdown=countdown)
+
+
 def _recheck(task: FeedpipeTask, event: Event, _: dict[str, Any]) -> None:
-    if not isinstance(event, FollowStarted):
-        raise PermanentError(f"expected a follow, got {event.kind}")
-    recheck_follow(task.services.stores, event.follower_id, event.followed_id)
+    if isinstance(event, FollowStarted):
+        recheck_follow(task.services.stores, event.follower_id, event.followed_id)
+    elif isinstance(event, FollowEnded):
+        recheck_unfollow(task.services.stores, event.follower_id, event.followed_id)
+    else:
+        raise PermanentError(f"expected a follow event, got {event.kind}")
 
 
 def apply_follows(self: FeedpipeTask, payloads: list[dict[str, Any]]) -> None:

@@ -42,7 +42,7 @@ from feedpipe.core.records import post_from_image
 from feedpipe.feeds import fanout
 from feedpipe.feeds.delivery import add_post, post_is_live
 from feedpipe.feeds.fanout import Handoffs, fan_out_post, retract_chunk, retract_post, settle_chunk
-from feedpipe.feeds.follows import apply_unfollow
+from feedpipe.feeds.follows import apply_unfollow, recheck_unfollow
 from feedpipe.feeds.memory import MemoryTable, memory_stores
 from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.rebuild import rebuild_cache
@@ -385,3 +385,63 @@ def test_a_post_revived_after_a_second_attempt_swept_it_ends_in_every_feed_once(
 def test_with_one_walker_no_walk_splits():
     run = searched(world(walkers=1), check=lambda r: expect(r, set(FOLLOWERS), WARM))
     assert run.steps["walk-rest"] == 1
+
+
+# -- an unfollow between a planner's page read and its write, then the planner dies ----------------
+
+
+@contextmanager
+def _unfollow_just_before(run: Run, leaver: str, target: Any, write: str) -> Iterator[None]:
+    """The leaver unfollows, and the unfollow's task runs, after the planner read the page that
+    lists them and just before its ``write`` (of ``target``: the cache's warm write, the table's
+    put) first reaches them."""
+    real = getattr(target, write)
+
+    def racing(batch: Any, *args: Any) -> Any:
+        batch = list(batch)
+        if any(leaver in (one if isinstance(one, str) else one["user_id"]["S"]) for one in batch):
+            setattr(target, write, real)
+            run.app.unfollow(leaver, AUTHOR)
+            apply_unfollow(run.stores, leaver, AUTHOR)
+        return real(batch, *args)
+
+    with _patched(target, write, racing):
+        yield
+
+
+def _deliver(run: Run, chunks: list[list[str]]) -> None:
+    for chunk in chunks:
+        fanout.deliver_chunk(run.stores, run.post, chunk)
+
+
+def _die(*_: object) -> None:
+    raise Crash
+
+
+@pytest.mark.parametrize("leaver, own_chunk", [("f0", False), ("f2", True)],
+                         ids=["warm write, chunk never sent", "own chunk written, never settled"])
+def test_an_unfollow_inside_a_planner_that_then_dies_is_undone_by_its_check_after_the_walks(leaver, own_chunk):
+    """The unfollow's task runs between the planner's read of the follower and its write to them
+    (the warm write of a chunk it hands out, or the durable and cached writes of the chunk it
+    delivers itself); the planner dies before anything settles that write, and its second
+    attempt walks a GSI1 that no longer lists the leaver. What takes the post out is the
+    unfollow checked again once no planner can still be writing from a page read before it."""
+    run = world(walkers=1, followers=3, warm={"f0", "f2"})  # chunks: [f0], [f1] handed out, [f2] its own
+    sent: list[list[str]] = []
+    if own_chunk:
+        race = _unfollow_just_before(run, leaver, run.stores.table, "put_items")
+        with race, _patched(fanout, "settle_chunk", _die), suppress(Crash):
+            fan_out_post(run.stores, run.post, hand_out=sent.append)
+    else:
+        race = _unfollow_just_before(run, leaver, run.stores.cache, "add_to_warm_feeds")
+        with race, suppress(Crash):
+            fan_out_post(run.stores, run.post, hand_out=_die)
+    _deliver(run, sent)  # what it sent before it died runs
+    again: list[list[str]] = []
+    fan_out_post(run.stores, run.post, hand_out=again.append, sweep=Handoffs(hand_out=_die))
+    _deliver(run, again)
+    assert "p1" in (run.cached(leaver) or []), "the race was not forced: no stale write to undo"
+
+    recheck_unfollow(run.stores, leaver, AUTHOR)
+
+    expect(run, set(run.followers) - {leaver}, {"f0", "f2"})
