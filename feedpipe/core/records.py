@@ -181,7 +181,12 @@ def moment_ms(value: Any) -> int | None:
     Streams give seconds (a ``datetime`` through boto3); DynamoDB-to-Kinesis gives milliseconds."""
     if isinstance(value, datetime):
         return _epoch_ms(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        if not math.isfinite(value):
+            return None
+    except OverflowError:  # an int no float can hold: JSON decodes a 400-digit number to one
         return None
     return int(value * 1000) if value < 1e11 else int(value)
 

@@ -330,3 +330,16 @@ def test_chunk_and_resume_messages_round_trip_through_their_payloads():
         followers_of({"followers": "f1"})
     with pytest.raises(PayloadError, match="start key"):
         resume_of({"resume": {"start": {"GSI1PK": "USER#a"}, "walked": 3}})
+
+
+@pytest.mark.parametrize("moment", [10**400, -(10**400)], ids=["huge", "hugely-negative"])
+def test_a_time_no_float_can_hold_is_no_time_and_the_record_is_still_read(load_event, moment):
+    """JSON decodes a 400-digit number to an int; ``read_record`` raised OverflowError on it,
+    outside its own guard (a poison record that stopped the consumer instead of moving on)."""
+    from feedpipe.core.records import read_record
+
+    record = load_event("post_insert")
+    record["dynamodb"]["ApproximateCreationDateTime"] = moment
+    envelope = read_record(record)
+    assert envelope.time_ms is None and envelope.error is None
+    assert isinstance(envelope.event, PostPublished) and envelope.event.meta.approximate_ms is None
