@@ -289,6 +289,16 @@ def test_parsed_events_survive_a_json_round_trip_as_task_payloads(load_event, na
     assert event_from_payload(payload) == event
 
 
+@pytest.mark.parametrize("name", ["post_insert", "post_remove", "follow_insert", "follow_remove"])
+def test_a_payload_is_what_asdict_made_key_for_key_and_in_order(load_event, name):
+    """The message bytes a worker receives stay as they were before ``to_payload`` stopped
+    calling ``dataclasses.asdict``."""
+    from dataclasses import asdict
+
+    event = parse_record(load_event(name))
+    assert json.dumps(to_payload(event)) == json.dumps({**asdict(event), "type": event.kind})
+
+
 # -- read once: the envelope ---------------------------------------------------------------------
 
 
