@@ -28,6 +28,7 @@ from feedpipe.adapters.dispatch import TaskDispatcher
 from feedpipe.adapters.redis_feeds import connect_redis
 from feedpipe.adapters.streams import ReadResult, Shard
 from feedpipe.config import Settings, load_settings
+from feedpipe.consumers.collector import tuned_collector
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import DeadLetterSink, RecordPipeline
@@ -149,7 +150,7 @@ def consume(
 def measure(n_rate: int, n_memory: int, rounds: int) -> dict[str, Any]:
     make = RecordFactory()
     expected_events = sum(1 for i in range(n_rate) if make.kind(i) in EVENT_KINDS)
-    with local_redis() as server:
+    with local_redis() as server, tuned_collector():  # the collector as ``feedpipe consume`` sets it
         settings = load_settings({"FEEDPIPE_REDIS_URL": server.url, "FEEDPIPE_BROKER_URL": server.broker_url})
         app = publisher_app(settings)
         client = connect_redis(server.url)

@@ -6,9 +6,10 @@ Everything on the path is feedpipe's and real except the stream: ``StreamConsume
 ``DynamoDBStreamSource`` on a real botocore client (requests built and signed, answers parsed:
 the records kept raw, as ``build_source`` does), ``RecordPipeline`` parsing each record, ``TaskDispatcher``
 publishing to a real Redis broker (a throwaway ``redis-server``), checkpoints on
-``tests.fakes.FakeLeaseTable``. The stream is ``bench.stream_model``: 64 closed shards holding the
-records of ``bench.consumer`` (80% feed-item inserts, 15% events), each GetRecords answered after
-a wall-clock wait drawn uniformly from 20–50 ms.
+``tests.fakes.FakeLeaseTable``, the garbage collector set as ``feedpipe consume`` sets it
+(``collector.tuned_collector``). The stream is ``bench.stream_model``: 64 closed shards holding
+the records of ``bench.consumer`` (80% feed-item inserts, 15% events), each GetRecords answered
+after a wall-clock wait drawn uniformly from 20–50 ms.
 
 So the CPU part (botocore, decoding the records' JSON, parsing them, publishing to the broker)
 is measured, on this machine's cores; the latency part (the network and the service) is
@@ -31,6 +32,7 @@ from feedpipe.adapters.dynamo import make_client
 from feedpipe.adapters.redis_feeds import connect_redis
 from feedpipe.adapters.streams import DynamoDBStreamSource, keep_records_raw
 from feedpipe.config import load_settings
+from feedpipe.consumers.collector import tuned_collector
 from feedpipe.consumers.consumer import StreamConsumer
 from feedpipe.consumers.leasing import LeaseCoordinator
 from feedpipe.consumers.pipeline import RecordPipeline
@@ -71,7 +73,7 @@ def measure(cases: list[tuple[int, int]]) -> list[dict[int, dict[str, Any]]]:
     make = RecordFactory()
     records = [make(i) for i in range(max(per_shard for _, per_shard in cases))]
     measured = []
-    with local_redis() as server:
+    with local_redis() as server, tuned_collector():  # the collector as ``feedpipe consume`` sets it
         settings = load_settings({"FEEDPIPE_REDIS_URL": server.url, "FEEDPIPE_BROKER_URL": server.broker_url})
         app, client = publisher_app(settings), connect_redis(server.url)
         try:

@@ -76,6 +76,7 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     """Run the stream consumer."""
     settings = _start(ctx, broker=True).settings
     from feedpipe.consumers.build import build_consumer
+    from feedpipe.consumers.collector import tuned_collector
     from feedpipe.health import ConsumerProbe, consumer_stall_seconds
 
     registry, metrics = _process_metrics()
@@ -91,7 +92,8 @@ def consume(ctx: click.Context, stop_when_idle: bool) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("consuming %s with settings %s", settings.table_name, settings.describe())
-    totals = consumer.run(stop_when_idle=stop_when_idle)
+    with tuned_collector():
+        totals = consumer.run(stop_when_idle=stop_when_idle)
     click.echo(json.dumps({"consumed": totals.__dict__}))
 
 

@@ -11,11 +11,13 @@ over, resumes after the checkpoint, so a record is delivered at least once; task
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
 from kombu.exceptions import OperationalError
@@ -50,6 +52,8 @@ IDLE_ROUNDS_TO_STOP = 2
 THROTTLE_MAX_SECONDS = 10.0
 AWS_BACKOFF_MAX_SECONDS = 30.0
 NOT_READ = -1
+
+Taken = TypeVar("Taken")
 
 
 @dataclass
@@ -160,13 +164,14 @@ class StreamConsumer:
         return list(self.shards.values())
 
     def _poll_all(self, pool: ReadPool, states: list[ShardState]) -> list[int]:
-        """One batch of every shard not waiting out a failure: read at once, each handled here
-        as its read comes back. The round ends when every read has (a stop drains it)."""
+        """One batch of every shard not waiting out a failure: read at once, handled here as
+        the reads come back. The round ends when every read has (a stop drains it)."""
         now = time.monotonic()
         ready = [state for state in states if now >= state.resume_at]
         polls = [NOT_READ] * (len(states) - len(ready))
-        with pool.read_each(ready, self._fetch) as fetched:
-            polls += [self._poll(state, outcome) for state, outcome in fetched]
+        with pool.read_each(ready, self._fetch) as groups:
+            for group in groups:
+                polls += self._poll_group(group)
         return polls
 
     def _fetch(self, state: ShardState) -> Fetched:
@@ -179,12 +184,34 @@ class StreamConsumer:
         with self.metrics.stream_read_seconds.time():
             return self.source.read(state.iterator, self.records_per_read)
 
-    def _poll(self, state: ShardState, fetched: Callable[[], Fetched]) -> int:
-        """Publish and checkpoint the batch read from ``state``'s shard; returns records read,
-        or NOT_READ when the read itself failed (expired, throttled, trimmed, AWS unavailable:
-        then this shard waits, the others go on)."""
+    def _poll_group(self, group: list[tuple[ShardState, Callable[[], Fetched]]]) -> list[int]:
+        """Reads that came back together: each batch parsed (its dead letters stored), every
+        batch's events published in one dispatch, then each batch checkpointed. When reads come
+        back faster than the consumer handles them, their events fill fewer, fuller messages.
+        Returns the records each read, or NOT_READ where the read or its shard's AWS calls
+        failed (expired, throttled, trimmed, AWS unavailable: then that shard waits, the others
+        go on)."""
+        polls: list[int] = []
+        waiting: list[tuple[int, ShardState, ReadResult, Prepared]] = []
+        for state, fetched in group:
+            taken = self._on_shard(state, functools.partial(self._take, state, fetched))
+            if isinstance(taken, int):
+                polls.append(taken)
+                continue
+            result, prepared = taken
+            waiting.append((len(polls), state, result, prepared))
+            polls.append(len(result.records))
+        if waiting:
+            self._until_delivered(functools.partial(self.pipeline.deliver_all, [p for *_, p in waiting]))
+        for index, state, result, prepared in waiting:
+            polls[index] = self._on_shard(state, functools.partial(self._advance, state, result, prepared))
+        return polls
+
+    def _on_shard(self, state: ShardState, step: Callable[[], Taken]) -> Taken | int:
+        """``step()``, or NOT_READ when AWS is unavailable to it: the shard holds its checkpoint
+        and waits out a backoff of its own."""
         try:
-            return self._read_and_publish(state, fetched)
+            return step()
         except Exception as exc:
             if not is_transient_aws_error(exc):
                 raise
@@ -195,7 +222,10 @@ class StreamConsumer:
                         state.shard.shard_id, exc, delay)
             return NOT_READ
 
-    def _read_and_publish(self, state: ShardState, fetched: Callable[[], Fetched]) -> int:
+    def _take(self, state: ShardState, fetched: Callable[[], Fetched]) -> int | tuple[ReadResult, Prepared]:
+        """A batch read, parsed and its dead letters stored, waiting to be published; or the
+        records read when nothing waits (an empty read is gone past at once), NOT_READ when the
+        read failed."""
         try:
             result = fetched()
         except IteratorExpiredError:
@@ -219,21 +249,37 @@ class StreamConsumer:
             self._behind = True  # Kinesis: empty reads can still be behind the tip
         prepared = self.pipeline.prepare(result.records, f"stream:{state.shard.shard_id}") if result.records else None
         self._observe_lag(state, result, prepared)
-        if prepared is not None and not self._publish(state, prepared):
-            return len(result.records)  # the lease was lost: the shard is someone else's now
+        if prepared is None:
+            self._go_past(state, result)
+            return 0
+        self._until_delivered(functools.partial(self.pipeline.store_letters, prepared))
+        return result, prepared
+
+    def _advance(self, state: ShardState, result: ReadResult, prepared: Prepared) -> int:
+        """A published batch counted and checkpointed; the shard goes on past it unless its
+        lease was lost (the shard is someone else's now)."""
+        outcome = prepared.outcome
+        self.totals.add(outcome)
+        self._count(outcome)
+        assert prepared.last is not None  # a batch of at least one record
+        if self._checkpoint(state, prepared.last.sequence_number, prepared.last.time_ms):
+            self._go_past(state, result)
+        return len(result.records)
+
+    def _go_past(self, state: ShardState, result: ReadResult) -> None:
         state.iterator = result.next_iterator
         if result.next_iterator is None:
             self._checkpoint(state, SHARD_END)
             log.info("shard %s ended", state.shard.shard_id)
-        return len(result.records)
 
     def _pin_newest(self, state: ShardState, pinned: Pinned) -> None:
         log.info("shard %s: first start at its newest record (checkpoint %s), %d earlier records passed over",
                  state.shard.shard_id, pinned.checkpoint, pinned.passed)
         self._checkpoint(state, pinned.checkpoint)
 
-    def _publish(self, state: ShardState, prepared: Prepared) -> bool:
-        """Publish a parsed batch, then checkpoint it; False when the shard's lease was lost."""
+    def _until_delivered(self, deliver: Callable[[], None]) -> None:
+        """``deliver()`` (dead letters, a dispatch), retried through a broker outage; the
+        checkpoints wait. Raises once a stop is asked for."""
         for attempt in Retrying(
             retry=retry_if_exception_type(BROKER_ERRORS),
             wait=lambda state: full_jitter(0.2, state.attempt_number, 30),
@@ -245,12 +291,7 @@ class StreamConsumer:
             reraise=True,
         ):
             with attempt:
-                self.pipeline.deliver(prepared)  # a retry repeats only what did not get through
-        outcome = prepared.outcome
-        self.totals.add(outcome)
-        self._count(outcome)
-        assert prepared.last is not None  # a batch of at least one record
-        return self._checkpoint(state, prepared.last.sequence_number, prepared.last.time_ms)
+                deliver()  # a retry repeats only what did not get through
 
     def _checkpoint(self, state: ShardState, checkpoint: str, last_record_ms: int | None = None) -> bool:
         try:

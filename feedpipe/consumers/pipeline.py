@@ -112,15 +112,29 @@ class RecordPipeline:
     def deliver(self, prepared: Prepared) -> None:
         """Dead letters first (once, however often a broker outage makes the caller retry),
         then the events."""
+        self.deliver_all([prepared])
+
+    def deliver_all(self, batches: Sequence[Prepared]) -> None:
+        """``deliver`` for batches handled together (shards read at once): each batch's dead
+        letters, then every batch's events in one dispatch, so they fill fewer messages. The
+        messages sent are counted on the first batch's outcome."""
+        for prepared in batches:
+            self.store_letters(prepared)
+        events = [event for prepared in batches for event in prepared.events]
+        if not events:
+            return
+        batches[0].outcome.messages = self.dispatcher.dispatch(events)
+        if log.isEnabledFor(logging.DEBUG):
+            for prepared in batches:
+                for event in prepared.events:
+                    post = getattr(event, "post", None)
+                    log.debug("dispatched %s", event.kind, extra={
+                        "event_id": event.meta.event_id, "shard": prepared.source, "post_id": post and post.post_id})
+
+    def store_letters(self, prepared: Prepared) -> None:
+        """The batch's dead letters, once."""
         if prepared.letters and not prepared.letters_stored:
             self.dead_letters.add_many(prepared.letters)
             prepared.letters_stored = True
             log.warning("dead-lettered %d records from %s: %s", len(prepared.letters), prepared.source,
                         prepared.letters[0][1])
-        if prepared.events:
-            prepared.outcome.messages = self.dispatcher.dispatch(prepared.events)
-            if log.isEnabledFor(logging.DEBUG):
-                for event in prepared.events:
-                    post = getattr(event, "post", None)
-                    log.debug("dispatched %s", event.kind, extra={
-                        "event_id": event.meta.event_id, "shard": prepared.source, "post_id": post and post.post_id})

@@ -3,13 +3,14 @@
 A GetRecords call is mostly a wait on the network (tens of milliseconds), so a consumer holding
 hundreds of shards spends most of a round waiting if it reads them one after another. The pool
 overlaps those waits: up to ``concurrency`` reads are in flight, each of a different shard.
-Everything else stays on the consumer's own thread, one result at a time: parsing, publishing
-to the broker (a Celery producer is not made to be shared between threads), checkpointing and
-the leases. So a shard's batches are still published in order, and checkpointed only once
-published, exactly as when it read one shard after another.
+Everything else stays on the consumer's own thread: parsing, publishing to the broker (a Celery
+producer is not made to be shared between threads), checkpointing and the leases. It takes the
+reads as they finish, every read finished by then at once, so the batches of shards read
+together can be published together. A shard's batches are still published in order, and
+checkpointed only once published, exactly as when it read one shard after another.
 
-At most ``concurrency`` batches are read and not yet handed over (plus the one being handled),
-so memory stays bounded by the setting, not by the number of shards.
+At most ``concurrency`` batches are read or being read and not yet handled, plus one, so memory
+stays bounded by the setting, not by the number of shards.
 """
 
 from __future__ import annotations
@@ -53,15 +54,17 @@ class ReadPool:
     @contextlib.contextmanager
     def read_each(
         self, items: Sequence[Item], read: Callable[[Item], Result]
-    ) -> Iterator[Iterator[tuple[Item, Callable[[], Result]]]]:
-        """Start ``read(item)`` for every item; yields ``(item, outcome)`` pairs as reads finish,
-        where ``outcome()`` returns the read's result or raises its exception.
+    ) -> Iterator[Iterator[list[tuple[Item, Callable[[], Result]]]]]:
+        """Start ``read(item)`` for every item; yields the reads as they finish, in groups: each
+        group every read finished by the time the caller asks for the next (at least one), as
+        ``(item, outcome)`` pairs, where ``outcome()`` returns the read's result or raises its
+        exception. A caller slower than the reads gets them in bigger groups, to handle together.
 
         Each item is read once. Leaving the block, however it is left, cancels the reads not
         started and waits for those running: none outlives it, so the next round can never read
         an item a thread is still reading."""
         if self._executor is None:
-            yield ((item, functools.partial(read, item)) for item in items)
+            yield ([(item, functools.partial(read, item))] for item in items)
             return
         running: dict[Future[Result], Item] = {}
         try:
@@ -80,7 +83,7 @@ class ReadPool:
         items: Sequence[Item],
         read: Callable[[Item], Result],
         running: dict[Future[Result], Item],
-    ) -> Iterator[tuple[Item, Callable[[], Result]]]:
+    ) -> Iterator[list[tuple[Item, Callable[[], Result]]]]:
         waiting = iter(items)
 
         def start(count: int) -> None:
@@ -90,7 +93,8 @@ class ReadPool:
         start(self.concurrency)
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                item = running.pop(future)
-                start(1)  # keep the network busy while the caller handles this one
-                yield item, future.result
+            finished = [future for future in running if future in done]  # in the order they started
+            group: list[tuple[Item, Callable[[], Result]]] = [(running.pop(f), f.result) for f in finished]
+            start(1)  # keep the network busy while the caller handles these
+            yield group
+            start(len(group) - 1)  # and only then the rest: memory stays bounded by the setting

@@ -9,6 +9,9 @@ from typing import Any
 
 # DynamoDB itself allows 32 levels of nested maps and lists in an item.
 MAX_ATTRIBUTE_DEPTH = 50
+# isinstance(x, MAPPINGS) is isinstance(x, Mapping), answered at once for a dict (what JSON
+# decodes to) instead of by the ABC's slower check: it is asked of every attribute and record read.
+MAPPINGS = (dict, Mapping)
 
 
 class AttributeValueError(ValueError):
@@ -31,7 +34,7 @@ def _binary(value: Any) -> bytes:
 def from_attribute_value(av: Any, depth: int = 0) -> Any:
     """One attribute value to its Python value; raises AttributeValueError for anything malformed,
     nesting deeper than DynamoDB allows included (before it could exhaust Python's stack)."""
-    if not isinstance(av, Mapping) or len(av) != 1:
+    if not isinstance(av, MAPPINGS) or len(av) != 1:
         raise AttributeValueError(f"not an attribute value: {str(av)[:80]!r}")
     ((kind, value),) = av.items()
     try:
@@ -71,7 +74,7 @@ def from_attribute_value(av: Any, depth: int = 0) -> Any:
 
 def from_image(image: Any, depth: int = 0) -> dict[str, Any]:
     """A whole item (``{"PK": {"S": ...}, ...}``) to a plain dict."""
-    if not isinstance(image, Mapping):
+    if not isinstance(image, MAPPINGS):
         raise AttributeValueError("an item image must be a map")
     if depth > MAX_ATTRIBUTE_DEPTH:
         raise AttributeValueError(f"attributes nest deeper than {MAX_ATTRIBUTE_DEPTH} levels")

@@ -5,7 +5,7 @@ Payloads are plain JSON (never pickle): ``to_payload`` and ``event_from_payload`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 CONTENT_PREVIEW_UNITS = 200  # UTF-16 code units, as JavaScript's substring counts
@@ -87,8 +87,19 @@ _EVENT_TYPES: dict[str, type[Event]] = {
 
 
 def to_payload(event: Event) -> dict[str, Any]:
-    body = asdict(event)
+    body = _fields(event)
     body["type"] = event.kind
+    return body
+
+
+def _fields(value: Event | Post | RecordMeta) -> dict[str, Any]:
+    """``dataclasses.asdict`` of these slotted dataclasses, whose other fields hold only text,
+    numbers, booleans and None: the same dict in the same order, without asdict's deep copy of
+    every value (five times slower, paid by the consumer for every event it publishes)."""
+    body: dict[str, Any] = {}
+    for name in value.__slots__:
+        field_value = getattr(value, name)
+        body[name] = _fields(field_value) if isinstance(field_value, Post | RecordMeta) else field_value
     return body
 
 

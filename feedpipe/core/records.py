@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from feedpipe.core import keys
-from feedpipe.core.attributes import AttributeValueError, from_image
+from feedpipe.core.attributes import MAPPINGS, AttributeValueError, from_image
 from feedpipe.core.events import (
     CONTENT_PREVIEW_UNITS,
     Event,
@@ -93,7 +93,7 @@ def parse_change(record: Mapping[str, Any], excluded_visibilities: Collection[st
     if name not in _EVENT_NAMES:
         raise RecordError(f"unknown eventName {name!r}")
     body = record.get("dynamodb")
-    if not isinstance(body, Mapping):
+    if not isinstance(body, MAPPINGS):
         raise RecordError("record has no 'dynamodb' section")
     try:
         key = from_image(body.get("Keys"))
@@ -102,13 +102,12 @@ def parse_change(record: Mapping[str, Any], excluded_visibilities: Collection[st
     pk, sk = key.get("PK"), key.get("SK")
     if not isinstance(pk, str) or not isinstance(sk, str):
         raise RecordError("Keys lack a string PK and SK")
-    meta = _meta(record, body)
-    if pk.startswith(keys.FEED_PREFIX):
+    if pk.startswith(keys.FEED_PREFIX):  # most records of a busy table: fan-out's own writes
         return Ignored("feed", "feed item written by feedpipe")
     if pk.startswith(keys.POST_PREFIX) and sk == keys.POST_SK:
-        return _parse_post(name, body, meta, frozenset(excluded_visibilities))
+        return _parse_post(name, body, _meta(record, body), frozenset(excluded_visibilities))
     if pk.startswith(keys.USER_PREFIX) and sk.startswith(keys.FOLLOWING_PREFIX):
-        return _parse_follow(name, pk, sk, meta)
+        return _parse_follow(name, pk, sk, _meta(record, body))
     if pk.startswith(keys.USER_PREFIX) and sk == keys.PROFILE_SK:
         return Ignored("user", "user profile change")
     return Ignored("other", "not a post, follow or user")
@@ -118,12 +117,12 @@ def unwrap_record(record: Any) -> Mapping[str, Any]:
     """The DynamoDB change a record carries, in the DynamoDB Streams shape. A Kinesis record's
     data (bytes, or base64 text as in a Lambda event) is decoded, and its Kinesis sequence
     number becomes the change's ``SequenceNumber``."""
-    if not isinstance(record, Mapping):
+    if not isinstance(record, MAPPINGS):
         raise RecordError("record is not an object")
     kinesis = record.get("kinesis")
     if kinesis is None:
         return record
-    if not isinstance(kinesis, Mapping):
+    if not isinstance(kinesis, MAPPINGS):
         raise RecordError("'kinesis' section is not an object")
     data = kinesis.get("data")
     try:
@@ -143,12 +142,12 @@ def record_position(record: Any) -> tuple[str, int | None]:
     """A record's sequence number in its shard and its time in epoch ms, read from its outer
     shape without decoding it (Kinesis data stays unread): ``("", None)`` for what holds none,
     whatever the record is, so a record that is a dead letter still has its place."""
-    if not isinstance(record, Mapping):
+    if not isinstance(record, MAPPINGS):
         return "", None
     kinesis, body = record.get("kinesis"), record.get("dynamodb")
-    if isinstance(kinesis, Mapping):
+    if isinstance(kinesis, MAPPINGS):
         return _short_text(kinesis.get("sequenceNumber")), moment_ms(kinesis.get("approximateArrivalTimestamp"))
-    if isinstance(body, Mapping):
+    if isinstance(body, MAPPINGS):
         return _short_text(body.get("SequenceNumber")), moment_ms(body.get("ApproximateCreationDateTime"))
     return "", None
 
@@ -181,7 +180,12 @@ def moment_ms(value: Any) -> int | None:
     Streams give seconds (a ``datetime`` through boto3); DynamoDB-to-Kinesis gives milliseconds."""
     if isinstance(value, datetime):
         return _epoch_ms(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        if not math.isfinite(value):
+            return None
+    except OverflowError:  # an int no float can hold: JSON decodes a 400-digit number to one
         return None
     return int(value * 1000) if value < 1e11 else int(value)
 

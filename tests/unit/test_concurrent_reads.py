@@ -4,6 +4,7 @@ a stop drains the reads in flight."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -284,3 +285,45 @@ def test_a_stop_publishes_and_checkpoints_the_reads_in_flight_then_returns():
     assert leases.saved == {f"s{k}": f"{k * 1000 + 2:021d}" for k in range(shards)}
     assert all(lease.owner is None for lease in leases.leases.values())  # handed back
     assert _reads_running() == []
+
+
+def _group_of_every_shard(consumer: StreamConsumer) -> list:  # type: ignore[type-arg]
+    """Every held shard's next read, as reads that came back together (``ReadPool`` hands the
+    consumer every read finished by the time it asks)."""
+    consumer._maybe_refresh_shards()
+    return [(state, functools.partial(consumer._fetch, state)) for state in consumer._owned_shards()]
+
+
+def test_batches_read_together_go_out_in_one_dispatch_each_checkpointed_after_it():
+    shards, per_read = 3, 2
+    dispatcher = FakeDispatcher()
+    leases = CheckedLeases(dispatcher=dispatcher)
+    calls: list[list[str]] = []
+    dispatch = dispatcher.dispatch
+
+    def counted(events):  # type: ignore[no-untyped-def]
+        calls.append([e.follower_id for e in events])
+        return dispatch(events)
+
+    dispatcher.dispatch = counted  # type: ignore[method-assign]
+    consumer = _consumer(_stream(shards, 4), concurrency=shards, per_read=per_read, dispatcher=dispatcher,
+                         leases=leases)
+
+    polls = consumer._poll_group(_group_of_every_shard(consumer))
+
+    assert polls == [per_read] * shards
+    assert calls == [[f"s{k}" for k in range(shards) for _ in range(per_read)]]  # one dispatch, shard by shard
+    assert leases.saved == {f"s{k}": f"{k * 1000 + per_read:021d}" for k in range(shards)}
+    assert consumer.totals.records == shards * per_read and consumer.totals.messages == 1
+
+
+def test_a_broker_outage_holds_every_checkpoint_of_the_group_until_it_is_published():
+    shards = 3
+    dispatcher = FakeDispatcher(fail_next=2)
+    leases = CheckedLeases(dispatcher=dispatcher)
+    consumer = _consumer(_stream(shards, 4), concurrency=shards, dispatcher=dispatcher, leases=leases)
+
+    consumer._poll_group(_group_of_every_shard(consumer))
+
+    assert dispatcher.fail_next == 0 and len(_by_shard(dispatcher)) == shards  # published once it was back
+    assert leases.saved == {f"s{k}": f"{k * 1000 + 2:021d}" for k in range(shards)}

@@ -289,6 +289,16 @@ def test_parsed_events_survive_a_json_round_trip_as_task_payloads(load_event, na
     assert event_from_payload(payload) == event
 
 
+@pytest.mark.parametrize("name", ["post_insert", "post_remove", "follow_insert", "follow_remove"])
+def test_a_payload_is_what_asdict_made_key_for_key_and_in_order(load_event, name):
+    """The message bytes a worker receives stay as they were before ``to_payload`` stopped
+    calling ``dataclasses.asdict``."""
+    from dataclasses import asdict
+
+    event = parse_record(load_event(name))
+    assert json.dumps(to_payload(event)) == json.dumps({**asdict(event), "type": event.kind})
+
+
 # -- read once: the envelope ---------------------------------------------------------------------
 
 
@@ -330,3 +340,16 @@ def test_chunk_and_resume_messages_round_trip_through_their_payloads():
         followers_of({"followers": "f1"})
     with pytest.raises(PayloadError, match="start key"):
         resume_of({"resume": {"start": {"GSI1PK": "USER#a"}, "walked": 3}})
+
+
+@pytest.mark.parametrize("moment", [10**400, -(10**400)], ids=["huge", "hugely-negative"])
+def test_a_time_no_float_can_hold_is_no_time_and_the_record_is_still_read(load_event, moment):
+    """JSON decodes a 400-digit number to an int; ``read_record`` raised OverflowError on it,
+    outside its own guard (a poison record that stopped the consumer instead of moving on)."""
+    from feedpipe.core.records import read_record
+
+    record = load_event("post_insert")
+    record["dynamodb"]["ApproximateCreationDateTime"] = moment
+    envelope = read_record(record)
+    assert envelope.time_ms is None and envelope.error is None
+    assert isinstance(envelope.event, PostPublished) and envelope.event.meta.approximate_ms is None
