@@ -19,6 +19,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import TracebackType
@@ -67,15 +68,18 @@ class ReadPool:
             yield ([(item, functools.partial(read, item))] for item in items)
             return
         running: dict[Future[Result], Item] = {}
+        handed: dict[Future[Result], Item] = {}  # handed to the caller, outcome not yet asked for
         try:
-            yield self._as_finished(self._executor, items, read, running)
+            yield self._as_finished(self._executor, items, read, running, handed)
         finally:
             for future in running:
                 future.cancel()
             wait(running)
-            for future, item in running.items():  # the round ended before these were handled
-                if not future.cancelled() and future.exception() is not None:
-                    log.warning("read of %s left unhandled when the round ended: %r", item, future.exception())
+            ending = sys.exc_info()[1]  # the error the round ends on, if any: the caller's to report
+            for future, item in {**handed, **running}.items():  # the round ended before these were handled
+                error = None if future.cancelled() else future.exception()
+                if error is not None and error is not ending:
+                    log.warning("read of %s left unhandled when the round ended: %r", item, error)
 
     def _as_finished(
         self,
@@ -83,6 +87,7 @@ class ReadPool:
         items: Sequence[Item],
         read: Callable[[Item], Result],
         running: dict[Future[Result], Item],
+        handed: dict[Future[Result], Item],
     ) -> Iterator[list[tuple[Item, Callable[[], Result]]]]:
         waiting = iter(items)
 
@@ -94,7 +99,16 @@ class ReadPool:
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             finished = [future for future in running if future in done]  # in the order they started
-            group: list[tuple[Item, Callable[[], Result]]] = [(running.pop(f), f.result) for f in finished]
+            group: list[tuple[Item, Callable[[], Result]]] = [
+                (running.pop(f), functools.partial(_outcome, handed, f)) for f in finished
+            ]
+            handed.update(zip(finished, (item for item, _ in group), strict=True))
             start(1)  # keep the network busy while the caller handles these
             yield group
             start(len(group) - 1)  # and only then the rest: memory stays bounded by the setting
+
+
+def _outcome(handed: dict[Future[Result], Item], future: Future[Result]) -> Result:
+    """A finished read's result (or its error raised), now the caller's to handle."""
+    handed.pop(future, None)
+    return future.result()

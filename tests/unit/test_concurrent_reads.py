@@ -327,3 +327,29 @@ def test_a_broker_outage_holds_every_checkpoint_of_the_group_until_it_is_publish
 
     assert dispatcher.fail_next == 0 and len(_by_shard(dispatcher)) == shards  # published once it was back
     assert leases.saved == {f"s{k}": f"{k * 1000 + 2:021d}" for k in range(shards)}
+
+
+def test_a_failed_read_handed_out_with_the_one_the_round_ends_on_is_logged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both reads of a group failed; the caller handles the first, whose error ends the round:
+    the second, handed out but never handled, is in the log (and the first, the caller's to
+    report, is not logged twice). Forced: the pool waits for every read, so they come back in
+    one group."""
+    from concurrent import futures
+
+    from feedpipe.consumers import read_pool
+
+    monkeypatch.setattr(read_pool, "wait", lambda running, **_: futures.wait(running))
+
+    def read(item: str) -> None:
+        raise ValueError(f"no {item}")
+
+    pool = read_pool.ReadPool(2)
+    with pool, pytest.raises(ValueError, match="no a"), pool.read_each(["a", "b"], read) as groups:
+        group = next(groups)
+        assert [item for item, _ in group] == ["a", "b"]
+        group[0][1]()
+
+    unhandled = [r.getMessage() for r in caplog.records if "left unhandled" in r.getMessage()]
+    assert len(unhandled) == 1 and "no b" in unhandled[0], unhandled
