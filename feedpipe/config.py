@@ -160,7 +160,8 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(20, ge=0)
     gsi_lag_seconds: float = Field(
         2.0, ge=0, le=60,
-        description="bound on GSI1's replication lag: each follow is checked again after twice it (0: never)",
+        description="bound on GSI1's replication lag: each follow is checked again after twice it (0: never); "
+        "each unfollow after twice it plus a task budget, whatever it is",
     )
 
     # Regeneration, trimming and the schedule (``feedpipe beat``).

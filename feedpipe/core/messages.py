@@ -6,6 +6,10 @@ split in two hands its upper segment to a new planner (``segment_payload``). Eve
 the post's event payload with a field or two more, so a message is still an event to every
 reader of events; ``followers_of``, ``resume_of`` and ``segment_of`` read them back, or raise
 ``PayloadError`` with a reason fit for a dead letter.
+
+A payload a task started on and then retried or dead-lettered carries ``"attempted": true``
+(``attempted``): its next run knows it may have written before, where the rest of its batch,
+which never ran, does not.
 """
 
 from __future__ import annotations
@@ -82,3 +86,16 @@ def _is_key(value: Any) -> TypeGuard[Key]:
         and all(isinstance(t, str) and isinstance(v, str) for t, v in typed.items())
         for name, typed in value.items()
     )
+
+
+ATTEMPTED = "attempted"
+
+
+def attempted(payload: Any) -> bool:
+    """Whether a task started on this payload before (and retried or dead-lettered it)."""
+    return isinstance(payload, dict) and payload.get(ATTEMPTED) is True
+
+
+def mark_attempted(payload: Any) -> Any:
+    """The payload, marked as started on (``attempted``); what is not an object stays as it is."""
+    return {**payload, ATTEMPTED: True} if isinstance(payload, dict) else payload

@@ -22,7 +22,8 @@ its own last chunk, before their settle) leaves nothing to settle that write but
 message, run again. A second attempt that finds its post no longer live therefore sweeps its
 range as a retraction does (``sweep``): the delete's retraction may have walked past those
 followers before the early write. A first attempt skips: the retraction owns the post. (A
-follower who unfollowed meanwhile is listed by no walk any more: the sampled audit repairs them.)
+follower who unfollowed meanwhile is listed by no walk any more: the unfollow's own re-check,
+a task budget later, takes the post out: ``feeds.follows.recheck_unfollow``.)
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from typing import Any
 
 from feedpipe.core.events import Post
 from feedpipe.core.items import feed_item_key
+from feedpipe.core.merging import decode_member
 from feedpipe.core.records import RecordError, post_from_feed_item
 from feedpipe.feeds.delivery import count_removed, count_written, settle
 from feedpipe.feeds.stores import Stores
@@ -43,6 +44,7 @@ def backfill(stores: Stores, follower_id: str, followed_id: str, only_missing: b
     add_posts(stores, follower_id, added)
     dead = _dead(stores, in_feed)
     remove_posts(stores, follower_id, dead)
+    _remove_dead_cached_only(stores, follower_id, followed_id, {p.post_id for p in in_feed})
     settle_follow(stores, follower_id, followed_id, present=posts, absent=dead)
     return len(added)
 
@@ -59,10 +61,28 @@ def recheck_follow(stores: Stores, follower_id: str, followed_id: str) -> int:
 def recheck_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
     """The unfollow's unmerge again, once no planner can still be writing to the follower from a
     page of followers read before the unfollow (``tasks.follows``): a planner that wrote after
-    the first unmerge and died before its settle, or whose chunk's settle never came, is
-    walked again without them (GSI1 no longer lists them), so nothing else would take the
-    post out."""
+    the first unmerge and died before its settle is walked again without them (GSI1 no longer
+    lists them), so nothing else would take the post out. Followed again since: what that
+    planner wrote is due, unless the post is no longer live, which the follow's re-check
+    takes out (``backfill``, durable and cached)."""
+    if _follows(stores, follower_id, followed_id):
+        recheck_follow(stores, follower_id, followed_id)
+        return 0
     return unmerge(stores, follower_id, followed_id)
+
+
+def _remove_dead_cached_only(stores: Stores, follower_id: str, followed_id: str, durable: set[str]) -> None:
+    """Take out of the cached feed the followed user's posts that no durable item names and that
+    are no longer live. Only a crash leaves such a member: a planner that wrote a warm feed and
+    died before anything settled that write, where no later walk lists the follower (they had
+    unfollowed meanwhile) and the post was deleted since (``feeds.fanout``)."""
+    cached = [(entry.score_ms, body["postId"]) for entry in stores.cache.members(follower_id)
+              if (body := decode_member(entry.member)) is not None and body.get("authorId") == followed_id
+              and body["postId"] not in durable]
+    if not cached:
+        return
+    live = stores.table.live_post_ids([post_id for _, post_id in cached], stores.excluded)
+    stores.cache.remove_entries((follower_id, score, post_id) for score, post_id in cached if post_id not in live)
 
 
 def _dead(stores: Stores, in_feed: Sequence[Post]) -> list[Post]:

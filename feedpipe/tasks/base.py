@@ -34,6 +34,7 @@ from feedpipe.config import Settings
 from feedpipe.core.backoff import MAX_EXPONENT, full_jitter
 from feedpipe.core.events import Event, PayloadError, event_from_payload
 from feedpipe.core.letters import DeadLetter
+from feedpipe.core.messages import attempted, mark_attempted
 from feedpipe.core.records import RecordError
 from feedpipe.services import Services
 
@@ -102,8 +103,8 @@ def run_payloads(task: FeedpipeTask, payloads: Any, handle: Callable[[Any], obje
         try:
             handle(payload)
         except Exception as exc:
-            if not is_permanent(exc):
-                retry_rest(task, payloads[index:], exc)
+            if not is_permanent(exc):  # it may have written before it failed: its next run knows
+                retry_rest(task, [mark_attempted(payload), *payloads[index + 1 :]], exc)
                 return
             with requeue_on_failure(services, "dead-letter a payload"):
                 services.stores.dead_letters.add(f"task:{task.name}", reason_of(exc), payload)
@@ -161,12 +162,13 @@ def retry_rest(task: FeedpipeTask, rest: list[Any], exc: Exception) -> None:
         raise Reject(rejected.reason, requeue=True) from None
 
 
-def ran_before(task: FeedpipeTask) -> bool:
-    """Whether the running message is a second attempt: Celery retried it, or the broker
-    delivered it again (kombu's Redis transport marks a message it restores unacknowledged,
-    AMQP one a consumer left unacknowledged or rejected)."""
-    request = task.request
-    return bool(request.retries) or bool((request.delivery_info or {}).get("redelivered"))
+def ran_before(task: FeedpipeTask, payload: Any) -> bool:
+    """Whether this payload may have been started on before: a task started on it and retried
+    or dead-lettered it (``core.messages.attempted``: the rest of a retried batch never ran),
+    or the broker delivered its message again (kombu's Redis transport marks a message it
+    restores unacknowledged, AMQP one a consumer left unacknowledged or rejected), which tells
+    nothing of how far the batch got."""
+    return attempted(payload) or bool((task.request.delivery_info or {}).get("redelivered"))
 
 
 def longest_wait(settings: Settings) -> int:

@@ -69,7 +69,7 @@ def fan_out_posts(self: FeedpipeTask, payloads: list[dict[str, Any]]) -> None:
         hand_out = _hand_out(self, tasks.FANOUT_CHUNK, published)
         hand_on = _hand_on(self, tasks.FANOUT_POSTS, published)
         split = _split(self, tasks.FANOUT_POSTS, published)
-        sweep = _retraction(self, published) if ran_before(self) else None
+        sweep = _retraction(self, published) if ran_before(self, payload) else None
         fanout.fan_out_post(self.services.stores, published.post, hand_out, resume_of(payload), hand_on,
                             segment_of(payload), split, sweep)
 

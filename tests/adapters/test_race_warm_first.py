@@ -42,7 +42,7 @@ from feedpipe.core.records import post_from_image
 from feedpipe.feeds import fanout
 from feedpipe.feeds.delivery import add_post, post_is_live
 from feedpipe.feeds.fanout import Handoffs, fan_out_post, retract_chunk, retract_post, settle_chunk
-from feedpipe.feeds.follows import apply_unfollow, recheck_unfollow
+from feedpipe.feeds.follows import apply_follow, apply_unfollow, recheck_follow, recheck_unfollow
 from feedpipe.feeds.memory import MemoryTable, memory_stores
 from feedpipe.feeds.memory_cache import MemoryCache
 from feedpipe.feeds.rebuild import rebuild_cache
@@ -445,3 +445,29 @@ def test_an_unfollow_inside_a_planner_that_then_dies_is_undone_by_its_check_afte
     recheck_unfollow(run.stores, leaver, AUTHOR)
 
     expect(run, set(run.followers) - {leaver}, {"f0", "f2"})
+
+
+def test_a_post_deleted_and_a_re_follow_after_that_stale_write_end_with_the_post_in_no_feed():
+    """The same stale write, then the post is deleted (its retraction walks without the leaver)
+    and the leaver follows again before the unfollow's re-check: the re-follow's backfill, and
+    that re-check, must take a post no longer live out of the cached feed too, where nothing
+    durable names it."""
+    run = world(walkers=1, followers=3, warm={"f0", "f2"})
+    with _unfollow_just_before(run, "f0", run.stores.cache, "add_to_warm_feeds"), suppress(Crash):
+        fan_out_post(run.stores, run.post, hand_out=_die)
+    again: list[list[str]] = []
+    fan_out_post(run.stores, run.post, hand_out=again.append, sweep=Handoffs(hand_out=_die))  # at once: live
+    _deliver(run, again)
+    run.app.delete_post("p1")
+    retraction: list[list[str]] = []
+    retract_post(run.stores, run.post, hand_out=retraction.append)
+    for chunk in retraction:
+        retract_chunk(run.stores, run.post, chunk)
+    assert "p1" in (run.cached("f0") or []), "the race was not forced: no stale write"
+    run.app.follow("f0", AUTHOR)
+    apply_follow(run.stores, "f0", AUTHOR)
+
+    expect(run, set(), {"f0", "f2"})  # the re-follow's backfill took it out
+    recheck_follow(run.stores, "f0", AUTHOR)
+    recheck_unfollow(run.stores, "f0", AUTHOR)
+    expect(run, set(), {"f0", "f2"})

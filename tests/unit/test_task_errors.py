@@ -124,7 +124,8 @@ def test_a_transient_error_retries_the_rest_of_the_batch_with_backoff(
 
     assert done == ["u1"]
     (retry,) = task.retried
-    assert retry["args"] == [[_follow(2), _follow(3)]]  # the finished event is not redone
+    # The finished event is not redone; the one that failed is marked as started on, the rest not.
+    assert retry["args"] == [[{**_follow(2), "attempted": True}, _follow(3)]]
     assert 0 <= retry["countdown"] <= 4  # full jitter under the exponential cap for retry 2
     assert letters.letters == []
 
@@ -137,7 +138,7 @@ def test_when_retries_run_out_the_rest_is_dead_lettered_with_the_last_error(
 
     run_events(FakeTask(services, retries=3), [_follow(1), _follow(2)], handle)
 
-    assert [p for _, _, p in letters.letters] == [_follow(1), _follow(2)]
+    assert [p for _, _, p in letters.letters] == [{**_follow(1), "attempted": True}, _follow(2)]
     assert all("gave up after 3 retries: ConnectionError: still down" in r for _, r, _ in letters.letters)
 
 
@@ -457,8 +458,8 @@ def _run_planner(app: WorkerApp, payload: dict[str, Any], **request: Any) -> Non
         planner.pop_request()
 
 
-@pytest.mark.parametrize("request_", [{}, {"retries": 0, "delivery_info": {"redelivered": False}}],
-                         ids=["eager", "first-delivery"])
+@pytest.mark.parametrize("request_", [{}, {"retries": 0, "delivery_info": {"redelivered": False}}, {"retries": 1}],
+                         ids=["eager", "first-delivery", "retried-but-this-payload-never-ran"])
 def test_a_fan_out_planner_on_its_first_attempt_has_nothing_to_sweep(
     letters: Letters, monkeypatch: pytest.MonkeyPatch, request_: dict[str, Any]
 ) -> None:
@@ -476,14 +477,16 @@ def test_a_fan_out_planner_on_its_first_attempt_has_nothing_to_sweep(
     assert given == [None]
 
 
-@pytest.mark.parametrize("request_", [{"retries": 1}, {"retries": 0, "delivery_info": {"redelivered": True}}],
+@pytest.mark.parametrize(("request_", "marked"), [({"retries": 1}, True),
+                                                  ({"retries": 0, "delivery_info": {"redelivered": True}}, False)],
                          ids=["retried", "redelivered"])
 def test_a_fan_out_planner_that_ran_before_sweeps_through_the_retraction_tasks(
-    letters: Letters, monkeypatch: pytest.MonkeyPatch, request_: dict[str, Any]
+    letters: Letters, monkeypatch: pytest.MonkeyPatch, request_: dict[str, Any], marked: bool
 ) -> None:
-    """A second attempt (Celery's retry, or the broker's redelivery) is given a retraction's
-    hand-offs: its chunks go to the retraction chunk task, its splits and hand-ons to the
-    retraction planner, as post_retracted events those tasks read back."""
+    """A second attempt (a payload a retry marked as started on, or a message the broker
+    delivered again) is given a retraction's hand-offs: its chunks go to the retraction chunk
+    task, its splits and hand-ons to the retraction planner, as post_retracted events those
+    tasks read back."""
     import feedpipe.tasks.fanout as fanout_tasks
     from feedpipe.core.events import PostPublished
     from feedpipe.core.follower_segments import Segment
@@ -511,7 +514,8 @@ def test_a_fan_out_planner_that_ran_before_sweeps_through_the_retraction_tasks(
     monkeypatch.setattr(app, "send_task", lambda name, args, **options: sent.append(
         {"name": name, "args": args, "queue": router.route(options, name)["queue"].name}))
 
-    _run_planner(app, to_payload(PostPublished(make_post("p1"))), **request_)
+    payload = to_payload(PostPublished(make_post("p1")))
+    _run_planner(app, {**payload, "attempted": True} if marked else payload, **request_)
     assert [(m["name"], m["queue"]) for m in sent] == [("feedpipe.retract.chunk", "retract")] + [
         ("feedpipe.retract.posts", "retract")] * 2
     for message in sent:
