@@ -28,6 +28,7 @@ from feedpipe.core.catalog import TASK_QUEUES
 
 DYNAMODB_OPERATIONS = ("BatchWriteItem", "BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem", "PutItem")
 TASK_NAMES = tuple(TASK_QUEUES)  # every task of the catalog: the labels are pre-created at zero
+CRASH_REPAIR_KINDS = ("sweep", "unfollow_recheck")  # feedpipe_crash_repairs_total{kind}
 AUDIT_KINDS = ("missing", "extra", "stale", "over_long", "missing_ttl")  # feeds/audit.py's KINDS
 AUDIT_STORES = ("dynamodb", "redis")
 DEAD_LETTER_LABELS = (
@@ -63,6 +64,7 @@ class Metrics:
     fanout_latency_seconds: Histogram
     fanout_warm_latency_seconds: Histogram
     fanout_followers: Histogram
+    crash_repairs: Counter
     regen_jobs: Counter
     regen_rebuilds: Counter
     fanout_on_read_posts: Counter
@@ -92,6 +94,8 @@ class Metrics:
         for kind in AUDIT_KINDS:
             for store in AUDIT_STORES:
                 metrics.audit_drift_items.labels(kind, store)
+        for kind in CRASH_REPAIR_KINDS:
+            metrics.crash_repairs.labels(kind)
         return metrics
 
     @classmethod
@@ -137,6 +141,10 @@ class Metrics:
             fanout_followers=Histogram("feedpipe_fanout_followers",
                                        "Followers per fanned-out post (per walk segment when the walk was split)",
                                        buckets=AUDIENCE_BUCKETS, **r),
+            crash_repairs=Counter("feedpipe_crash_repairs_total",
+                                  "Writes of a task that died which a later task took back out, by kind: a fan-out "
+                                  "planner's second attempt sweeping a deleted post, an unfollow's re-check",
+                                  ["kind"], **r),
             regen_jobs=Counter("feedpipe_regen_jobs_total", "Regeneration jobs taken from the queue", **r),
             regen_rebuilds=Counter("feedpipe_regen_rebuilds_total",
                                    "Feeds rebuilt for feed_regen_queue jobs (after coalescing)", **r),

@@ -153,6 +153,7 @@ def fan_out_post(
             return 0
         log.info("post %s no longer live on a second attempt: sweeping its walk", post.post_id,
                  extra={"post_id": post.post_id})
+        stores.metrics.crash_repairs.labels("sweep").inc()
         return retract_post(stores, post, sweep.hand_out, resume, sweep.hand_on, segment, sweep.split)
     if starts_walk(resume, segment) and fanout_on_read.is_huge(stores, post.author_id):
         fanout_on_read.publish(stores, post)

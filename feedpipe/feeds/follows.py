@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,8 @@ from feedpipe.core.merging import decode_member
 from feedpipe.core.records import RecordError, post_from_feed_item
 from feedpipe.feeds.delivery import count_removed, count_written, settle
 from feedpipe.feeds.stores import Stores
+
+log = logging.getLogger(__name__)
 
 
 def apply_follow(stores: Stores, follower_id: str, followed_id: str) -> int:
@@ -68,7 +71,11 @@ def recheck_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
     if _follows(stores, follower_id, followed_id):
         recheck_follow(stores, follower_id, followed_id)
         return 0
-    return unmerge(stores, follower_id, followed_id)
+    removed = unmerge(stores, follower_id, followed_id, count_cached=True)
+    if removed:
+        stores.metrics.crash_repairs.labels("unfollow_recheck").inc()
+        log.warning("unfollow %s -> %s checked again: %d stale items taken out", follower_id, followed_id, removed)
+    return removed
 
 
 def _remove_dead_cached_only(stores: Stores, follower_id: str, followed_id: str, durable: set[str]) -> None:
@@ -91,20 +98,21 @@ def _dead(stores: Stores, in_feed: Sequence[Post]) -> list[Post]:
     return [p for p in in_feed if p.post_id not in live]
 
 
-def unmerge(stores: Stores, follower_id: str, followed_id: str) -> int:
-    """Take every post of ``followed_id`` out of ``follower_id``'s feed; returns how many."""
+def unmerge(stores: Stores, follower_id: str, followed_id: str, count_cached: bool = False) -> int:
+    """Take every post of ``followed_id`` out of ``follower_id``'s feed; returns how many durable
+    items (with ``count_cached``, cached members too)."""
     if _follows(stores, follower_id, followed_id):
         return 0  # followed again since: that follow's backfill owns the feed now
     # Stray cached members first; then exactly what the durable read finds, which settle
     # tracks: a re-follow's backfill landing after the read is left alone, one landing
     # before it is removed here and restored by settle.
-    stores.cache.remove_author(follower_id, followed_id)
+    cached = stores.cache.remove_author(follower_id, followed_id)
     items = stores.table.feed_items_by_author(follower_id, followed_id)
     posts = posts_of(items)
     stores.table.delete_keys({"PK": {"S": i["PK"]}, "SK": {"S": i["SK"]}} for i in items)
-    stores.cache.remove_entries((follower_id, p.created_at_ms, p.post_id) for p in posts)
+    cached += stores.cache.remove_entries((follower_id, p.created_at_ms, p.post_id) for p in posts)
     settle_follow(stores, follower_id, followed_id, present=[], absent=posts)
-    return len(items)
+    return len(items) + cached if count_cached else len(items)
 
 
 def add_posts(stores: Stores, user_id: str, posts: Sequence[Post]) -> None:

@@ -369,8 +369,15 @@ def test_a_post_deleted_while_a_planner_that_died_waits_to_run_again_ends_in_no_
     """The planner dies after a warm write (or its own chunk's writes) that the delete's
     retraction had already walked past; its second attempt finds the post deleted, and must
     take out what the first one may have written."""
-    run = searched(world(**CRASHING), ("delete",), check=lambda r: expect(r, set(), CRASHING["warm"]))
+    run = world(**CRASHING)
+    repairs = _repairs(run, "sweep")
+    searched(run, ("delete",), check=lambda r: expect(r, set(), CRASHING["warm"]))
     assert run.steps["sweep"] and run.steps["sweep-segment"], "a first or a split-off planner never swept"
+    assert _repairs(run, "sweep") == repairs + run.steps["sweep"] + run.steps["sweep-segment"]
+
+
+def _repairs(run: Run, kind: str) -> float:
+    return float(run.stores.metrics.crash_repairs.labels(kind)._value.get())
 
 
 def test_a_post_revived_after_a_second_attempt_swept_it_ends_in_every_feed_once():
@@ -441,10 +448,12 @@ def test_an_unfollow_inside_a_planner_that_then_dies_is_undone_by_its_check_afte
     fan_out_post(run.stores, run.post, hand_out=again.append, sweep=Handoffs(hand_out=_die))
     _deliver(run, again)
     assert "p1" in (run.cached(leaver) or []), "the race was not forced: no stale write to undo"
+    repairs = _repairs(run, "unfollow_recheck")
 
     recheck_unfollow(run.stores, leaver, AUTHOR)
 
     expect(run, set(run.followers) - {leaver}, {"f0", "f2"})
+    assert _repairs(run, "unfollow_recheck") == repairs + 1  # on the dashboard: a crash closed
 
 
 def test_a_post_deleted_and_a_re_follow_after_that_stale_write_end_with_the_post_in_no_feed():
