@@ -27,7 +27,7 @@ from feedpipe.services import build_stores
 
 CHUNK = 1000
 WARM_EVERY = 10
-UNLIMITED = Limits(table_wcu=1e12, table_rcu=1e12, partitions=1)
+UNLIMITED = Limits(table_wcu=1e12, table_rcu=1e12)  # partitions as many as that needs: none throttles
 
 
 class ModelLoader:

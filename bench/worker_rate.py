@@ -121,10 +121,10 @@ def rate_figures(name: str, r: dict[str, Any]) -> list[Figure]:
             f"{name}, items/s per worker process at {run['processes']} processes (vs 1 process)",
             round(per_process), "items/s", "the same, one process alone", round(one["items_per_second"]),
             notes=f"real processes on this machine, no modelled latency: {run['items_per_second']:,.0f} items/s in "
-                  f"all; per item {run['cpu_per_item'] * 1e6:.0f} us of the process's CPU, Redis's CPU "
-                  f"{run['redis_cpu_per_item'] * 1e6:.0f} us, the rest of "
-                  f"{run['worker_seconds_per_item'] * 1e6:.0f} us waiting (Redis, the shared cores); the model's "
-                  f"own CPU ({run['model_cpu_per_item'] * 1e6:.0f} us) taken out",
+                  f"all; per item and process {run['worker_seconds_per_item'] * 1e6:.0f} us: "
+                  f"{run['cpu_per_item'] * 1e6:.0f} us of its CPU, the rest waiting on Redis (whose CPU took "
+                  f"{run['redis_cpu_per_item'] * 1e6:.0f} us) and for the shared cores; the model's own CPU "
+                  f"({run['model_cpu_per_item'] * 1e6:.0f} us) taken out",
             extra=run))
     own = one["cpu_per_item"] + one["redis_cpu_per_item"]
     processes, cores = fleet_for(BUDGET_WCU, own + wait, one["cpu_per_item"])
