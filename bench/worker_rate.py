@@ -118,7 +118,7 @@ def rate_figures(name: str, r: dict[str, Any]) -> list[Figure]:
     for run in r["runs"]:
         per_process = run["items_per_second"] / run["processes"]
         shown.append(Figure(
-            f"{name}, items/s per worker process at {run['processes']} processes (vs 1 process)",
+            f"{name}, items/s per worker process, {run['processes']} at once (vs 1 alone)",
             round(per_process), "items/s", "the same, one process alone", round(one["items_per_second"]),
             notes=f"real processes on this machine, no modelled latency: {run['items_per_second']:,.0f} items/s in "
                   f"all; per item and process {run['worker_seconds_per_item'] * 1e6:.0f} us: "
