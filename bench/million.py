@@ -20,7 +20,12 @@ written, until every warm follower's Redis feed holds the post; WCU and RCU spen
 Beside them, floors computed in the same run: the capacity floor (items x 2 WCU / table WCU)
 and the follower-walk floor (the pages walked, each at its modelled median latency). Redis
 calls take virtual time equal to their real time here; feedpipe's own CPU takes none (it is
-reported beside, per item: what a fleet must supply).
+reported beside, per item: what a fleet must supply). The capacity spent is also priced at
+on-demand rates against its floor (``bench.cost``).
+
+A worker's own part is measured apart, its tasks run alone against the model: its peak memory
+(``bench.worker_memory``) and the rate of 1, 2 and 4 real worker processes, with the fleet a
+budget needs projected from it (``bench.worker_rate``).
 """
 
 from __future__ import annotations
@@ -38,9 +43,12 @@ from typing import Any
 
 import redis
 
+from bench import worker_memory, worker_rate
 from bench._budget_util import AppWriter, app_client, budget_figures, virtual_budget
 from bench._fanout_util import AUTHOR, TABLE, follow_items, follower_ids, put_post, warm_subset, warm_up
 from bench._util import local_redis, set_local_aws_env
+from bench._worker_util import ModelLoader, task_world
+from bench.cost import cost_figure, walk_bytes
 from bench.dynamo_capacity import DEFAULT_LATENCY, Limits
 from bench.dynamo_model import DynamoModel
 from bench.figures import Figure
@@ -75,12 +83,21 @@ class Size:
     planner_slots: int = 16  # a pool on the planners' queue alone (``-Q fanout -c 16``), one more process
 
 
+@dataclass(frozen=True)
+class WorkerSize:
+    followers: int
+    chunks: int
+
+
 FULL = Size(followers=1_000_000, table_wcu=40_000, processes=8)
 SHORT = Size(followers=10_000, table_wcu=4_000, processes=4)  # a new on-demand table's warm throughput
 # The write budget beside the app's own writes: a table at a new on-demand table's 4,000 WCU/s,
 # the app writing a fifth of it, the fan-out held to three quarters.
 BUDGET_FULL = Size(followers=100_000, table_wcu=4_000, processes=4)
 BUDGET_SHORT = SHORT
+# A worker's own part: a planner walking ``followers`` alone, processes delivering ``chunks`` each.
+WORKER_FULL = WorkerSize(followers=100_000, chunks=8)
+WORKER_SHORT = WorkerSize(followers=2_000, chunks=1)
 APP_SHARE = 0.2
 BUDGET_SHARE = 0.75
 
@@ -202,10 +219,19 @@ class Progress:
 def run(short: bool = False) -> list[Figure]:
     size = SHORT if short else FULL
     with local_redis() as server:
+        workers = worker_figures(server.url, short, size.threads)
         result = measure(size, server.url)
         tenth = measure(size, server.url, budget_wcu=int(size.table_wcu / 10))
         shared = budget_runs(BUDGET_SHORT if short else BUDGET_FULL, server.url)
-    return [*figures(size, result), warm_figure(result, tenth), *budget_figures(*shared)]
+    return [*figures(size, result), warm_figure(result, tenth), *budget_figures(*shared), *workers]
+
+
+def worker_figures(redis_url: str, short: bool, slots: int) -> list[Figure]:
+    """One worker's own part, its tasks run alone (``bench._worker_util``): peak memory, and the
+    rate of 1, 2 and 4 real processes; first, while this process is small (they fork it)."""
+    world = task_world(WORKER_SHORT.followers if short else WORKER_FULL.followers, redis_url)
+    chunks = WORKER_SHORT.chunks if short else WORKER_FULL.chunks
+    return [*worker_memory.run(world, redis_url, slots), *worker_rate.run(world, redis_url, chunks)]
 
 
 def budget_runs(size: Size, redis_url: str) -> tuple[Size, dict[str, Any], dict[str, Any]]:
@@ -234,7 +260,7 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
     warm = warm_subset(followers, WARM_EVERY)
     started = time.perf_counter()
     model.load(TABLE, follow_items(followers, AUTHOR))
-    post = put_post(_Loader(model), AUTHOR)
+    post = put_post(ModelLoader(model), AUTHOR)
     cache = redis.Redis.from_url(redis_url)
     warm_up(cache, warm)
     log(f"{size.followers:,} follow edges and {len(warm):,} warm feeds set up in {time.perf_counter() - started:.1f}s")
@@ -276,6 +302,7 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
         "cpu_seconds": cpu, "wall_seconds": wall, "redis_seconds": progress.redis_seconds,
         "slots": size.processes * size.threads, "budget_wcu": budget_wcu, "app_wcu": app_wcu,
         "app_written": app.written, "app_throttled": app.throttled, "planners": queue.planners,
+        "walk_bytes": walk_bytes(model, TABLE, AUTHOR),
     }  # fmt: skip
 
 
@@ -303,16 +330,6 @@ def _planner(
         return fan_out_post(stores, post, hand_out, resume, hand_on, segment, split)
 
     return plan
-
-
-class _Loader:
-    """Set-up writes straight into the model (no capacity, no time): ``put_post`` calls this."""
-
-    def __init__(self, model: DynamoModel) -> None:
-        self.model = model
-
-    def put_item(self, TableName: str, Item: dict[str, Any]) -> None:  # noqa: N803 - boto3's names
-        self.model.load(TableName, [Item])
 
 
 def _missing_warm(cache: redis.Redis, warm: list[str], member: str) -> int:
@@ -356,6 +373,7 @@ def figures(size: Size, r: dict[str, Any]) -> list[Figure]:
         Figure(f"{name}, client CPU per delivered item", round(r["cpu_seconds"] / max(1, n) * 1e6, 1), "us",
                better="lower", notes="this process: feedpipe, botocore and the model together; "
                                      f"Redis calls {r['redis_seconds']:.1f}s"),
+        cost_figure(name, r),
     ]
 
 
