@@ -19,7 +19,9 @@ Measured in virtual seconds from the planner's start: until every follower's dur
 written, until every warm follower's Redis feed holds the post; WCU and RCU spent, throttles.
 Beside them, floors computed in the same run: the capacity floor (items x 2 WCU / table WCU)
 and the follower-walk floor (the pages walked, each at its modelled median latency). Redis
-calls take virtual time equal to their real time here; feedpipe's own CPU takes none (it is
+calls take the virtual time of this machine's Redis speed, timed once before the runs
+(``bench.redis_time``: the same in every run, whatever the load meanwhile; the real time is
+reported beside); feedpipe's own CPU takes none (it is
 reported beside, per item: what a fleet must supply). The capacity spent is also priced at
 on-demand rates against its floor (``bench.cost``).
 
@@ -37,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -52,6 +54,7 @@ from bench.cost import cost_figure, walk_bytes
 from bench.dynamo_capacity import DEFAULT_LATENCY, Limits
 from bench.dynamo_model import DynamoModel
 from bench.figures import Figure
+from bench.redis_time import RedisTime, calibrate
 from bench.virtual_clock import VirtualClock, sleeps_in
 from feedpipe.adapters.dynamo import make_client, use_prebuilt_batch_writes
 from feedpipe.adapters.tables import app_table_spec, dead_letter_table_spec
@@ -182,6 +185,7 @@ class Progress:
 
     clock: VirtualClock
     warm: set[str]
+    redis_time: RedisTime
     durable: set[str] = field(default_factory=set)
     warmed: set[str] = field(default_factory=set)
     durable_at: float = 0.0
@@ -205,7 +209,7 @@ class Progress:
             count = add_to_warm(users, entry)
             spent = time.perf_counter() - started
             self.redis_seconds += spent
-            self.clock.sleep(spent)  # a real server's time is modelled time
+            self.clock.sleep(self.redis_time.of(len(users)))
             fresh = self.warm.intersection(users) - self.warmed
             if fresh:
                 self.warmed |= fresh
@@ -221,7 +225,8 @@ def run(short: bool = False) -> list[Figure]:
     with local_redis() as server:
         workers = worker_figures(server.url, short, size.threads)
         result = measure(size, server.url)
-        tenth = measure(size, server.url, budget_wcu=int(size.table_wcu / 10))
+        tenth = measure(size, server.url, budget_wcu=int(size.table_wcu / 10),
+                        redis_time=RedisTime(**result["redis_time"]))
         shared = budget_runs(BUDGET_SHORT if short else BUDGET_FULL, server.url)
     return [*figures(size, result), warm_figure(result, tenth), *budget_figures(*shared), *workers]
 
@@ -243,9 +248,11 @@ def budget_runs(size: Size, redis_url: str) -> tuple[Size, dict[str, Any], dict[
     return size, unbudgeted, budgeted
 
 
-def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.0) -> dict[str, Any]:
+def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.0,
+            redis_time: RedisTime | None = None) -> dict[str, Any]:
     """One fan-out; with ``budget_wcu`` the fleet shares that write budget (feedpipe's policy on a
-    virtual-time bucket), with ``app_wcu`` the app writes its own items alongside."""
+    virtual-time bucket), with ``app_wcu`` the app writes its own items alongside. Runs to be
+    compared share one ``redis_time`` (one is timed when none is given)."""
     set_local_aws_env()
     random.seed(1)  # feedpipe's and Celery's jitter
     clock = VirtualClock()
@@ -264,10 +271,13 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
     cache = redis.Redis.from_url(redis_url)
     warm_up(cache, warm)
     log(f"{size.followers:,} follow edges and {len(warm):,} warm feeds set up in {time.perf_counter() - started:.1f}s")
-    progress = Progress(clock, set(warm))
     fleet = [build_stores(settings, model.attach(use_prebuilt_batch_writes(
         make_client("dynamodb", max_pool=max(size.threads, size.planner_slots) + 4, validate=False))))
         for _ in range(size.processes + 1)]  # the last: the planners' pool
+    if redis_time is None:  # a run of its own: this machine's Redis speed, now
+        redis_time = calibrate(fleet[0], redis_url, fleet[0].format.entry(post), CHUNK, WARM_EVERY)
+        log(f"a warm write: {redis_time.per_call * 1e3:.2f} ms + {redis_time.per_follower * 1e6:.1f} us a follower")
+    progress = Progress(clock, set(warm), redis_time)
     for stores in fleet:
         progress.watch(stores)
     if budget_wcu:
@@ -300,6 +310,7 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
         "warm_feeds_missing_post": missing_warm, "wcu": usage.wcu, "rcu": usage.rcu,
         "throttled": dict(usage.throttled), "task_retries": queue.retries, "calls": dict(model.calls),
         "cpu_seconds": cpu, "wall_seconds": wall, "redis_seconds": progress.redis_seconds,
+        "redis_time": asdict(redis_time),
         "slots": size.processes * size.threads, "budget_wcu": budget_wcu, "app_wcu": app_wcu,
         "app_written": app.written, "app_throttled": app.throttled, "planners": queue.planners,
         "walk_bytes": walk_bytes(model, TABLE, AUTHOR),
@@ -404,7 +415,8 @@ def main() -> None:
         result = measure(size, server.url)
         shown = figures(size, result)
         if budget:
-            shown.append(warm_figure(result, measure(size, server.url, budget_wcu=budget)))
+            tenth = measure(size, server.url, budget_wcu=budget, redis_time=RedisTime(**result["redis_time"]))
+            shown.append(warm_figure(result, tenth))
     print(table(shown))
 
 
