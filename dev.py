@@ -103,7 +103,9 @@ def parallel(args: list[str]) -> list[str]:
     has a moto of its own. A test file stays in one process (its module fixtures start servers)."""
     if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
         return []
-    return ["-n", os.environ.get("FEEDPIPE_TEST_PROCESSES", "2"), "--dist", "loadfile"]
+    # In the order tests/conftest.py gives (the longest files first), not xdist's default of the
+    # files with the most tests first, which left the long end-to-end files for the end.
+    return ["-n", os.environ.get("FEEDPIPE_TEST_PROCESSES", "2"), "--dist", "loadfile", "--no-loadscope-reorder"]
 
 
 if __name__ == "__main__":

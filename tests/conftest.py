@@ -18,6 +18,20 @@ import redis
 from feedpipe.dev.kinesalite import Kinesalite, missing_tools
 from feedpipe.dev.local import LOCAL_AWS_ENV, LocalRedis, LocalRedisCluster, MotoServer, redis_server_binary
 
+# The files that take longest, first: two test processes share the files as each finishes one
+# (``dev.py``: a file to a process, in this order), so a long file started last would leave the
+# other process idle while it runs. The benchmark smoke run is the longest file, the end-to-end
+# tests the next; the rest are short.
+LONG_FIRST = ("tests/test_bench_smoke.py", "tests/e2e/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid
+        return next((n for n, prefix in enumerate(LONG_FIRST) if path.startswith(prefix)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: each file's tests, and the files of a rank, keep their order
+
 
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
