@@ -175,6 +175,9 @@ def _meta(record: Mapping[str, Any], body: Mapping[str, Any]) -> RecordMeta:
     )
 
 
+LAST_MOMENT_MS = 253_402_300_800_000  # 10000-01-01: a record's time is after 1970 and before this
+
+
 def moment_ms(value: Any) -> int | None:
     """A record's approximate time in epoch ms, or None when it holds no usable moment.
     Streams give seconds (a ``datetime`` through boto3); DynamoDB-to-Kinesis gives milliseconds."""
@@ -187,7 +190,8 @@ def moment_ms(value: Any) -> int | None:
             return None
     except OverflowError:  # an int no float can hold: JSON decodes a 400-digit number to one
         return None
-    return int(value * 1000) if value < 1e11 else int(value)
+    ms = value * 1000 if value < 1e11 else value  # -1e306 s: finite, its ms are not (-inf)
+    return int(ms) if 0 <= ms < LAST_MOMENT_MS else None
 
 
 def _image(body: Mapping[str, Any], which: str) -> dict[str, Any] | None:

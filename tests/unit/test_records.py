@@ -342,10 +342,13 @@ def test_chunk_and_resume_messages_round_trip_through_their_payloads():
         resume_of({"resume": {"start": {"GSI1PK": "USER#a"}, "walked": 3}})
 
 
-@pytest.mark.parametrize("moment", [10**400, -(10**400)], ids=["huge", "hugely-negative"])
+@pytest.mark.parametrize("moment", [10**400, -(10**400), -1e306, 1e300, -5.0],
+                         ids=["huge", "hugely-negative", "float-overflowing-ms", "centuries-ahead", "before-1970"])
 def test_a_time_no_float_can_hold_is_no_time_and_the_record_is_still_read(load_event, moment):
-    """JSON decodes a 400-digit number to an int; ``read_record`` raised OverflowError on it,
-    outside its own guard (a poison record that stopped the consumer instead of moving on)."""
+    """JSON decodes a 400-digit number to an int, and ``-1e306`` seconds is a finite float whose
+    milliseconds are not; ``read_record`` raised OverflowError on both, outside its own guard (a
+    poison record that stopped the consumer instead of moving on). A time before 1970 or past
+    the year 9999 is no time either."""
     from feedpipe.core.records import read_record
 
     record = load_event("post_insert")
