@@ -244,13 +244,13 @@ class StreamConsumer:
         if isinstance(result, Pinned):
             self._pin_newest(state, result)
             return 0
-        state.failures = 0
         if result.millis_behind:
             self._behind = True  # Kinesis: empty reads can still be behind the tip
         prepared = self.pipeline.prepare(result.records, f"stream:{state.shard.shard_id}") if result.records else None
         self._observe_lag(state, result, prepared)
         if prepared is None:
             self._go_past(state, result)
+            state.failures = 0  # read, and nothing to publish: the shard is well again
             return 0
         self._until_delivered(functools.partial(self.pipeline.store_letters, prepared))
         return result, prepared
@@ -264,6 +264,9 @@ class StreamConsumer:
         assert prepared.last is not None  # a batch of at least one record
         if self._checkpoint(state, prepared.last.sequence_number, prepared.last.time_ms):
             self._go_past(state, result)
+            # Only now: a read that succeeds while its checkpoint keeps failing is read and
+            # published again on every attempt, which must wait longer each time.
+            state.failures = 0
         return len(result.records)
 
     def _go_past(self, state: ShardState, result: ReadResult) -> None:

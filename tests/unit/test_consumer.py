@@ -96,6 +96,39 @@ def test_aws_unavailable_for_a_while_is_waited_out_and_nothing_is_lost_or_repeat
     assert checkpoints.saved["s"] == f"{7:021d}"
 
 
+def test_checkpoints_failing_in_a_row_back_off_longer_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease table refusing checkpoints (unavailable): each attempt reads and publishes the
+    batch again, so each must wait longer than the last, not start the backoff over because the
+    read before it succeeded."""
+    import feedpipe.consumers.consumer as consumer_module
+
+    source = FakeShardSource()
+    source.add_shard("s", [follow_record(i, "a", f"u{i}") for i in range(1, 4)])
+    checkpoints = FakeLeaseTable()
+    real_checkpoint, refusals = checkpoints.checkpoint, [4]
+
+    def unavailable_then_real(*args, **kwargs):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutItem")
+        return real_checkpoint(*args, **kwargs)
+
+    checkpoints.checkpoint = unavailable_then_real  # type: ignore[method-assign]
+    steps: list[int] = []
+    real_backoff = consumer_module._backoff
+    monkeypatch.setattr(consumer_module, "_backoff", lambda base, failures, *cap: (
+        steps.append(failures), real_backoff(base, failures, *cap))[1])
+    dispatcher = FakeDispatcher()
+    consumer = _consumer(source, checkpoints, dispatcher)
+    consumer.aws_backoff_seconds = 0.001
+
+    consumer.run(stop_when_idle=True)
+
+    assert steps == [1, 2, 3, 4]
+    assert checkpoints.saved["s"] == f"{3:021d}" and set(_followed(dispatcher)) == {"u1", "u2", "u3"}
+
+
 def test_one_shard_unavailable_does_not_hold_the_others_back():
     source = FakeShardSource()
     source.add_shard("bad", [follow_record(1, "a", "b1")])
