@@ -45,9 +45,12 @@ def backfill(stores: Stores, follower_id: str, followed_id: str, only_missing: b
     have = {p.post_id for p in in_feed} if only_missing else set()
     added = [p for p in posts if p.post_id not in have]
     add_posts(stores, follower_id, added)
-    dead = _dead(stores, in_feed)
+    cached_only = _cached_only(stores, follower_id, followed_id, {p.post_id for p in in_feed})
+    candidates = [p.post_id for p in in_feed] + [post_id for _, post_id in cached_only]
+    live = stores.table.live_post_ids(candidates, stores.excluded) if candidates else set()
+    dead = [p for p in in_feed if p.post_id not in live]
     remove_posts(stores, follower_id, dead)
-    _remove_dead_cached_only(stores, follower_id, followed_id, {p.post_id for p in in_feed})
+    stores.cache.remove_entries((follower_id, score, post_id) for score, post_id in cached_only if post_id not in live)
     settle_follow(stores, follower_id, followed_id, present=posts, absent=dead)
     return len(added)
 
@@ -78,24 +81,14 @@ def recheck_unfollow(stores: Stores, follower_id: str, followed_id: str) -> int:
     return removed
 
 
-def _remove_dead_cached_only(stores: Stores, follower_id: str, followed_id: str, durable: set[str]) -> None:
-    """Take out of the cached feed the followed user's posts that no durable item names and that
-    are no longer live. Only a crash leaves such a member: a planner that wrote a warm feed and
+def _cached_only(stores: Stores, follower_id: str, followed_id: str, durable: set[str]) -> list[tuple[int, str]]:
+    """The followed user's posts in the cached feed that no durable item names, as (score, post
+    id). Only a crash leaves one that is no longer live: a planner that wrote a warm feed and
     died before anything settled that write, where no later walk lists the follower (they had
     unfollowed meanwhile) and the post was deleted since (``feeds.fanout``)."""
-    cached = [(entry.score_ms, body["postId"]) for entry in stores.cache.members(follower_id)
-              if (body := decode_member(entry.member)) is not None and body.get("authorId") == followed_id
-              and body["postId"] not in durable]
-    if not cached:
-        return
-    live = stores.table.live_post_ids([post_id for _, post_id in cached], stores.excluded)
-    stores.cache.remove_entries((follower_id, score, post_id) for score, post_id in cached if post_id not in live)
-
-
-def _dead(stores: Stores, in_feed: Sequence[Post]) -> list[Post]:
-    """The posts of ``in_feed`` that are no longer live."""
-    live = stores.table.live_post_ids([p.post_id for p in in_feed], stores.excluded) if in_feed else set()
-    return [p for p in in_feed if p.post_id not in live]
+    return [(entry.score_ms, body["postId"]) for entry in stores.cache.members(follower_id)
+            if (body := decode_member(entry.member)) is not None and body.get("authorId") == followed_id
+            and body["postId"] not in durable]
 
 
 def unmerge(stores: Stores, follower_id: str, followed_id: str, count_cached: bool = False) -> int:
