@@ -33,9 +33,7 @@ def _schedule_recheck(task: FeedpipeTask, payload: dict[str, Any]) -> None:
     showed the follow, and GSI1 shows that post one bound later still."""
     lag = task.services.settings.gsi_lag_seconds
     if lag:  # a broker that refuses it fails this event, which is retried: backfills are idempotent
-        # Whole seconds: Celery's native delayed delivery on RabbitMQ refuses a fraction under 1.
-        countdown = math.ceil(2 * lag)
-        task.app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], countdown=countdown)
+        _recheck_after(task, payload, 2 * lag)
 
 
 def _schedule_unfollow_recheck(task: FeedpipeTask, payload: dict[str, Any]) -> None:
@@ -44,8 +42,12 @@ def _schedule_unfollow_recheck(task: FeedpipeTask, payload: dict[str, Any]) -> N
     planner that wrote to this follower after the unmerge has settled that write, or died;
     the re-check takes out what a dead one left (``feeds.follows.recheck_unfollow``)."""
     settings = task.services.settings
-    countdown = math.ceil(2 * settings.gsi_lag_seconds + settings.task_budget_seconds)
-    task.app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], countdown=countdown)
+    _recheck_after(task, payload, 2 * settings.gsi_lag_seconds + settings.task_budget_seconds)
+
+
+def _recheck_after(task: FeedpipeTask, payload: dict[str, Any], seconds: float) -> None:
+    # Whole seconds: Celery's native delayed delivery on RabbitMQ refuses a fraction under 1.
+    task.app.send_task(tasks.RECHECK_FOLLOWS, args=[[payload]], countdown=math.ceil(seconds))
 
 
 def _recheck(task: FeedpipeTask, event: Event, _: dict[str, Any]) -> None:
