@@ -25,6 +25,7 @@ from bench.dynamo_capacity import Bucket
 from bench.figures import Figure
 from bench.virtual_clock import VirtualClock
 from feedpipe.adapters.aws_errors import is_throttling
+from feedpipe.adapters.read_pace import ReadPace
 from feedpipe.adapters.write_budget import WriteBudget
 from feedpipe.feeds.stores import Stores
 
@@ -44,6 +45,22 @@ def virtual_budget(clock: VirtualClock, fleet: list[Stores], wcu_per_second: int
     for stores in fleet:
         stores.table.budget = WriteBudget(hit, wcu_per_second, max_wait_seconds, clock=clock.now,  # type: ignore[attr-defined]
                                           sleep=clock.sleep)
+
+
+def virtual_read_pace(clock: VirtualClock, fleet: list[Stores], rcu_per_second: int, max_wait_seconds: float) -> None:
+    """The follower walks' read pace (feedpipe's ``ReadPace``) over one bucket per partition key on
+    the virtual clock, as the fleet would share a counter per author in Redis."""
+    buckets: dict[str, Bucket] = {}
+
+    def hit(key: str, cost: int) -> bool:
+        bucket = buckets.setdefault(key, Bucket(rcu_per_second, clock.now()))
+        if bucket.level(clock.now()) < cost:
+            return False
+        bucket.tokens -= cost
+        return True
+
+    for stores in fleet:
+        stores.table.read_pace = ReadPace(hit, rcu_per_second, max_wait_seconds, clock=clock.now, sleep=clock.sleep)
 
 
 def app_client() -> Any:

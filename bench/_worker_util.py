@@ -41,10 +41,11 @@ class ModelLoader:
 
 
 def world_settings(redis_url: str) -> Settings:
-    """``bench.million``'s: a chunk's writes one call after another (the fleet's slots overlap them)."""
+    """``bench.million``'s: a chunk's writes one call after another (the fleet's slots overlap them).
+    No read pace: a process's own rate and memory are measured, and the pace's waits are neither."""
     return load_settings({
         "FEEDPIPE_TABLE_NAME": TABLE, "FEEDPIPE_REDIS_URL": redis_url, "FEEDPIPE_WRITE_CONCURRENCY": "1",
-        "FEEDPIPE_FANOUT_CHUNK_SIZE": str(CHUNK),
+        "FEEDPIPE_FANOUT_CHUNK_SIZE": str(CHUNK), "FEEDPIPE_FOLLOWER_READ_RCU": "0",
     })  # fmt: skip
 
 

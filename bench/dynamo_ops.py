@@ -204,9 +204,12 @@ def _read_page(table: Table, index: Index, page: Query, params: dict[str, Any], 
         if limit and len(items) == limit:  # DynamoDB returns a key here even after the last item
             last = _key_attrs(table, index, item)
             break
-    table.capacity.charge_read(index.name, page.partition, read_units(size, consistent))
+    units = read_units(size, consistent)
+    table.capacity.charge_read(index.name, page.partition, units)
     body: dict[str, Any] = {"Items": [i for i, _ in items], "Count": len(items), "ScannedCount": len(items),
                             "_bytes": size}
+    if params.get("ReturnConsumedCapacity", "NONE") != "NONE":
+        body["ConsumedCapacity"] = {"TableName": table.name, "CapacityUnits": units}
     if last is not None:
         body["LastEvaluatedKey"] = last
     return body

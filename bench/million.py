@@ -46,7 +46,7 @@ from typing import Any
 import redis
 
 from bench import worker_memory, worker_rate
-from bench._budget_util import AppWriter, app_client, budget_figures, virtual_budget
+from bench._budget_util import AppWriter, app_client, budget_figures, virtual_budget, virtual_read_pace
 from bench._fanout_util import AUTHOR, TABLE, follow_items, follower_ids, put_post, warm_subset, warm_up
 from bench._util import local_redis, set_local_aws_env
 from bench._worker_util import ModelLoader, task_world
@@ -249,10 +249,11 @@ def budget_runs(size: Size, redis_url: str) -> tuple[Size, dict[str, Any], dict[
 
 
 def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.0,
-            redis_time: RedisTime | None = None) -> dict[str, Any]:
+            redis_time: RedisTime | None = None, read_rcu: int | None = None) -> dict[str, Any]:
     """One fan-out; with ``budget_wcu`` the fleet shares that write budget (feedpipe's policy on a
-    virtual-time bucket), with ``app_wcu`` the app writes its own items alongside. Runs to be
-    compared share one ``redis_time`` (one is timed when none is given)."""
+    virtual-time bucket), with ``app_wcu`` the app writes its own items alongside. The walkers
+    share the follower read pace of the settings (``read_rcu`` when given), on a virtual-time
+    bucket too. Runs to be compared share one ``redis_time`` (one is timed when none is given)."""
     set_local_aws_env()
     random.seed(1)  # feedpipe's and Celery's jitter
     clock = VirtualClock()
@@ -260,6 +261,7 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
     settings = load_settings({
         "FEEDPIPE_TABLE_NAME": TABLE, "FEEDPIPE_REDIS_URL": redis_url, "FEEDPIPE_WRITE_CONCURRENCY": "1",
         "FEEDPIPE_FANOUT_CHUNK_SIZE": str(CHUNK),
+        **({} if read_rcu is None else {"FEEDPIPE_FOLLOWER_READ_RCU": str(read_rcu)}),
     })  # fmt: skip
     model.create_table(app_table_spec(TABLE))
     model.create_table(dead_letter_table_spec(settings.dead_letter_table_name))
@@ -282,6 +284,8 @@ def measure(size: Size, redis_url: str, budget_wcu: int = 0, app_wcu: float = 0.
         progress.watch(stores)
     if budget_wcu:
         virtual_budget(clock, fleet, budget_wcu, settings.task_budget_seconds / 2)
+    if settings.follower_read_rcu:  # on the virtual clock, as the write budget
+        virtual_read_pace(clock, fleet, settings.follower_read_rcu, fleet[0].table.read_pace.max_wait_seconds)  # type: ignore[union-attr]
     app = AppWriter(clock, model.attach(app_client()), TABLE, app_wcu)
     if app_wcu:
         give_up = 10 * size.followers * WCU_PER_ITEM / size.table_wcu + 60
@@ -404,18 +408,21 @@ def warm_figure(full: dict[str, Any], tenth: dict[str, Any]) -> Figure:
 
 
 def main() -> None:
-    """``python -m bench.million [FOLLOWERS [TABLE_WCU [BUDGET_WCU]]]``: one size, printed as the
-    suite does; with a budget, also the time to warm against the run at the whole table limit."""
+    """``python -m bench.million [FOLLOWERS [TABLE_WCU [BUDGET_WCU [READ_RCU]]]]``: one size, printed
+    as the suite does; with a budget, also the time to warm against the run at the whole table
+    limit; with a read pace, at that pace (``FEEDPIPE_FOLLOWER_READ_RCU``, 0: unpaced)."""
     from bench.__main__ import table
 
     size = Size(int(sys.argv[1]) if len(sys.argv) > 1 else FULL.followers,
                 float(sys.argv[2]) if len(sys.argv) > 2 else FULL.table_wcu, FULL.processes)
     budget = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    read_rcu = int(sys.argv[4]) if len(sys.argv) > 4 else None
     with local_redis() as server:
-        result = measure(size, server.url)
+        result = measure(size, server.url, read_rcu=read_rcu)
         shown = figures(size, result)
         if budget:
-            tenth = measure(size, server.url, budget_wcu=budget, redis_time=RedisTime(**result["redis_time"]))
+            tenth = measure(size, server.url, budget_wcu=budget, redis_time=RedisTime(**result["redis_time"]),
+                            read_rcu=read_rcu)
             shown.append(warm_figure(result, tenth))
     print(table(shown))
 

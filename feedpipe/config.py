@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     fanout_max_walkers: int = Field(
         16, ge=1, le=1024, description="planner tasks that walk one post's followers at once (1: one walk)",
     )
+    follower_read_rcu: int = Field(
+        2400, ge=0, le=1_000_000,
+        description="RCU per second all walkers of one author's followers read from its GSI1 partition together "
+                    "(0: unpaced)",
+    )
     write_concurrency: int = Field(4, ge=1, le=64)
     write_budget_wcu: int = Field(
         0, ge=0, description="WCU per second all workers together write to the app's table (0: no budget)",

@@ -18,10 +18,11 @@ from feedpipe.adapters.backfill_progress import BackfillProgress
 from feedpipe.adapters.dead_letters import DeadLetterLimits, DeadLetters
 from feedpipe.adapters.dynamo import FeedTable, make_client, use_prebuilt_batch_writes
 from feedpipe.adapters.huge_authors import HugeAuthorTable
+from feedpipe.adapters.read_pace import ReadPace
 from feedpipe.adapters.redis_client import RedisClient
 from feedpipe.adapters.redis_feeds import FeedCache, RedisCursors, connect_redis
 from feedpipe.adapters.regen_queue import RegenQueue
-from feedpipe.adapters.write_budget import WriteBudget, redis_hit
+from feedpipe.adapters.write_budget import WriteBudget, redis_hit, redis_limiter
 from feedpipe.config import Settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.feeds.stores import Stores, feed_format
@@ -94,6 +95,7 @@ def build_stores(
     table = FeedTable(client, settings.table_name, settings.write_concurrency)
     table.on_unprocessed = metrics.unprocessed_items.inc
     table.budget = build_write_budget(settings, redis_client, own)
+    table.read_pace = build_read_pace(settings, redis_client, own)
     return Stores(
         table=table,
         cache=FeedCache(redis_client, settings.feed_max_length, settings.feed_ttl_seconds, own),
@@ -116,6 +118,16 @@ def build_write_budget(settings: Settings, redis: RedisClient, own: OwnKeys) -> 
         return None
     hit = redis_hit(redis, own.write_budget, settings.write_budget_wcu)
     return WriteBudget(hit, settings.write_budget_wcu, max_wait_seconds=settings.task_budget_seconds / 2)
+
+
+def build_read_pace(settings: Settings, redis: RedisClient, own: OwnKeys) -> ReadPace | None:
+    """The follower walks' read pace, shared in the app's Redis; None when it is 0, and on a Redis
+    Cluster (its counters need a plain Redis for now: there walks read unpaced, as before). A walk
+    waits for it at most a tenth of the task budget a page."""
+    if not settings.follower_read_rcu or getattr(redis, "connection_pool", None) is None:  # none on a cluster
+        return None
+    hit = redis_limiter(redis, own.follower_reads, settings.follower_read_rcu)
+    return ReadPace(hit, settings.follower_read_rcu, max_wait_seconds=settings.task_budget_seconds / 10)
 
 
 def build_dead_letters(settings: Settings, dynamodb: Any, metrics: Metrics | None = None) -> DeadLetters:

@@ -18,7 +18,9 @@ from bench._fanout_util import follow_items, follower_ids
 from bench.dynamo_capacity import Limits
 from bench.dynamo_model import DynamoModel
 from feedpipe.adapters.dynamo import FeedTable, use_prebuilt_batch_writes
+from feedpipe.adapters.read_pace import ReadPace
 from feedpipe.adapters.tables import create_tables
+from feedpipe.core import keys
 
 TABLE = "SocialMediaApp"
 AUTHOR = "author"
@@ -166,3 +168,14 @@ def test_a_page_filled_by_limit_still_carries_a_start_key_as_dynamodb_does(aws_e
     model.load(TABLE, follow_items(follower_ids(10), AUTHOR))
     pages = list(FeedTable(client, TABLE, 1).follower_pages(AUTHOR, page_size=5))
     assert [len(p) for p in pages] == [5, 5, 0]  # moto ends at [5, 5]: it looks one item ahead
+
+
+def test_a_query_asked_for_its_consumed_capacity_reports_what_it_charged(aws_env: None) -> None:
+    model, client = _throttled_model(wcu=40_000)
+    model.load(TABLE, follow_items(follower_ids(100), AUTHOR))
+    charged: list[tuple[str, int]] = []
+    table = FeedTable(client, TABLE, 1)
+    table.read_pace = ReadPace(lambda key, cost: charged.append((key, cost)) is None, 3000, 5)
+    before = model.usage(TABLE).rcu
+    assert len([i for page in table.follower_pages(AUTHOR) for i in page]) == 100
+    assert charged == [(keys.user_pk(AUTHOR), 4)] and model.usage(TABLE).rcu - before == 4

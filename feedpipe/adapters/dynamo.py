@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError, NoRegionError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from feedpipe.adapters.aws_errors import is_throttling
+from feedpipe.adapters.read_pace import ReadPace, consumed_units
 from feedpipe.adapters.user_scan import user_pages
 from feedpipe.adapters.write_budget import WriteBudget
 from feedpipe.config import ConfigError
@@ -94,6 +95,7 @@ class FeedTable:
         self._pool: ThreadPoolExecutor | None = None
         self.on_unprocessed: Callable[[int], None] = lambda _: None
         self.budget: WriteBudget | None = None  # the shared write budget, when one is set
+        self.read_pace: ReadPace | None = None  # the follower walks' shared read pace, when one is set
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -113,18 +115,30 @@ class FeedTable:
             request["Limit"] = page_size
         if start:
             request["ExclusiveStartKey"] = start
-        for page, last in self._pages_with_keys("query", request):
+        for page, last in self._follower_pages(author_id, request):
             yield _follower_ids(page, segment), last
 
     def last_follower(self, author_id: str, segment: Segment | None = None) -> str | None:
         """The highest follower id of ``author_id`` (in ``segment``, when given)."""
         request = {**self._followers_request(author_id, segment), "ProjectionExpression": "GSI1SK",
                    "ScanIndexForward": False, "Limit": 2}  # the segment's upper bound itself may come first
-        for page, _ in self._pages_with_keys("query", request):
+        for page, _ in self._follower_pages(author_id, request):
             ids = _follower_ids(page, segment)
             if ids:
                 return ids[0]
         return None
+
+    def _follower_pages(
+        self, author_id: str, request: dict[str, Any]
+    ) -> Iterator[tuple[list[dict[str, Any]], Key | None]]:
+        """Pages of the author's GSI1 partition, each charged to the read pace (when one is set)
+        before the next is read."""
+        pace = self.read_pace
+        if pace is None:
+            return self._pages_with_keys("query", request)
+        partition = keys.user_pk(author_id)
+        return self._pages_with_keys("query", {**request, "ReturnConsumedCapacity": "TOTAL"},
+                                     lambda response: pace.spent(partition, consumed_units(response)))
 
     def _followers_request(self, author_id: str, segment: Segment | None) -> dict[str, Any]:
         """A Query of the followers in ``segment``: GSI1SK from ``FOLLOWER#{lo}`` to the bound at
@@ -306,12 +320,14 @@ class FeedTable:
             yield page
 
     def _pages_with_keys(
-        self, operation: str, request: dict[str, Any]
+        self, operation: str, request: dict[str, Any], on_response: Callable[[dict[str, Any]], None] | None = None
     ) -> Iterator[tuple[list[dict[str, Any]], Key | None]]:
         call: Callable[..., dict[str, Any]] = getattr(self.client, operation)
         request = dict(request)
         while True:
             response = call(**request)
+            if on_response is not None:
+                on_response(response)
             last = response.get("LastEvaluatedKey") or None
             yield response.get("Items", []), last
             if not last:

@@ -111,27 +111,44 @@ class WriteBudget:
             charge -= piece
 
     def _acquire_piece(self, piece: int, deadline: float) -> None:
-        while not self._hit(piece):
-            pause = max(MIN_POLL_SECONDS, piece / self.wcu_per_second) * random.uniform(0.5, 1.0)
-            if self._clock() + pause > deadline:
-                raise WriteBudgetError(f"no {piece} WCU of the {self.wcu_per_second}/s write budget within "
-                                       f"{self.max_wait_seconds:g}s")
-            self._sleep(pause)
+        if not wait_for(self._hit, piece, self.wcu_per_second, deadline, self._clock, self._sleep):
+            raise WriteBudgetError(f"no {piece} WCU of the {self.wcu_per_second}/s write budget within "
+                                   f"{self.max_wait_seconds:g}s")
 
     def on_throttle(self) -> None:
         self.share.cut()
 
 
+def wait_for(hit: Hit, piece: int, per_second: float, deadline: float, clock: Clock,
+             sleep: Callable[[float], None]) -> bool:
+    """Hit until ``piece`` tokens are granted, sleeping about the time they take to come free
+    (jittered, so waiters spread out) between tries; False once the next sleep would pass
+    ``deadline``."""
+    while not hit(piece):
+        pause = max(MIN_POLL_SECONDS, piece / per_second) * random.uniform(0.5, 1.0)
+        if clock() + pause > deadline:
+            return False
+        sleep(pause)
+    return True
+
+
 def redis_hit(client: RedisClient, prefix: str, wcu_per_second: int) -> Hit:
     """A hit of the shared sliding-window counter in ``client``'s Redis, keys under ``prefix``."""
+    limiter = redis_limiter(client, prefix, wcu_per_second)
+    return lambda cost: limiter(BUDGET_SCOPE, cost)
+
+
+def redis_limiter(client: RedisClient, prefix: str, per_second: int) -> Callable[[str, int], bool]:
+    """Hits of ``per_second`` sliding-window counters in ``client``'s Redis, one per scope, keys
+    under ``prefix``. Needs a plain Redis (its connection pool)."""
     pool = getattr(client, "connection_pool", None)
     if pool is None:
         raise ConfigError(WRITE_BUDGET_NEEDS_PLAIN_REDIS)
     storage = RedisStorage("redis://", connection_pool=pool, key_prefix=prefix)
     limiter = SlidingWindowCounterRateLimiter(storage)
-    item = RateLimitItemPerSecond(wcu_per_second)
+    item = RateLimitItemPerSecond(per_second)
 
-    def hit(cost: int) -> bool:
-        return limiter.hit(item, BUDGET_SCOPE, cost=cost)
+    def hit(scope: str, cost: int) -> bool:
+        return limiter.hit(item, scope, cost=cost)
 
     return hit

@@ -49,6 +49,8 @@ Redis, feedpipe's own, all under one prefix (default ``feedpipe:``, no braces in
                                                   feed) even while it is empty; TTL as the feed's
     {prefix}write_budget:*                        the shared write budget's counters (``limits``'
                                                   sliding window, keys of its own after the colon)
+    {prefix}follower_reads:*                      the follower walks' read pace, a counter per author
+                                                  (``limits``' sliding window, as write_budget)
 
 The warm marker's braces hold the whole feed key, so it hashes to ``feed:{user_id}``'s cluster
 slot and one script can test and write both. An id whose feed key has a hash tag of its own
@@ -237,6 +239,11 @@ class OwnKeys:
     def write_budget(self) -> str:
         """The prefix ``limits`` puts (with a colon) before the write budget's counter keys."""
         return f"{self.prefix}write_budget"
+
+    @property
+    def follower_reads(self) -> str:
+        """The prefix ``limits`` puts (with a colon) before the follower walks' read-pace counters."""
+        return f"{self.prefix}follower_reads"
 
     @property
     def huge_authors(self) -> str:

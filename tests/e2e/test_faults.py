@@ -136,7 +136,8 @@ def test_feed_redis_restarted_mid_fanout(aws_env, feed_redis, broker, tmp_path, 
         feed_redis.kill()
         assert delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
         feed_redis.restart()
-        assert world.redis.dbsize() == 0
+        # Empty: only a walker's read pace, charged again at once, may be back already.
+        assert [k for k in world.redis.keys("*") if b":follower_reads:" not in k] == []
         assert dead_letters(world).items() >= letters_before.items(), "a dead letter was lost with the cache Redis"
         # Users coming back: some were warm, some never were; one more post reaches them.
         back = [*fans[:300:3], *fans[1000:1020], "bob"]

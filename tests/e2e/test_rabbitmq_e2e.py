@@ -227,7 +227,8 @@ def test_the_cache_redis_restarted_empty_mid_fanout_with_rabbitmq(
         feed_redis.kill()
         assert delivered(world, "s1") < len(fans) - 1, "the fan-out ended before the restart"
         feed_redis.restart()
-        assert world.redis.dbsize() == 0
+        # Empty: only a walker's read pace, charged again at once, may be back already.
+        assert [k for k in world.redis.keys("*") if b":follower_reads:" not in k] == []
         assert dead_letters(world).items() >= letters_before.items(), "a dead letter was lost with the cache Redis"
         back = [*fans[:80:8], *fans[400:402], "bob"]  # some were warm, some never were
         world.redis.lpush(keys.REGEN_QUEUE, *regen_jobs(back))
