@@ -8,6 +8,7 @@ it loaded. There is no process-wide instance.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from feedpipe.config import Settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.feeds.stores import Stores, feed_format
 from feedpipe.metrics import Metrics, count_throttles, dead_letter_labels, in_multiprocess_mode, noop_metrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,7 +127,10 @@ def build_read_pace(settings: Settings, redis: RedisClient, own: OwnKeys) -> Rea
     """The follower walks' read pace, shared in the app's Redis; None when it is 0, and on a Redis
     Cluster (its counters need a plain Redis for now: there walks read unpaced, as before). A walk
     waits for it at most a tenth of the task budget a page."""
-    if not settings.follower_read_rcu or getattr(redis, "connection_pool", None) is None:  # none on a cluster
+    if not settings.follower_read_rcu:
+        return None
+    if getattr(redis, "connection_pool", None) is None:  # a Redis Cluster
+        log.warning("FEEDPIPE_FOLLOWER_READ_RCU needs a plain Redis for now: follower walks read unpaced")
         return None
     hit = redis_limiter(redis, own.follower_reads, settings.follower_read_rcu)
     return ReadPace(hit, settings.follower_read_rcu, max_wait_seconds=settings.task_budget_seconds / 10)

@@ -122,23 +122,27 @@ class FeedTable:
         """The highest follower id of ``author_id`` (in ``segment``, when given)."""
         request = {**self._followers_request(author_id, segment), "ProjectionExpression": "GSI1SK",
                    "ScanIndexForward": False, "Limit": 2}  # the segment's upper bound itself may come first
-        for page, _ in self._follower_pages(author_id, request):
+        for page, _ in self._follower_pages(author_id, request, wait=False):  # one item: no read to pace after it
             ids = _follower_ids(page, segment)
             if ids:
                 return ids[0]
         return None
 
     def _follower_pages(
-        self, author_id: str, request: dict[str, Any]
+        self, author_id: str, request: dict[str, Any], wait: bool = True
     ) -> Iterator[tuple[list[dict[str, Any]], Key | None]]:
-        """Pages of the author's GSI1 partition, each charged to the read pace (when one is set)
-        before the next is read."""
+        """Pages of the author's GSI1 partition, each charged to the read pace (when one is set):
+        a page with more after it is handed on once its charge fits (with ``wait``), so the next
+        read waits for the pace; the last page at once (``adapters.read_pace``)."""
         pace = self.read_pace
         if pace is None:
             return self._pages_with_keys("query", request)
         partition = keys.user_pk(author_id)
-        return self._pages_with_keys("query", {**request, "ReturnConsumedCapacity": "TOTAL"},
-                                     lambda response: pace.spent(partition, consumed_units(response)))
+
+        def charge(response: dict[str, Any]) -> None:
+            pace.spent(partition, consumed_units(response), wait=wait and bool(response.get("LastEvaluatedKey")))
+
+        return self._pages_with_keys("query", {**request, "ReturnConsumedCapacity": "TOTAL"}, charge)
 
     def _followers_request(self, author_id: str, segment: Segment | None) -> dict[str, Any]:
         """A Query of the followers in ``segment``: GSI1SK from ``FOLLOWER#{lo}`` to the bound at

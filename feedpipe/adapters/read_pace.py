@@ -11,9 +11,14 @@ of it to the app's own reads of that partition (the author's posts, newest first
 
 A read's size is known only once it is read (DynamoDB charges after a read too): each page's
 ``ConsumedCapacity`` is charged to a ``limits`` sliding-window counter per author in the app's
-Redis, and the walker waits, before its next page, until the charge fits. A wait is bounded by
-``max_wait_seconds``; past it the walk goes on unpaced (DynamoDB's throttling, retried by
-botocore, is then the pace): pacing only spreads reads, it never fails a walk.
+Redis, and a page with more after it is handed on only once its charge fits, so the walker's next
+read waits for the pace. A walk's last page (and the one-item probe that finds where to split a
+walk) is charged only as far as the window has room, and handed on at once: no read follows it
+to pace, and the post's last warm feeds should not wait on one. A wait is bounded by
+``max_wait_seconds`` a charge; past it, or when the Redis counter cannot be reached, the walk goes
+on unpaced (DynamoDB's throttling, retried by botocore, is then the pace): pacing only spreads
+reads, it never fails a walk, and a cache Redis that is down leaves retractions to the durable
+feeds as before.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import math
 import time
 from collections.abc import Callable
 
-from feedpipe.adapters.write_budget import wait_for
+from limits.errors import StorageError
+from redis import RedisError
+
+from feedpipe.adapters.write_budget import PIECES_PER_SECOND, wait_for
 
 log = logging.getLogger(__name__)
 
-PARTITION_RCU = 3000  # what one DynamoDB partition serves per second
-PIECES_PER_SECOND = 4  # a charge is taken in pieces of at most a quarter of the rate
+UNREACHABLE = (RedisError, StorageError, OSError)
 
 Clock = Callable[[], float]
 KeyedHit = Callable[[str, int], bool]
@@ -51,20 +58,25 @@ class ReadPace:
         self._clock = clock
         self._sleep = sleep
 
-    def spent(self, partition_key: str, units: float) -> None:
+    def spent(self, partition_key: str, units: float, wait: bool = True) -> None:
         """Charge ``units`` read from ``partition_key``'s partition; returns once they fit in its
-        rate (or the wait bound has passed)."""
+        rate (or the wait bound has passed). Without ``wait``, charges what fits now and returns."""
         charge = math.ceil(units)
-        deadline = self._clock() + self.max_wait_seconds
+        deadline = self._clock() + (self.max_wait_seconds if wait else 0.0)
         piece_limit = max(1, self.rcu_per_second // PIECES_PER_SECOND)
-        while charge > 0:
-            piece = min(charge, piece_limit)
-            if not wait_for(lambda cost: self._hit(partition_key, cost), piece, self.rcu_per_second, deadline,
-                            self._clock, self._sleep):
-                log.info("follower reads of %s: no %d RCU of the %d/s pace within %gs; reading on unpaced",
-                         partition_key, piece, self.rcu_per_second, self.max_wait_seconds)
-                return
-            charge -= piece
+        try:
+            while charge > 0:
+                piece = min(charge, piece_limit)
+                if not wait_for(lambda cost: self._hit(partition_key, cost), piece, self.rcu_per_second, deadline,
+                                self._clock, self._sleep):
+                    if wait:
+                        log.info("follower reads of %s: no %d RCU of the %d/s pace within %gs; reading on unpaced",
+                                 partition_key, piece, self.rcu_per_second, self.max_wait_seconds)
+                    return
+                charge -= piece
+        except UNREACHABLE as exc:
+            log.warning("follower reads of %s: the read pace's Redis answered %s; reading on unpaced",
+                        partition_key, type(exc).__name__)
 
 
 def consumed_units(response: dict[str, object]) -> float:

@@ -140,7 +140,8 @@ def redis_hit(client: RedisClient, prefix: str, wcu_per_second: int) -> Hit:
 
 def redis_limiter(client: RedisClient, prefix: str, per_second: int) -> Callable[[str, int], bool]:
     """Hits of ``per_second`` sliding-window counters in ``client``'s Redis, one per scope, keys
-    under ``prefix``. Needs a plain Redis (its connection pool)."""
+    under ``prefix``. Needs a plain Redis (its connection pool); the write budget is the one
+    setting that asks for it on a cluster (the read pace is off there)."""
     pool = getattr(client, "connection_pool", None)
     if pool is None:
         raise ConfigError(WRITE_BUDGET_NEEDS_PLAIN_REDIS)

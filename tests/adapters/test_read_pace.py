@@ -20,7 +20,7 @@ from feedpipe.adapters.write_budget import redis_limiter
 from feedpipe.config import ConfigError, load_settings
 from feedpipe.core import keys
 from feedpipe.core.keys import OwnKeys
-from feedpipe.services import build_read_pace
+from feedpipe.services import build_read_pace, build_stores
 
 TABLE = "SocialMediaApp"
 PAGE_RCU = 40.0
@@ -160,3 +160,31 @@ def test_the_pace_is_on_by_default_off_at_zero_off_on_a_cluster_and_a_bad_value_
     assert build_read_pace(settings, ClusterLike(), OwnKeys()) is None  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="FEEDPIPE_FOLLOWER_READ_RCU"):
         load_settings({"FEEDPIPE_FOLLOWER_READ_RCU": "-1"})
+
+
+def test_a_walks_last_page_and_a_split_probe_are_handed_on_at_once_a_page_with_more_waits_its_turn() -> None:
+    clock = FakeClock()
+    table = FeedTable(PagedFollowers(followers=5), TABLE)
+    table.read_pace = ReadPace(lambda key, cost: False, 100, max_wait_seconds=2.0, clock=clock, sleep=clock.sleep)
+    assert [len(ids) for ids, _ in table.follower_pages_from("star")] == [5]  # one page: the last
+    assert table.last_follower("star") == "f000000"
+    assert clock.now == 1000.0  # the window was full, and neither waited
+    table.client = PagedFollowers(followers=15)
+    assert [len(ids) for ids, _ in table.follower_pages_from("star")] == [10, 5]
+    assert 1000.0 < clock.now <= 1002.0  # the first page, with more after it, waited (its bound)
+
+
+def test_a_read_pace_whose_redis_is_down_leaves_the_walk_unpaced_and_whole() -> None:
+    def down(key: str, cost: int) -> bool:
+        raise redis.ConnectionError("Connection refused")
+
+    table = FeedTable(PagedFollowers(followers=35), TABLE)
+    table.read_pace = ReadPace(down, 2400, max_wait_seconds=5)
+    assert [len(ids) for ids, _ in table.follower_pages_from("star")] == [10, 10, 10, 5]
+
+
+def test_the_stores_walk_at_the_pace_of_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = load_settings({"FEEDPIPE_FOLLOWER_READ_RCU": "1200"})
+    stores = build_stores(settings, redis=fakeredis.FakeRedis())
+    assert stores.table.read_pace is not None and stores.table.read_pace.rcu_per_second == 1200

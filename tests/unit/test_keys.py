@@ -41,6 +41,7 @@ from feedpipe.core.keys import OwnKeys
         (keys.following_cache("u1"), "following:u1"),
         # Redis, feedpipe's own.
         (OwnKeys().write_budget, "feedpipe:write_budget"),  # limits adds ":" and its own keys
+        (OwnKeys().follower_reads, "feedpipe:follower_reads"),  # the same
         (OwnKeys().warm_marker("u1"), "feedpipe:warm:{feed:u1}"),
         (OwnKeys("staging:fp:").warm_marker("u1"), "staging:fp:warm:{feed:u1}"),
         (OwnKeys().warm_marker("a{b}"), "feedpipe:warm:{b}feed:a{b}"),
