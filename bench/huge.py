@@ -49,7 +49,7 @@ from feedpipe import tasks
 from feedpipe.config import load_settings
 from feedpipe.core import keys
 from feedpipe.core.events import Post, PostPublished, to_payload
-from feedpipe.dev.local import LocalBackendError, free_port, stop_process, wait_for
+from feedpipe.dev.local import LocalBackendError, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1000
@@ -59,6 +59,7 @@ FULL = (25_000, 100_000)
 SHORT = (2_000, 8_000)
 DELIVERY_TIMEOUT_SECONDS = {False: 900, True: 180}  # by short
 CHUNK_DONE = re.compile(r"^\S+ \S+ INFO\s+(\d+) celery\.app\.trace: Task feedpipe\.fanout\.chunk\[\S+\] succeeded")
+TASK_LINE = re.compile(r"^\S+ \S+ INFO\s+\d+ celery\.\S+: Task \S+\[(\S+)\] (received|succeeded)")
 
 
 def log(message: str) -> None:
@@ -77,20 +78,20 @@ def measure(b: Backends, n: int, timeout: float) -> dict[str, Any]:
     assert b.redis is not None
     followers = follower_ids(n)
     client = b.empty()
-    write_plain(client, key_only_follow_items(followers, AUTHOR))
-    warm_up(b.redis, warm_subset(followers, WARM_EVERY))
-    post = put_post(client, AUTHOR)
     port = free_port()
     env = _worker_env(b, port)
     with tempfile.TemporaryDirectory(prefix="feedpipe-bench-huge-") as tmp:
         log_path = Path(tmp) / "worker.log"
-        with log_path.open("wb") as out:
+        with log_path.open("wb") as out:  # started first: it boots while the follow edges are written
             worker = subprocess.Popen(
                 [sys.executable, "-m", "feedpipe", "worker", "-c", str(WORKER_PROCESSES), "--without-mingle",
                  "--without-gossip", "--without-heartbeat"],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         try:
+            write_plain(client, key_only_follow_items(followers, AUTHOR))
+            warm_up(b.redis, warm_subset(followers, WARM_EVERY))
+            post = put_post(client, AUTHOR)
             wait_for(lambda: _alive(worker, log_path) and _written(port) is not None, 60, "the worker's /metrics")
             started = time.monotonic()
             _send(env, post)
@@ -102,9 +103,12 @@ def measure(b: Backends, n: int, timeout: float) -> dict[str, Any]:
                                         f"{_tail(log_path)}") from None
             seconds = time.monotonic() - started
             peaks = _children_peak_rss_mb(worker.pid)
+            # The last chunk's settle may still run once every item is written: its task must log.
+            wait_for(lambda: _alive(worker, log_path) and _all_finished(log_path), 60,
+                     "every task the worker received to finish")
         finally:
-            _warm_shutdown(worker)
-        chunk_pids = _chunk_pids(log_path)  # once every task has finished and logged
+            _kill(worker)
+        chunk_pids = _chunk_pids(log_path)
     delivered = _delivered(client, post.post_id)
     log(f"{n:,} followers: {seconds:.1f}s, {delivered:,} delivered, chunk tasks in {len(chunk_pids)} processes, "
         f"child peak RSS {max(peaks, default=0):.1f} MB")
@@ -168,13 +172,24 @@ def _send(env: dict[str, str], post: Post) -> None:
         app.send_task(tasks.FANOUT_POSTS, args=[[to_payload(PostPublished(post))]], connection=connection)
 
 
-def _warm_shutdown(worker: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the main process only: Celery lets running tasks finish (the last chunk's
-    settle may still run once every item is written), then exits."""
-    worker.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        worker.wait(60)
-    stop_process(worker)
+def _all_finished(log_path: Path) -> bool:
+    """Every task the worker's log shows received has succeeded (a retried task is received
+    again under its id, so it counts once)."""
+    received: set[str] = set()
+    succeeded: set[str] = set()
+    for line in log_path.read_text(errors="replace").splitlines():
+        match = TASK_LINE.match(line)
+        if match:
+            (received if match.group(2) == "received" else succeeded).add(match.group(1))
+    return received <= succeeded
+
+
+def _kill(worker: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the worker's process group: its tasks are done (or the run failed), and a warm
+    shutdown of a prefork pool takes 2-3 s however idle."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(10)
 
 
 def _alive(worker: subprocess.Popen[bytes], log_path: Path) -> bool:
