@@ -70,7 +70,7 @@ class Sizes:
 
 FULL = Sizes(throughput_followers=10_000, latency_followers=1000, latency_posts=20, memory_followers=100_000)
 # Figure 1's chunks and pages cut with its audience: the walk still spans pages, chunks still split.
-SHORT = Sizes(throughput_followers=400, latency_followers=200, latency_posts=3, memory_followers=2000,
+SHORT = Sizes(throughput_followers=400, latency_followers=200, latency_posts=2, memory_followers=2000,
               chunk=100, page=100)
 
 
