@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,30 +83,12 @@ def measure(b: Backends, n: int, timeout: float) -> dict[str, Any]:
     env = _worker_env(b, port)
     with tempfile.TemporaryDirectory(prefix="feedpipe-bench-huge-") as tmp:
         log_path = Path(tmp) / "worker.log"
-        with log_path.open("wb") as out:  # started first: it boots while the follow edges are written
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "feedpipe", "worker", "-c", str(WORKER_PROCESSES), "--without-mingle",
-                 "--without-gossip", "--without-heartbeat"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        worker = _start_worker(env, log_path)  # it boots while the follow edges are written
         try:
             write_plain(client, key_only_follow_items(followers, AUTHOR))
             warm_up(b.redis, warm_subset(followers, WARM_EVERY))
             post = put_post(client, AUTHOR)
-            wait_for(lambda: _alive(worker, log_path) and _written(port) is not None, 60, "the worker's /metrics")
-            started = time.monotonic()
-            _send(env, post)
-            try:
-                wait_for(lambda: _alive(worker, log_path) and (_written(port) or 0) >= n, timeout,
-                         f"{n:,} durable feed items", interval=0.2)
-            except LocalBackendError as exc:
-                raise LocalBackendError(f"{exc} ({_written(port)} written); the worker's log ends:\n"
-                                        f"{_tail(log_path)}") from None
-            seconds = time.monotonic() - started
-            peaks = _children_peak_rss_mb(worker.pid)
-            # The last chunk's settle may still run once every item is written: its task must log.
-            wait_for(lambda: _alive(worker, log_path) and _all_finished(log_path), 60,
-                     "every task the worker received to finish")
+            seconds, peaks = _fan_out(worker, log_path, env, port, post, n, timeout)
         finally:
             _kill(worker)
         chunk_pids = _chunk_pids(log_path)
@@ -116,6 +99,38 @@ def measure(b: Backends, n: int, timeout: float) -> dict[str, Any]:
             "seconds_per_1000": round(seconds / n * 1000, 3), "chunk_processes": len(chunk_pids),
             "chunks_per_process": sorted(chunk_pids.values(), reverse=True),
             "child_peak_rss_mb": [round(p, 1) for p in peaks]}
+
+
+def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "feedpipe", "worker", "-c", str(WORKER_PROCESSES), "--without-mingle",
+             "--without-gossip", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def _fan_out(worker: subprocess.Popen[bytes], log_path: Path, env: dict[str, str], port: int, post: Post, n: int,
+             timeout: float) -> tuple[float, list[float]]:
+    """Seconds from the post's message until the worker's /metrics count ``n`` durable items, and
+    the peak RSS of its children; returns once every task the worker received has finished."""
+
+    def wait(condition: Callable[[], bool], seconds: float, what: str, interval: float = 0.05) -> None:
+        try:
+            wait_for(lambda: _alive(worker, log_path) and condition(), seconds, what, interval)
+        except LocalBackendError as exc:
+            raise LocalBackendError(f"{exc} ({_written(port)} written); the worker's log ends:\n"
+                                    f"{_tail(log_path)}") from None
+
+    wait(lambda: _written(port) is not None, 60, "the worker's /metrics")
+    started = time.monotonic()
+    _send(env, post)
+    wait(lambda: (_written(port) or 0) >= n, timeout, f"{n:,} durable feed items", interval=0.2)
+    seconds = time.monotonic() - started
+    peaks = _children_peak_rss_mb(worker.pid)
+    # The last chunk's settle may still run once every item is written: its task must log.
+    wait(lambda: _all_finished(log_path), 60, "every task the worker received to finish")
+    return seconds, peaks
 
 
 def figures(small: dict[str, Any], large: dict[str, Any]) -> list[Figure]:
