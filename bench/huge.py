@@ -1,7 +1,7 @@
 """A huge account's post through real workers: time proportional to followers, memory bounded.
 
 A post by an author with a small and a large audience (full run: 25,000 and 100,000 followers;
-short: 1,500 and 6,000) is sent as the consumer sends it, one ``feedpipe.fanout.posts`` message,
+short: 1,200 and 4,800) is sent as the consumer sends it, one ``feedpipe.fanout.posts`` message,
 to a prefork ``feedpipe worker -c 2`` on a moto server and a real Redis broker. The planner task
 walks the followers page by page and hands chunks of 1,000 to chunk tasks, which both worker
 processes take. Each size gets a fresh worker, and is measured from outside:
@@ -57,7 +57,7 @@ CHUNK = 1000
 WORKER_PROCESSES = 2
 WARM_EVERY = 10
 FULL = (25_000, 100_000)
-SHORT = (1_500, 6_000)
+SHORT = (1_200, 4_800)
 DELIVERY_TIMEOUT_SECONDS = {False: 900, True: 180}  # by short
 CHUNK_DONE = re.compile(r"^\S+ \S+ INFO\s+(\d+) celery\.app\.trace: Task feedpipe\.fanout\.chunk\[\S+\] succeeded")
 TASK_LINE = re.compile(r"^\S+ \S+ INFO\s+\d+ celery\.\S+: Task \S+\[(\S+)\] (received|succeeded)")
