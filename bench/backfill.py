@@ -81,7 +81,7 @@ def measure(calls: Counter[str], work: Any, users: int) -> tuple[float, float]:
 
 def run(short: bool = False) -> list[Figure]:
     set_local_aws_env()
-    n_users, follows, posts = (30, 5, 60) if short else (100, 6, 200)
+    n_users, follows, posts = (12, 3, 24) if short else (100, 6, 200)
     users = [f"u{i:04d}" for i in range(n_users)]
     with local_redis() as server, mock_aws():
         client = make_client("dynamodb")

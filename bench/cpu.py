@@ -169,7 +169,7 @@ def measure(n: int, rounds: int) -> dict[str, Any]:
 
 
 def run(short: bool) -> list[Figure]:
-    n, rounds = (5_000, 2) if short else (20_000, 5)
+    n, rounds = (2_000, 2) if short else (20_000, 5)
     m = measure(n, rounds)
     ours, seed, floor = m["feedpipe"], m["seed"], m["floor"]
     return [

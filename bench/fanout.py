@@ -60,13 +60,18 @@ class Sizes:
     latency_followers: int
     latency_posts: int
     memory_followers: int
+    chunk: int = CHUNK  # of figure 1 (figure 2 delivers its audience in one chunk, as the full run)
+    page: int = DEFAULT_PAGE
+
+    def variants(self) -> list[tuple[int, int]]:
+        """feedpipe variants tried for figure 1: (write concurrency, follower page size)."""
+        return [(DEFAULT_CONCURRENCY, self.page), (2, self.page), (DEFAULT_CONCURRENCY, 10 * self.page)]
 
 
 FULL = Sizes(throughput_followers=10_000, latency_followers=1000, latency_posts=20, memory_followers=100_000)
-SHORT = Sizes(throughput_followers=1000, latency_followers=300, latency_posts=5, memory_followers=10_000)
-
-# feedpipe variants tried for figure 1: (write concurrency, follower page size).
-VARIANTS = [(DEFAULT_CONCURRENCY, DEFAULT_PAGE), (2, DEFAULT_PAGE), (DEFAULT_CONCURRENCY, 10_000)]
+# Figure 1's chunks and pages cut with its audience: the walk still spans pages, chunks still split.
+SHORT = Sizes(throughput_followers=400, latency_followers=200, latency_posts=2, memory_followers=2000,
+              chunk=100, page=100)
 
 
 def log(message: str) -> None:
@@ -76,7 +81,7 @@ def log(message: str) -> None:
 def run(short: bool = False) -> list[Figure]:
     sizes = SHORT if short else FULL
     with Backends() as backends:
-        figures = throughput_figures(backends, sizes.throughput_followers)
+        figures = throughput_figures(backends, sizes)
         figures += latency_figures(backends, sizes.latency_followers, sizes.latency_posts)
         figures.append(memory_figure(backends, sizes.memory_followers))
     return figures
@@ -85,10 +90,10 @@ def run(short: bool = False) -> list[Figure]:
 # -- 1. throughput -------------------------------------------------------------------------------
 
 
-def measure_feedpipe(b: Backends, followers: list[str], concurrency: int, page: int) -> dict[str, Any]:
+def measure_feedpipe(b: Backends, followers: list[str], chunk: int, concurrency: int, page: int) -> dict[str, Any]:
     warm = warm_subset(followers, WARM_EVERY)
     post = b.fresh_world(followers, warm)
-    stores = b.stores(b.settings(chunk=CHUNK, concurrency=concurrency, page=page))
+    stores = b.stores(b.settings(chunk=chunk, concurrency=concurrency, page=page))
     phases = Phases(stores)
     cpu = b.moto_cpu_seconds()
     try:
@@ -150,13 +155,14 @@ def measure_seed(b: Backends, followers: list[str]) -> dict[str, Any]:
     }
 
 
-def throughput_figures(b: Backends, n: int) -> list[Figure]:
+def throughput_figures(b: Backends, sizes: Sizes) -> list[Figure]:
+    n = sizes.throughput_followers
     followers = follower_ids(n)
     raw = {DEFAULT_CONCURRENCY: measure_raw(b, followers, DEFAULT_CONCURRENCY)}
     log(f"raw ceiling c={DEFAULT_CONCURRENCY}: {raw[DEFAULT_CONCURRENCY]['items_per_s']:,.0f} items/s")
     runs = []
-    for concurrency, page in VARIANTS:
-        runs.append(measure_feedpipe(b, followers, concurrency, page))
+    for concurrency, page in sizes.variants():
+        runs.append(measure_feedpipe(b, followers, sizes.chunk, concurrency, page))
         log(f"feedpipe c={concurrency} page={page}: {runs[-1]['items_per_s']:,.0f} items/s")
     seed = measure_seed(b, followers)
     log(f"seed-style: {seed['items_per_s']:,.0f} items/s, {seed['followers_missed']:,} followers missed")
@@ -165,7 +171,7 @@ def throughput_figures(b: Backends, n: int) -> list[Figure]:
         raw[best["concurrency"]] = measure_raw(b, followers, best["concurrency"])
     ceiling = raw[best["concurrency"]]
     name = f"fan-out of one post to {n:,} followers on a moto server"
-    setting = (f"chunk {CHUNK}, write concurrency {best['concurrency']}, follower page "
+    setting = (f"chunk {sizes.chunk}, write concurrency {best['concurrency']}, follower page "
                f"{best['page_size']} (best of {len(runs)} variants)")
     extra = {
         "feedpipe_best": best,

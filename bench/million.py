@@ -93,14 +93,16 @@ class WorkerSize:
 
 
 FULL = Size(followers=1_000_000, table_wcu=40_000, processes=8)
-SHORT = Size(followers=10_000, table_wcu=4_000, processes=4)  # a new on-demand table's warm throughput
+# Half a new on-demand table's warm throughput: 4,000 followers still take three seconds of
+# capacity, long beside the walk's start, and are throttled; their walk spans pages and splits.
+SHORT = Size(followers=4_000, table_wcu=2_000, processes=2)
 # The write budget beside the app's own writes: a table at a new on-demand table's 4,000 WCU/s,
 # the app writing a fifth of it, the fan-out held to three quarters.
 BUDGET_FULL = Size(followers=100_000, table_wcu=4_000, processes=4)
-BUDGET_SHORT = SHORT
+BUDGET_SHORT = Size(followers=2_500, table_wcu=2_000, processes=2)  # the app still throttled without a budget
 # A worker's own part: a planner walking ``followers`` alone, processes delivering ``chunks`` each.
 WORKER_FULL = WorkerSize(followers=100_000, chunks=8)
-WORKER_SHORT = WorkerSize(followers=2_000, chunks=1)
+WORKER_SHORT = WorkerSize(followers=1_500, chunks=1)  # the planner still hands a chunk out
 APP_SHARE = 0.2
 BUDGET_SHARE = 0.75
 

@@ -161,7 +161,7 @@ def measure_memory(client: Any, n_feeds: int) -> dict[str, Any]:
 
 def run(short: bool) -> list[Figure]:
     n_users, posts_each, seed_posts, rounds, n_feeds = (
-        (1_000, 3, 1, 2, 50) if short else (5_000, 10, 1, 3, 400)
+        (500, 3, 1, 2, 50) if short else (5_000, 10, 1, 3, 400)
     )
     with local_redis() as server:
         client = connect_redis(server.url)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_SECONDS = 420  # about 90 s alone; under pytest's own 600 s, so a hang shows which benchmark hung
+TIMEOUT_SECONDS = 420  # about 50 s alone; under pytest's own 600 s, so a hang shows which benchmark hung
 
 
 def test_every_benchmark_runs_and_reports_against_its_baseline():
