@@ -76,10 +76,13 @@ def test_throttling_and_unprocessed_items_on_a_third_of_batch_writes(
     aws_env, feed_redis, broker, tmp_path, tmp_path_factory
 ) -> None:
     started = time.monotonic()
-    plan = FaultPlan(seed=7, throttle_share=0.3, unprocessed_share=0.3, counts_dir=str(tmp_path))
+    plan = FaultPlan(seed=7, throttle_share=0.3, unprocessed_share=0.3, counts_dir=str(tmp_path),
+                     throttle_backoff_base=0.05)
     # No process dies here: a visibility timeout above the (throttled) longest task, as the
-    # README asks, so no task is redelivered while it still runs.
-    world, procs = _run(aws_env, feed_redis, broker, tmp_path, plan, FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS="120")
+    # README asks, so no task is redelivered while it still runs. With botocore's throttle
+    # backoff based on 50 ms the longest task takes ~4 s; 20 s leaves room, and the unfollows'
+    # re-checks (a quarter of it plus twice the lag bound later) wait 6 s, not the 31 s of 120.
+    world, procs = _run(aws_env, feed_redis, broker, tmp_path, plan, FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS="20")
     fans = build_history(world, fans=2000, warm=100)
     steady_traffic(world, fans)
     crew = Crew(procs)
