@@ -354,7 +354,8 @@ class World:
         On RabbitMQ: messages ready in feedpipe's queues or waiting out a retry countdown in
         Celery's delayed-delivery queues, by passive declares (instant), plus the unacknowledged
         ones (tasks running) from ``amqp_unacked``: only the management statistics know those,
-        and they lag ~5 s, so a wait ends up to that much late, never early."""
+        and they lag by the node's statistics interval (0.5 s on the tests' nodes,
+        ``tests.chaos.rabbit``), so a wait ends up to that much late."""
         if is_amqp(self.settings.broker):
             depths = read_queue_depths(self.settings.broker, AMQP_WAITING_QUEUES)
             if not depths or any(depths.values()):  # an unreachable broker still holds its queues
