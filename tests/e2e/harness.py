@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 from redis.cluster import RedisCluster
@@ -111,6 +112,19 @@ class Processes:
 
     def logs(self, tail: int = 4000) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text()[-tail:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+
+# A worker killed with ``kill -9`` on a Redis broker leaves its tasks unacknowledged until the
+# visibility timeout: the tests that kill one set this (``processes_env``) so they wait 6 s, not
+# 10 s, for the redelivery. Their tasks took at most 2.8 s here: well inside it.
+KILLED_WORKER_VISIBILITY = {"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "6"}
+
+
+def marked_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings a test asks for with ``@pytest.mark.processes_env(FEEDPIPE_X="…")``, for its
+    module's ``env`` fixture to apply over its own."""
+    marker = request.node.get_closest_marker("processes_env")
+    return dict(marker.kwargs) if marker else {}
 
 
 def pipeline_env(aws_env: dict[str, str], redis_urls: tuple[str, str], **overrides: str) -> dict[str, str]:

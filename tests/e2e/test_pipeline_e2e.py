@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from feedpipe.core import keys
-from tests.e2e.harness import Processes, World, pipeline_env, wait_until
+from tests.e2e.harness import KILLED_WORKER_VISIBILITY, Processes, World, marked_env, pipeline_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -64,8 +64,8 @@ def settle(world: World, procs: Processes) -> None:
 
 
 @pytest.fixture
-def env(aws_env, redis_urls):
-    return pipeline_env(aws_env, redis_urls, FEEDPIPE_FOLLOWER_PAGE_SIZE=str(PAGE))
+def env(aws_env, redis_urls, request):
+    return pipeline_env(aws_env, redis_urls, FEEDPIPE_FOLLOWER_PAGE_SIZE=str(PAGE), **marked_env(request))
 
 
 def test_stream_records_become_exact_feeds(world: World, procs: Processes) -> None:
@@ -110,6 +110,7 @@ def test_consumer_killed_mid_stream_loses_nothing(world: World, procs: Processes
     settle(world, procs)
 
 
+@pytest.mark.processes_env(**KILLED_WORKER_VISIBILITY)
 def test_worker_killed_mid_fanout_loses_nothing(world: World, procs: Processes) -> None:
     fans = build_history(world)
     live_traffic(world, fans)

@@ -12,7 +12,7 @@ import pytest
 from feedpipe.core import keys
 from feedpipe.feeds.regen import drain
 from feedpipe.services import build_stores
-from tests.e2e.harness import Processes, World, pipeline_env, wait_until
+from tests.e2e.harness import KILLED_WORKER_VISIBILITY, Processes, World, marked_env, pipeline_env, wait_until
 from tests.unit.conftest import make_post
 
 pytestmark = pytest.mark.e2e
@@ -21,13 +21,14 @@ MAX = 5  # feed_max_length here, so many users have more durable items than thei
 
 
 @pytest.fixture
-def env(aws_env, redis_urls):
+def env(aws_env, redis_urls, request):
     return pipeline_env(
         aws_env, redis_urls,
         FEEDPIPE_FEED_MAX_LENGTH=str(MAX),
         FEEDPIPE_REGEN_DRAIN_EVERY_SECONDS="0.5",
         FEEDPIPE_REGEN_LEASE_SECONDS="3",
         FEEDPIPE_BEAT_LOCK_SECONDS="3",
+        **marked_env(request),
     )
 
 
@@ -87,6 +88,7 @@ def test_ten_thousand_jobs_are_coalesced_and_every_cache_ends_right(world: World
     assert rebuilds <= 500, f"{rebuilds} rebuilds for {jobs} jobs: not coalesced"  # a batch is 5,000 jobs
 
 
+@pytest.mark.processes_env(**KILLED_WORKER_VISIBILITY)
 def test_a_worker_killed_mid_regeneration_loses_nothing(world: World, procs: Processes) -> None:
     """The drain hands its rebuilds to tasks; the worker dies with some done and some in
     flight (unacknowledged with the broker, or still on a processing list)."""
