@@ -3,11 +3,13 @@ server and a real Redis, the app's writes, and a model of what every feed must e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from feedpipe.services import build_stores
 TABLE = "SocialMediaApp"
 CLOCK_START = datetime(2026, 11, 25, 10, tzinfo=UTC)  # posts' created_at: a second apart from here
 LEASES = "feedpipe-leases"
+STOP_GRACE_SECONDS = 10.0  # as stop_process's
 AMQP_WAITING_QUEUES = (*QUEUES, *(level_name(level) for level in range(MAX_LEVEL + 1)))
 
 
@@ -107,8 +110,18 @@ class Processes:
         proc.wait(10)
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            stop_process(proc)
+        """SIGTERM every process group at once, then wait for each (SIGKILL after the grace
+        ``stop_process`` gives): one after another, their shutdowns (a worker's takes ~1 s) add up."""
+        running = [proc for proc in self.procs if proc.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stop_process(proc, grace=0)  # SIGTERM again, then SIGKILL
 
     def logs(self, tail: int = 4000) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text()[-tail:]}" for p in sorted(self.log_dir.glob("*.log")))
