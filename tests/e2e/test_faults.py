@@ -173,9 +173,14 @@ def test_broker_unreachable_holds_the_checkpoint_and_loses_nothing(
     aws_env, feed_redis, broker, tmp_path, tmp_path_factory
 ) -> None:
     started = time.monotonic()
-    world, procs = _run(aws_env, feed_redis, broker, tmp_path)
+    # Chunks of 500 (pipeline_env's): the broker dies while a chunk task writes. With chunks of
+    # 125 it died as several tasks finished at once, and a worker losing its Redis broker with
+    # acks pending can exit on kombu 5.7.0's AttributeError in restore_unacked (seen once in
+    # four runs here): a defect of its own, which this test is not the one to hunt.
+    world, procs = _run(aws_env, feed_redis, broker, tmp_path, FEEDPIPE_FOLLOWER_PAGE_SIZE="1000",
+                        FEEDPIPE_FANOUT_CHUNK_SIZE="500")
     try:
-        fans, crew = under_way(world, procs, fans=600, warm=60)
+        fans, crew = under_way(world, procs, fans=1000, warm=60)
         broker.kill()
         steady_traffic(world, fans, tag="b")  # records the consumer reads but cannot publish
         wait_until(lambda: _publish_failures(procs) >= 1, 60, "the consumer to find the broker gone")
