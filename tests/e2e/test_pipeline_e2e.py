@@ -101,6 +101,9 @@ def test_stream_records_become_exact_feeds(world: World, procs: Processes) -> No
     assert "author_id" in reasons[1] and "created_at" in reasons[0], reasons
 
 
+# One consumer at a time here: the second takes the dead one's lease once it has seen it stand
+# still for the failover time, so a shorter one (renewed every half second) ends that wait sooner.
+@pytest.mark.processes_env(FEEDPIPE_LEASE_FAILOVER_SECONDS="1.5")
 def test_consumer_killed_mid_stream_loses_nothing(world: World, procs: Processes) -> None:
     fans = build_history(world)
     live_traffic(world, fans)
