@@ -19,6 +19,10 @@ The plan (JSON):
   answered with HTTP 500 (moto "down"); the test creates and removes the file mid-run.
 - ``counts_dir``: each process writes what it injected to ``faults-{pid}.json`` there, after
   every injection, so a test can prove the faults really happened (``injected_counts``).
+- ``throttle_backoff_base``: seconds botocore's standard retry mode scales its backoff after a
+  throttle by (``rand() * base * 2**i``; its own base is 1 s, as the AWS SDKs'). A test that
+  throttles a third of its writes sets it lower so its run is not spent asleep: the throttles
+  are still retried by botocore, each attempt counted against the same limits, only sooner.
 
 Nothing here is imported by feedpipe; this module and its plan exist only for the tests.
 """
@@ -54,6 +58,7 @@ class FaultPlan:
     unprocessed_share: float = 0.0
     outage_file: str = ""
     counts_dir: str = ""
+    throttle_backoff_base: float | None = None  # None: botocore's own (1 s)
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
         """``base`` with this plan, and this repository importable by the child processes."""
@@ -176,10 +181,23 @@ class Injector:
                 temp.replace(path)
 
 
+def scale_throttle_backoff(base: float) -> None:
+    """botocore's standard retry mode waits ``rand() * min(base * 2**i, 20)`` s before retry
+    ``i`` of a throttled call, ``base`` a class constant (1 s); set it for this process."""
+    from botocore.retries.standard import ExponentialBackoff
+
+    config = ExponentialBackoff._DEFAULT_BACKOFF_CONFIG
+    if "throttling_base_scale" not in config:  # botocore changed: say so, rather than run slow
+        raise RuntimeError(f"botocore's backoff has no throttling_base_scale any more: {config}")
+    ExponentialBackoff._DEFAULT_BACKOFF_CONFIG = {**config, "throttling_base_scale": base}
+
+
 def install(plan: FaultPlan) -> Injector:
     """Hook every boto3 session made from now on in this process."""
     import boto3.session
 
+    if plan.throttle_backoff_base is not None:
+        scale_throttle_backoff(plan.throttle_backoff_base)
     injector = Injector(plan)
     original = boto3.session.Session.__init__
 

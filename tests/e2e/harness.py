@@ -3,11 +3,13 @@ server and a real Redis, the app's writes, and a model of what every feed must e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 from redis.cluster import RedisCluster
@@ -41,6 +44,7 @@ from feedpipe.services import build_stores
 TABLE = "SocialMediaApp"
 CLOCK_START = datetime(2026, 11, 25, 10, tzinfo=UTC)  # posts' created_at: a second apart from here
 LEASES = "feedpipe-leases"
+STOP_GRACE_SECONDS = 10.0  # as stop_process's
 AMQP_WAITING_QUEUES = (*QUEUES, *(level_name(level) for level in range(MAX_LEVEL + 1)))
 
 
@@ -106,11 +110,42 @@ class Processes:
         proc.wait(10)
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            stop_process(proc)
+        """SIGTERM every process group at once, then wait for each (SIGKILL after the grace
+        ``stop_process`` gives): one after another, their shutdowns (a worker's takes ~1 s) add up.
+
+        Beats go first, one at a time, newest first (each stops in ~0.2 s): a standby beat told to
+        stop in the second the leader hands the lock back can take it and start scheduling anyway
+        (``feedpipe.beat.run_beat`` looks at its stop flag only while the lock is not free), and
+        then sits out the whole grace."""
+        for proc in reversed(self.procs):
+            if proc.args[-1] == "beat":
+                stop_process(proc)
+        running = [proc for proc in self.procs if proc.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stop_process(proc, grace=0)  # SIGTERM again, then SIGKILL
 
     def logs(self, tail: int = 4000) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text()[-tail:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+
+# A worker killed with ``kill -9`` on a Redis broker leaves its tasks unacknowledged until the
+# visibility timeout: the tests that kill one set this (``processes_env``) so they wait 6 s, not
+# 10 s, for the redelivery. Their tasks took at most 2.8 s here: well inside it.
+KILLED_WORKER_VISIBILITY = {"FEEDPIPE_TASK_VISIBILITY_TIMEOUT_SECONDS": "6"}
+
+
+def marked_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings a test asks for with ``@pytest.mark.processes_env(FEEDPIPE_X="…")``, for its
+    module's ``env`` fixture to apply over its own."""
+    marker = request.node.get_closest_marker("processes_env")
+    return dict(marker.kwargs) if marker else {}
 
 
 def pipeline_env(aws_env: dict[str, str], redis_urls: tuple[str, str], **overrides: str) -> dict[str, str]:
@@ -354,7 +389,8 @@ class World:
         On RabbitMQ: messages ready in feedpipe's queues or waiting out a retry countdown in
         Celery's delayed-delivery queues, by passive declares (instant), plus the unacknowledged
         ones (tasks running) from ``amqp_unacked``: only the management statistics know those,
-        and they lag ~5 s, so a wait ends up to that much late, never early."""
+        and they lag by the node's statistics interval (0.5 s on the tests' nodes,
+        ``tests.chaos.rabbit``), so a wait ends up to that much late."""
         if is_amqp(self.settings.broker):
             depths = read_queue_depths(self.settings.broker, AMQP_WAITING_QUEUES)
             if not depths or any(depths.values()):  # an unreachable broker still holds its queues

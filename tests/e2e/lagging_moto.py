@@ -48,6 +48,7 @@ from werkzeug.serving import run_simple
 from werkzeug.wrappers import Request, Response
 
 from feedpipe.dev.local import START_TIMEOUT_SECONDS, MotoServer, wait_for
+from tests.e2e.fast_moto import lighten_serving
 
 CONTROL_PATH = "/_lag"
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,6 +304,7 @@ def main() -> None:
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
     args = parser.parse_args()
+    lighten_serving()  # the same per-request savings as the narrowed moto's
     _patch_table()
     _patch_stream()
     app = with_control(DomainDispatcherApplication(create_backend_app))

@@ -16,23 +16,34 @@ long mode (``dev.py reliability``) runs more and bigger. Each run writes a relia
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from feedpipe.adapters.dynamo import make_client
+from feedpipe.adapters.leases import LeaseTable
 from feedpipe.adapters.redis_client import connect_broker
+from feedpipe.adapters.streams import DynamoDBStreamSource
 from feedpipe.config import load_settings
-from feedpipe.core.catalog import FANOUT_CHUNK_QUEUE, FANOUT_QUEUE, FOLLOWS_QUEUE, QUEUES, RETRACT_QUEUE
+from feedpipe.core.catalog import (
+    FANOUT_CHUNK_QUEUE,
+    FANOUT_QUEUE,
+    FOLLOWS_QUEUE,
+    QUEUES,
+    RECHECK_FOLLOWS,
+    RETRACT_QUEUE,
+)
 from feedpipe.core.keys import OwnKeys
 from feedpipe.dev.local import LOCAL_AWS_ENV, stop_process
 from tests.chaos.scenario import RandomApp, RecordCounter, finish
 from tests.chaos.servers import RedisServer
-from tests.e2e.harness import Processes, World, pipeline_env, wait_until
+from tests.e2e.harness import LEASES, TABLE, Processes, World, pipeline_env, wait_until
 from tests.e2e.lagging_moto import LaggingMotoServer
 from tests.reliability import report_path
 
@@ -105,7 +116,7 @@ def _history(world: AppWorld, rng: random.Random) -> dict[str, list[str]]:
     return {"users": users, "fans": fans, "racers": racers, "newbies": newbies}
 
 
-def _backed_up(world: AppWorld, people: dict[str, list[str]]) -> None:
+def _backed_up(world: AppWorld, people: dict[str, list[str]], server: LaggingMotoServer) -> None:
     """While no worker takes fan-outs: newcomers follow authors who have never posted, and the
     issue's four-way race: a post whose fan-out is late is deleted, its retraction's walk runs
     while the readers have unfollowed, and they follow again before the fan-out runs."""
@@ -118,7 +129,12 @@ def _backed_up(world: AppWorld, people: dict[str, list[str]]) -> None:
     for racer in people["racers"]:
         world.unfollow(racer, "alice")
     world.remove("a2")
-    wait_until(lambda: _idle_but_fanout(world), 60, "the retractions and unfollows to run")
+    # Published first: queues are idle, too, before the consumer has read anything (it took
+    # ~1.3 s to start while this wait, on idle queues alone, passed at once). The unfollows'
+    # re-checks may still wait out their countdown: the race needs the unfollows applied.
+    published = _published_check(world, server)
+    wait_until(lambda: _idle_but_fanout(world, RECHECK_FOLLOWS) and published(), 60,
+               "the retractions and unfollows to run")
     for racer in people["racers"]:
         world.follow(racer, "alice")
     world.post("star", "s2")
@@ -157,9 +173,42 @@ def _holds(world: World, user: str, post_id: str) -> bool:
     return any(item["post_id"] == post_id for item in world.stores.table.feed_items(user))
 
 
-def _idle_but_fanout(world: World) -> bool:
-    """No task waiting or running but fan-outs (which no worker takes yet)."""
-    return _queues_empty(world, *(name for name in [*QUEUES, "unacked"] if name != FANOUT_QUEUE))
+def _published_check(world: World, server: LaggingMotoServer) -> Callable[[], bool]:
+    """A check that every record written so far is in the stream (none held back) and the
+    consumer has checkpointed past it, which it does once their events are with the broker."""
+    source = DynamoDBStreamSource(make_client("dynamodbstreams"), world.dynamodb, TABLE)
+    (shard,) = source.list_shards()
+    leases = LeaseTable(world.dynamodb, LEASES, source.stream_id)
+
+    def published() -> bool:
+        if server.pending()["stream_pending"]:
+            return False
+        lease = leases.list().get(shard.shard_id)
+        checkpoint = lease.checkpoint if lease else None
+        return checkpoint is not None and not source.read(source.iterator(shard.shard_id, checkpoint), 1).records
+
+    return published
+
+
+def _idle_but_fanout(world: World, *waiting: str) -> bool:
+    """No task waiting or running but fan-outs (which no worker takes yet) and, if named, tasks
+    of ``waiting`` in their countdown (a Redis broker keeps those in "unacked" too)."""
+    queues = [name for name in QUEUES if name != FANOUT_QUEUE]
+    if not waiting:
+        return _queues_empty(world, *queues, "unacked")
+    return _queues_empty(world, *queues) and all(task in waiting for task in _unacked_tasks(world))
+
+
+def _unacked_tasks(world: World) -> list[str]:
+    """The task name of each message the Redis broker holds unacknowledged (kombu keeps each as
+    ``[message, exchange, routing_key]`` in the "unacked" hash)."""
+    broker = connect_broker(world.settings)
+    assert broker is not None
+    prefix = OwnKeys(world.settings.key_prefix).broker_prefix
+    try:
+        return [json.loads(raw)[0]["headers"]["task"] for raw in broker.hvals(f"{prefix}unacked")]
+    finally:
+        broker.close()
 
 
 def _queues_empty(world: World, *names: str) -> bool:
@@ -187,7 +236,7 @@ def traffic(world: AppWorld, procs: Processes, server: LaggingMotoServer, lag: L
     procs.consumer()
     beat = procs.beat()
     procs.worker(2, "-Q", ",".join(q for q in QUEUES if q != FANOUT_QUEUE), "-n", "others@%h")
-    _backed_up(world, people)
+    _backed_up(world, people, server)
     app = RandomApp(world, rng, people["users"], protected=frozenset({"n0", "s1"}))  # s1: deleted below
     ops = [app._step() for _ in range(STEPS // 2)]  # one write at a time, fan-outs still backed up
     wait_until(lambda: _regen_drained(world), 60, "the newcomers' regen jobs to be drained")
