@@ -124,8 +124,8 @@ def _fan_out(worker: subprocess.Popen[bytes], log_path: Path, env: dict[str, str
                                     f"{_tail(log_path)}") from None
 
     # /metrics only once the pool has forked: its first read builds the main process's services,
-    # and a child forked during that build inherits whatever lock the build holds then (a child
-    # forked so once hung on its first task, 192525e), as prometheus_client's metric lock.
+    # and a child forked during that build keeps any lock the build held then, held for good
+    # (prometheus_client's metric lock, for one): that child's first task hangs.
     wait(lambda: READY.search(log_path.read_text(errors="replace")) is not None, 60, "the worker to be ready")
     wait(lambda: _written(port) is not None, 60, "the worker's /metrics")
     started = time.monotonic()
