@@ -61,6 +61,7 @@ SHORT = (1_200, 4_800)
 DELIVERY_TIMEOUT_SECONDS = {False: 900, True: 180}  # by short
 CHUNK_DONE = re.compile(r"^\S+ \S+ INFO\s+(\d+) celery\.app\.trace: Task feedpipe\.fanout\.chunk\[\S+\] succeeded")
 TASK_LINE = re.compile(r"^\S+ \S+ INFO\s+\d+ celery\.\S+: Task \S+\[(\S+)\] (received|succeeded)")
+READY = re.compile(r"^\S+ \S+ INFO\s+\d+ celery\.apps\.worker: \S+ ready\.$", re.MULTILINE)
 
 
 def log(message: str) -> None:
@@ -122,6 +123,10 @@ def _fan_out(worker: subprocess.Popen[bytes], log_path: Path, env: dict[str, str
             raise LocalBackendError(f"{exc} ({_written(port)} written); the worker's log ends:\n"
                                     f"{_tail(log_path)}") from None
 
+    # /metrics only once the pool has forked: its first read builds the main process's services,
+    # and a child forked during that build keeps any lock the build held then, held for good
+    # (prometheus_client's metric lock, for one): that child's first task hangs.
+    wait(lambda: READY.search(log_path.read_text(errors="replace")) is not None, 60, "the worker to be ready")
     wait(lambda: _written(port) is not None, 60, "the worker's /metrics")
     started = time.monotonic()
     _send(env, post)
