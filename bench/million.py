@@ -2,7 +2,7 @@
 
 The world: one author with N followers (follow edges as the seed writes them, read back from
 GSI1 in 1 MB pages), one follower in ten warm in a real Redis, a table limited to
-``table_wcu`` WCU/s (full run: 1,000,000 followers at 40,000 WCU/s; ``--short``: 20,000).
+``table_wcu`` WCU/s (full run: 1,000,000 followers at 40,000 WCU/s; ``--short``: 4,000 at 2,000).
 DynamoDB is ``bench.dynamo_model`` on a ``bench.virtual_clock``; Redis is a real server.
 
 The work runs as a worker fleet runs it, minus Celery: ``PROCESSES`` worker processes of
