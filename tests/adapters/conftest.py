@@ -8,6 +8,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from moto import mock_aws
 
 from feedpipe.adapters.dynamo import FeedTable, make_client
@@ -21,6 +22,19 @@ APP_TABLE = "SocialMediaApp"
 LEASE_TABLE = "feedpipe-leases"
 FEED_MAX_LENGTH = 5
 FEED_TTL_SECONDS = 3600
+
+
+# -- Redis shared by several clients --------------------------------------------------------
+
+
+@pytest.fixture(params=["fakeredis", "real Redis"])
+def redis_clients(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    """Makes clients of one Redis: fakeredis, and a real server (the Lua production runs)."""
+    if request.param == "fakeredis":
+        server = fakeredis.FakeServer()
+        return lambda: fakeredis.FakeRedis(server=server)
+    real = request.getfixturevalue("real_redis")
+    return lambda: redis.Redis(connection_pool=real.connection_pool)
 
 
 # -- DynamoDB ----------------------------------------------------------------------------------

@@ -21,20 +21,10 @@ from feedpipe.config import ConfigError, load_settings
 from feedpipe.core import keys
 from feedpipe.core.keys import OwnKeys
 from feedpipe.services import build_read_pace, build_stores
+from tests.adapters.clocks import FakeClock
 
 TABLE = "SocialMediaApp"
 PAGE_RCU = 40.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class PagedFollowers:
@@ -61,16 +51,6 @@ class PagedFollowers:
         if end < self.followers:
             response["LastEvaluatedKey"] = {"n": {"N": str(end)}}
         return response
-
-
-@pytest.fixture(params=["fakeredis", "real Redis"])
-def redis_clients(request: pytest.FixtureRequest) -> Callable[[], Any]:
-    """Makes clients of one Redis: fakeredis, and a real server (the Lua production runs)."""
-    if request.param == "fakeredis":
-        server = fakeredis.FakeServer()
-        return lambda: fakeredis.FakeRedis(server=server)
-    real = request.getfixturevalue("real_redis")
-    return lambda: redis.Redis(connection_pool=real.connection_pool)
 
 
 def test_walkers_of_one_author_read_within_the_pace_together_and_other_authors_apart(

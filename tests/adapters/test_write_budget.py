@@ -12,7 +12,6 @@ from unittest import mock
 
 import fakeredis
 import pytest
-import redis
 from botocore.exceptions import ClientError
 
 from feedpipe.adapters.dynamo import FeedTable
@@ -29,19 +28,9 @@ from feedpipe.adapters.write_budget import (
 from feedpipe.config import ConfigError, load_settings
 from feedpipe.core.keys import OwnKeys
 from feedpipe.services import build_write_budget
+from tests.adapters.clocks import FakeClock
 
 TABLE = "SocialMediaApp"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class StubDynamo:
@@ -75,16 +64,6 @@ def throttled() -> ClientError:
 
 
 # -- (1) many writers, one budget -------------------------------------------------------------
-
-
-@pytest.fixture(params=["fakeredis", "real Redis"])
-def redis_clients(request: pytest.FixtureRequest) -> Callable[[], Any]:
-    """Makes clients of one Redis: fakeredis, and a real server (the Lua production runs)."""
-    if request.param == "fakeredis":
-        server = fakeredis.FakeServer()
-        return lambda: fakeredis.FakeRedis(server=server)
-    real = request.getfixturevalue("real_redis")
-    return lambda: redis.Redis(connection_pool=real.connection_pool)
 
 
 def test_writers_sharing_one_budget_stay_within_it_together(redis_clients: Callable[[], Any]) -> None:
