@@ -26,7 +26,15 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / "tests" / "kinesalite"
 INSTALL_TIMEOUT_SECONDS = 300.0
 RESHARD_MS = 50  # how long a stream stays CREATING/UPDATING; AWS takes seconds, tests need less
 
+# kinesalite's request handler rethrows a request's 'error' (index.js: ``req.on('error', err =>
+# { throw err })``): a client killed mid-request (ECONNRESET, "aborted") took the whole server
+# down, and every other client with it. That error concerns one dead client: it is dropped.
 _SERVER_JS = """
+process.on('uncaughtException', (err) => {
+  if (err && (err.code === 'ECONNRESET' || err.message === 'aborted')) return;
+  console.error(err);
+  process.exit(1);
+});
 const [modulePath, port, options] = process.argv.slice(1);
 const server = require(modulePath)(JSON.parse(options));
 server.listen(Number(port), '127.0.0.1', () => console.log('kinesalite listening'));

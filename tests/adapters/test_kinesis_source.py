@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -332,3 +334,16 @@ def test_arrival_times_are_epoch_seconds():
                               "ApproximateArrivalTimestamp": arrived})
     assert record["kinesis"]["approximateArrivalTimestamp"] == arrived.timestamp()
     assert read_record(record).time_ms == int(arrived.timestamp() * 1000)
+
+
+def test_a_client_gone_mid_request_leaves_kinesalite_serving(kinesalite_server: Kinesalite, kinesis) -> None:
+    """kinesalite rethrew a request's connection reset and exited: a consumer killed with
+    ``kill -9`` mid-read took the server from every other consumer (the e2e failover test then
+    waited out its 180 s)."""
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", kinesalite_server.port)) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            time.sleep(0.05)  # the server reading the body: then the peer resets the connection
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    kinesis.list_streams()
+    assert kinesalite_server.proc is not None and kinesalite_server.proc.poll() is None, kinesalite_server.output()
