@@ -62,6 +62,10 @@ def run_beat(settings: Settings, stop: threading.Event, probe: BeatProbe | None 
         probe.heartbeat.beat()
         if stop.is_set():
             return 0
+    if stop.is_set():  # told to stop while it waited, and the lock came free: never lead
+        with contextlib.suppress(LockError):
+            lock.release()
+        return 0
     probe.role = "leader"
     probe.heartbeat.beat()
     log.info("holding the beat lock; scheduling %s", sorted(beat_schedule(settings)))

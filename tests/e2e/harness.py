@@ -113,10 +113,10 @@ class Processes:
         """SIGTERM every process group at once, then wait for each (SIGKILL after the grace
         ``stop_process`` gives): one after another, their shutdowns (a worker's takes ~1 s) add up.
 
-        Beats go first, one at a time, newest first (each stops in ~0.2 s): a standby beat told to
-        stop in the second the leader hands the lock back can take it and start scheduling anyway
-        (``feedpipe.beat.run_beat`` looks at its stop flag only while the lock is not free), and
-        then sits out the whole grace."""
+        Beats go first, one at a time, newest first (each stops in ~0.2 s), so no standby is
+        still waiting when the leader hands the lock back. (A standby told to stop used to take
+        a lock that came free and schedule until killed; ``feedpipe.beat.run_beat`` now gives it
+        straight back, a unit test pins that.)"""
         for proc in reversed(self.procs):
             if proc.args[-1] == "beat":
                 stop_process(proc)

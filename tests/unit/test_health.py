@@ -341,6 +341,34 @@ def test_a_beat_waiting_for_the_lock_is_a_live_and_ready_standby(monkeypatch):
     assert not thread.is_alive()
 
 
+def test_a_standby_told_to_stop_as_the_lock_comes_free_gives_it_back_and_never_schedules(monkeypatch):
+    """A standby beat got SIGTERM, then took the freed lock 20 ms later and ran Celery beat until
+    it was killed (found in an e2e teardown): its stop flag was looked at only while the lock
+    was not free."""
+    stop, released = threading.Event(), []
+
+    class FreedAsStopped:
+        def acquire(self, **_: object) -> bool:
+            stop.set()  # SIGTERM arrives while the standby waits; the leader's lock expires
+            return True
+
+        def release(self) -> None:
+            released.append(True)
+
+    class Redis:
+        def lock(self, *_: object, **__: object) -> FreedAsStopped:
+            return FreedAsStopped()
+
+    def never(_: object) -> None:
+        raise AssertionError("a beat told to stop built its scheduling app")
+
+    monkeypatch.setattr("feedpipe.beat.connect_redis", lambda _: Redis())
+    monkeypatch.setattr("feedpipe.beat.publisher_app", never)
+    probe = BeatProbe(Heartbeat(), stall_seconds=3)
+    assert run_beat(load_settings({}), stop, probe) == 0
+    assert released == [True] and probe.role == "standby"
+
+
 def test_running_tasks_are_read_from_what_celery_tracks_in_the_main_process(monkeypatch):
     from celery.worker import state
 
