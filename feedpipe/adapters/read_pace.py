@@ -31,7 +31,7 @@ from collections.abc import Callable
 from limits.errors import StorageError
 from redis import RedisError
 
-from feedpipe.adapters.write_budget import PIECES_PER_SECOND, wait_for
+from feedpipe.adapters.write_budget import take
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +61,13 @@ class ReadPace:
     def spent(self, partition_key: str, units: float, wait: bool = True) -> None:
         """Charge ``units`` read from ``partition_key``'s partition; returns once they fit in its
         rate (or the wait bound has passed). Without ``wait``, charges what fits now and returns."""
-        charge = math.ceil(units)
         deadline = self._clock() + (self.max_wait_seconds if wait else 0.0)
-        piece_limit = max(1, self.rcu_per_second // PIECES_PER_SECOND)
         try:
-            while charge > 0:
-                piece = min(charge, piece_limit)
-                if not wait_for(lambda cost: self._hit(partition_key, cost), piece, self.rcu_per_second, deadline,
-                                self._clock, self._sleep):
-                    if wait:
-                        log.info("follower reads of %s: no %d RCU of the %d/s pace within %gs; reading on unpaced",
-                                 partition_key, piece, self.rcu_per_second, self.max_wait_seconds)
-                    return
-                charge -= piece
+            missed = take(lambda cost: self._hit(partition_key, cost), math.ceil(units), self.rcu_per_second,
+                          deadline, self._clock, self._sleep)
+            if missed and wait:
+                log.info("follower reads of %s: no %d RCU of the %d/s pace within %gs; reading on unpaced",
+                         partition_key, missed, self.rcu_per_second, self.max_wait_seconds)
         except UNREACHABLE as exc:
             log.warning("follower reads of %s: the read pace's Redis answered %s; reading on unpaced",
                         partition_key, type(exc).__name__)

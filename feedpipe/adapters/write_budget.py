@@ -102,34 +102,33 @@ class WriteBudget:
     def acquire(self, writes: int) -> None:
         """Wait until ``writes`` feed writes fit in the budget; WriteBudgetError past the bound."""
         charge = math.ceil(writes * WCU_PER_FEED_WRITE / self.share.current())
-        deadline = self._clock() + self.max_wait_seconds
-        while charge > 0:
-            # A hit above the limit never fits, and one near it fits only in an idle window: a
-            # process whose share was cut (its charge multiplied) would starve beside busy peers.
-            piece = min(charge, max(1, self.wcu_per_second // PIECES_PER_SECOND))
-            self._acquire_piece(piece, deadline)
-            charge -= piece
-
-    def _acquire_piece(self, piece: int, deadline: float) -> None:
-        if not wait_for(self._hit, piece, self.wcu_per_second, deadline, self._clock, self._sleep):
-            raise WriteBudgetError(f"no {piece} WCU of the {self.wcu_per_second}/s write budget within "
+        missed = take(self._hit, charge, self.wcu_per_second, self._clock() + self.max_wait_seconds, self._clock,
+                      self._sleep)
+        if missed:
+            raise WriteBudgetError(f"no {missed} WCU of the {self.wcu_per_second}/s write budget within "
                                    f"{self.max_wait_seconds:g}s")
 
     def on_throttle(self) -> None:
         self.share.cut()
 
 
-def wait_for(hit: Hit, piece: int, per_second: float, deadline: float, clock: Clock,
-             sleep: Callable[[float], None]) -> bool:
-    """Hit until ``piece`` tokens are granted, sleeping about the time they take to come free
-    (jittered, so waiters spread out) between tries; False once the next sleep would pass
-    ``deadline``."""
-    while not hit(piece):
-        pause = max(MIN_POLL_SECONDS, piece / per_second) * random.uniform(0.5, 1.0)
-        if clock() + pause > deadline:
-            return False
-        sleep(pause)
-    return True
+def take(hit: Hit, charge: int, per_second: float, deadline: float, clock: Clock,
+         sleep: Callable[[float], None]) -> int:
+    """Hit for ``charge`` tokens in pieces of at most a quarter of ``per_second`` (a hit above the
+    limit never fits, and one near it fits only in an idle window: a process whose charge was
+    multiplied by a cut share would starve beside busy peers), sleeping about the time a piece
+    takes to come free (jittered, so waiters spread out) between tries. Returns 0 once all is
+    taken, else the piece that did not fit before ``deadline``."""
+    piece_limit = max(1, int(per_second) // PIECES_PER_SECOND)
+    while charge > 0:
+        piece = min(charge, piece_limit)
+        while not hit(piece):
+            pause = max(MIN_POLL_SECONDS, piece / per_second) * random.uniform(0.5, 1.0)
+            if clock() + pause > deadline:
+                return piece
+            sleep(pause)
+        charge -= piece
+    return 0
 
 
 def redis_hit(client: RedisClient, prefix: str, wcu_per_second: int) -> Hit:
