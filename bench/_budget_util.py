@@ -34,33 +34,33 @@ WCU_PER_ITEM = 2  # a feed item: base table + GSI1
 
 
 def virtual_budget(clock: VirtualClock, fleet: list[Stores], wcu_per_second: int, max_wait_seconds: float) -> None:
-    bucket = Bucket(wcu_per_second, clock.now())
-
-    def hit(cost: int) -> bool:
-        if bucket.level(clock.now()) < cost:
-            return False
-        bucket.tokens -= cost
-        return True
-
+    hit = _virtual_limiter(clock, wcu_per_second)
     for stores in fleet:
-        stores.table.budget = WriteBudget(hit, wcu_per_second, max_wait_seconds, clock=clock.now,  # type: ignore[attr-defined]
-                                          sleep=clock.sleep)
+        stores.table.budget = WriteBudget(lambda cost: hit("table", cost), wcu_per_second, max_wait_seconds,  # type: ignore[attr-defined]
+                                          clock=clock.now, sleep=clock.sleep)
 
 
 def virtual_read_pace(clock: VirtualClock, fleet: list[Stores], rcu_per_second: int, max_wait_seconds: float) -> None:
     """The follower walks' read pace (feedpipe's ``ReadPace``) over one bucket per partition key on
     the virtual clock, as the fleet would share a counter per author in Redis."""
+    hit = _virtual_limiter(clock, rcu_per_second)
+    for stores in fleet:
+        stores.table.read_pace = ReadPace(hit, rcu_per_second, max_wait_seconds, clock=clock.now, sleep=clock.sleep)  # type: ignore[attr-defined]
+
+
+def _virtual_limiter(clock: VirtualClock, per_second: int) -> Callable[[str, int], bool]:
+    """Hits of ``per_second`` token buckets on the virtual clock, one per scope: the model's stand-in
+    for ``write_budget.redis_limiter``."""
     buckets: dict[str, Bucket] = {}
 
-    def hit(key: str, cost: int) -> bool:
-        bucket = buckets.setdefault(key, Bucket(rcu_per_second, clock.now()))
+    def hit(scope: str, cost: int) -> bool:
+        bucket = buckets.setdefault(scope, Bucket(per_second, clock.now()))
         if bucket.level(clock.now()) < cost:
             return False
         bucket.tokens -= cost
         return True
 
-    for stores in fleet:
-        stores.table.read_pace = ReadPace(hit, rcu_per_second, max_wait_seconds, clock=clock.now, sleep=clock.sleep)
+    return hit
 
 
 def app_client() -> Any:
